@@ -1,0 +1,160 @@
+//! The acceptor actor: owns the listening socket.
+//!
+//! Accepts connections, gives each an id, asks the registry to admit it, and
+//! spawns its session (or turns it away with an error line when the server is
+//! full). Accept errors never end it: running out of descriptors or buffers
+//! pauses accepting with a growing backoff and a rate-limited warning; errors
+//! that concern one connection only are skipped. It stops when the server's
+//! shutdown signal fires, dropping the listener so no one else gets in.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{AsyncWriteExt, FutureExt, select_biased};
+use kv_log_macro::{debug, info, warn};
+
+use crate::actors::registry::RegistryHandle;
+use crate::actors::session::{OUTBOX_CAPACITY, Session, SessionConfig, SessionSignals};
+use crate::messages::{Admission, ClientId, SessionStats};
+use crate::rt::{TcpListener, TcpStream, bounded, sleep, spawn, within};
+use crate::shutdown::Shutdown;
+use crate::wire;
+
+/// First pause after an accept failed for lack of resources.
+const EXHAUSTED_PAUSE_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between accept attempts while resources stay exhausted.
+const EXHAUSTED_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// At most one resource-exhaustion warning per this period; the rest are counted.
+const EXHAUSTED_WARN_EVERY: Duration = Duration::from_secs(5);
+/// How long a turned-away client gets to take its error line.
+const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The acceptor's state.
+pub struct Acceptor {
+    listener: TcpListener,
+    registry: RegistryHandle,
+    session_config: Arc<SessionConfig>,
+    signals: SessionSignals,
+    next_id: u64,
+    /// Pause before the next accept while resources are exhausted.
+    pause: Option<Duration>,
+    last_warning: Option<Instant>,
+    suppressed_warnings: u64,
+}
+
+impl Acceptor {
+    pub fn new(
+        listener: TcpListener,
+        registry: RegistryHandle,
+        session_config: Arc<SessionConfig>,
+        signals: SessionSignals,
+    ) -> Acceptor {
+        Acceptor {
+            listener,
+            registry,
+            session_config,
+            signals,
+            next_id: 1,
+            pause: None,
+            last_warning: None,
+            suppressed_warnings: 0,
+        }
+    }
+
+    /// Accepts until `shutdown` fires; returns how many clients it accepted.
+    pub async fn run(mut self, shutdown: Shutdown) -> u64 {
+        loop {
+            let accepted = select_biased! {
+                _ = shutdown.wait().fuse() => break,
+                accepted = self.listener.accept().fuse() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    self.pause = None;
+                    self.admit(stream, peer).await;
+                }
+                Err(e) if is_resource_exhaustion(&e) => {
+                    let pause = self
+                        .pause
+                        .map_or(EXHAUSTED_PAUSE_MIN, |p| (p * 2).min(EXHAUSTED_PAUSE_MAX));
+                    self.pause = Some(pause);
+                    self.warn_exhausted(&e, pause);
+                    select_biased! {
+                        _ = shutdown.wait().fuse() => break,
+                        _ = sleep(pause).fuse() => {}
+                    }
+                }
+                Err(e) => {
+                    debug!("accept skipped", { error: log::kv::Value::from_display(&e) });
+                }
+            }
+        }
+        info!("acceptor stopped", { accepted: self.next_id - 1 });
+        self.next_id - 1
+    }
+
+    async fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let id = ClientId(self.next_id);
+        self.next_id += 1;
+        let (outbox, mailbox) = bounded(OUTBOX_CAPACITY);
+        let stats = Arc::new(SessionStats::default());
+        match self
+            .registry
+            .register(id, peer, outbox, stats.clone())
+            .await
+        {
+            Admission::Admitted { .. } => {
+                let session = Session::new(
+                    id,
+                    peer,
+                    stream,
+                    stats,
+                    mailbox,
+                    self.registry.clone(),
+                    self.session_config.clone(),
+                    self.signals.clone(),
+                );
+                spawn(session.run());
+            }
+            Admission::Full { max } => {
+                spawn(turn_away(stream, max));
+            }
+        }
+    }
+
+    fn warn_exhausted(&mut self, error: &io::Error, pause: Duration) {
+        let due = self
+            .last_warning
+            .is_none_or(|at| at.elapsed() >= EXHAUSTED_WARN_EVERY);
+        if due {
+            warn!("accept failed: out of resources, pausing", {
+                error: log::kv::Value::from_display(error),
+                pause_ms: pause.as_millis() as u64,
+                suppressed: self.suppressed_warnings,
+            });
+            self.last_warning = Some(Instant::now());
+            self.suppressed_warnings = 0;
+        } else {
+            self.suppressed_warnings += 1;
+        }
+    }
+}
+
+/// Tells a client the server is full, then closes it. The registry already
+/// logged the rejection.
+async fn turn_away(mut stream: TcpStream, max: usize) {
+    let line = wire::server_full_error(max);
+    // The client may already be gone, or never read: either way we close it.
+    let _ = within(REJECT_WRITE_TIMEOUT, stream.write_all(&line)).await;
+}
+
+/// Errors that mean "the process or system is out of something", after which
+/// accepting again at once would fail the same way.
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

@@ -1,0 +1,433 @@
+//! The supervisor actor: keeps one connection actor alive, forever.
+//!
+//! Owns the ticker that makes a new message every interval (whether or not a
+//! connection is up, so nothing is skipped while disconnected), the pending
+//! queue while no connection holds it, the backoff policy and the restart
+//! history. It starts a connection with a [`ConnectionStart`], forwards new
+//! messages to it, and when the connection hands back its [`ConnectionExit`]
+//! it logs why, waits the backoff and starts the next one.
+//!
+//! It stops when a connection reports `--count` replies, at shutdown, or when
+//! restarts exceed `--max-restarts` within `--restart-window` (OTP's restart
+//! intensity), and logs a summary line on every exit.
+//!
+//! How a connection is started is injected ([`StartConnection`]), so tests can
+//! supervise a child that fails on purpose.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, select_biased};
+use kv_log_macro::{info, warn};
+use log::kv::Value;
+use rand::Rng;
+
+use crate::messages::{ConnectionEnd, ConnectionExit, ConnectionMsg, ConnectionStart};
+use crate::pending::PendingQueue;
+use crate::rt::{bounded, sleep_until, spawn};
+use crate::shutdown::Shutdown;
+
+/// Capacity of a connection's inbox, in messages. The supervisor makes one per
+/// interval, so the connection is never more than a few behind.
+pub const CONNECTION_INBOX_CAPACITY: usize = 16;
+
+/// Jitter applied to exponential backoff delays: ±20 %.
+const JITTER: f64 = 0.2;
+
+/// Starts a connection actor and resolves to its exit.
+pub type StartConnection =
+    Box<dyn FnMut(ConnectionStart) -> BoxFuture<'static, ConnectionExit> + Send>;
+
+/// Everything the supervisor is tuned with.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// A new message every interval.
+    pub interval: Duration,
+    pub backoff: Backoff,
+    /// Give up after more restarts than this within `restart_window`; `None`: never.
+    pub max_restarts: Option<u32>,
+    pub restart_window: Duration,
+    /// Capacity of the pending queue.
+    pub max_pending: usize,
+    /// Stop after this many replies; `None`: run until shutdown.
+    pub count: Option<u64>,
+}
+
+/// The delay before each restart: fixed, or doubling up to a maximum with jitter.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Option<Duration>,
+    current: Duration,
+}
+
+impl Backoff {
+    /// Always `base`.
+    pub fn fixed(base: Duration) -> Backoff {
+        Backoff {
+            base,
+            max: None,
+            current: base,
+        }
+    }
+
+    /// `base`, then doubling up to `max`, each delay jittered by ±20 %.
+    pub fn exponential(base: Duration, max: Duration) -> Backoff {
+        Backoff {
+            base,
+            max: Some(max.max(base)),
+            current: base,
+        }
+    }
+
+    /// The delay before the next restart.
+    pub fn next_delay(&mut self) -> Duration {
+        let Some(max) = self.max else {
+            return self.base;
+        };
+        let delay = self.current;
+        self.current = (self.current * 2).min(max);
+        delay.mul_f64(rand::rng().random_range(1.0 - JITTER..=1.0 + JITTER))
+    }
+
+    /// Back to `base` (a connection got a reply).
+    pub fn reset(&mut self) {
+        self.current = self.base;
+    }
+}
+
+/// Why the supervisor stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    CountReached,
+    Shutdown,
+    /// More than `max_restarts` restarts within the window.
+    GaveUp,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::CountReached => "count reached",
+            Outcome::Shutdown => "shutdown",
+            Outcome::GaveUp => "gave up: too many restarts",
+        })
+    }
+}
+
+/// What the client did, logged once on exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSummary {
+    pub outcome: Outcome,
+    /// Messages written for the first time.
+    pub sent: u64,
+    pub replied: u64,
+    /// Messages written again on a new connection.
+    pub resent: u64,
+    /// Messages dropped from a full pending queue.
+    pub dropped: u64,
+    /// Connections started after the first.
+    pub reconnects: u64,
+    /// Messages still unacknowledged at exit.
+    pub pending: usize,
+}
+
+/// The supervisor's state.
+pub struct Supervisor {
+    config: SupervisorConfig,
+    start_connection: StartConnection,
+    /// `None` while a connection holds the queue.
+    pending: Option<PendingQueue>,
+    backoff: Backoff,
+    restarts: VecDeque<Instant>,
+    replied: u64,
+    reconnects: u64,
+    next_tick: Instant,
+}
+
+impl Supervisor {
+    pub fn new(config: SupervisorConfig, start_connection: StartConnection) -> Supervisor {
+        Supervisor {
+            pending: Some(PendingQueue::new(config.max_pending)),
+            backoff: config.backoff.clone(),
+            next_tick: Instant::now() + config.interval,
+            config,
+            start_connection,
+            restarts: VecDeque::new(),
+            replied: 0,
+            reconnects: 0,
+        }
+    }
+
+    /// Supervises connections until the count is reached, shutdown, or giving up.
+    pub async fn run(mut self, shutdown: Shutdown) -> ClientSummary {
+        let outcome = loop {
+            let exit = self.supervise_one(&shutdown).await;
+            self.replied += exit.replied;
+            let mut pending = exit.pending;
+            match exit.end {
+                ConnectionEnd::CountReached => {
+                    self.pending = Some(pending);
+                    break Outcome::CountReached;
+                }
+                ConnectionEnd::Shutdown => {
+                    self.pending = Some(pending);
+                    break Outcome::Shutdown;
+                }
+                _ => {}
+            }
+            if exit.replied > 0 {
+                self.backoff.reset();
+            }
+            if self.restart_limit_exceeded() {
+                self.pending = Some(pending);
+                break Outcome::GaveUp;
+            }
+            let delay = self.backoff.next_delay();
+            info!("restarting connection", {
+                reason: Value::from_display(&exit.end),
+                backoff_ms: delay.as_millis() as u64,
+                pending: pending.len(),
+            });
+            let deadline = Instant::now() + delay;
+            let shut = loop {
+                select_biased! {
+                    _ = shutdown.wait().fuse() => break true,
+                    _ = sleep_until(Some(deadline)).fuse() => break false,
+                    _ = sleep_until(Some(self.next_tick)).fuse() => {
+                        let text = self.make_message();
+                        if let Some(dropped) = pending.push(text) {
+                            warn!("pending queue full: dropped oldest message", {
+                                dropped: dropped.text,
+                                total_dropped: pending.dropped,
+                            });
+                        }
+                    }
+                }
+            };
+            self.pending = Some(pending);
+            if shut {
+                break Outcome::Shutdown;
+            }
+            self.reconnects += 1;
+        };
+        let pending = self.pending.take().unwrap_or_else(|| PendingQueue::new(1));
+        let summary = ClientSummary {
+            outcome,
+            sent: pending.sent,
+            replied: self.replied,
+            resent: pending.resent,
+            dropped: pending.dropped,
+            reconnects: self.reconnects,
+            pending: pending.len(),
+        };
+        let log_summary = |level| {
+            kv_log_macro::log!(level, "client stopped", {
+                outcome: Value::from_display(&summary.outcome),
+                sent: summary.sent,
+                replied: summary.replied,
+                resent: summary.resent,
+                dropped: summary.dropped,
+                reconnects: summary.reconnects,
+                pending: summary.pending,
+            })
+        };
+        if outcome == Outcome::GaveUp {
+            log_summary(log::Level::Error);
+        } else {
+            log_summary(log::Level::Info);
+        }
+        summary
+    }
+
+    /// Starts one connection, feeds it new messages, and returns its exit.
+    async fn supervise_one(&mut self, shutdown: &Shutdown) -> ConnectionExit {
+        let (inbox_sender, inbox) = bounded(CONNECTION_INBOX_CAPACITY);
+        let start = ConnectionStart {
+            pending: self
+                .pending
+                .take()
+                .expect("the supervisor holds the queue between connections"),
+            inbox,
+            replies_wanted: self
+                .config
+                .count
+                .map(|count| count.saturating_sub(self.replied)),
+            shutdown: shutdown.clone(),
+        };
+        let mut child = spawn((self.start_connection)(start)).fuse();
+        // Messages made after the connection stopped reading its inbox.
+        let mut unsent = Vec::new();
+        let mut exit = loop {
+            select_biased! {
+                exit = child => break exit,
+                _ = sleep_until(Some(self.next_tick)).fuse() => {
+                    let text = self.make_message();
+                    if let Err(refused) = inbox_sender.send(ConnectionMsg::Send { text }).await {
+                        let ConnectionMsg::Send { text } = refused.into_inner();
+                        unsent.push(text);
+                    }
+                }
+            }
+        };
+        for text in unsent {
+            exit.pending.push(text);
+        }
+        exit
+    }
+
+    /// A new random message; also schedules the next one.
+    fn make_message(&mut self) -> String {
+        self.next_tick += self.config.interval;
+        // A long stall (suspended laptop) should not cause a burst of catch-up ticks.
+        let now = Instant::now();
+        if self.next_tick < now {
+            self.next_tick = now + self.config.interval;
+        }
+        random_message()
+    }
+
+    /// Records a restart; whether that makes too many within the window.
+    fn restart_limit_exceeded(&mut self) -> bool {
+        let Some(max) = self.config.max_restarts else {
+            return false;
+        };
+        let now = Instant::now();
+        self.restarts.push_back(now);
+        while self
+            .restarts
+            .front()
+            .is_some_and(|&at| now.duration_since(at) > self.config.restart_window)
+        {
+            self.restarts.pop_front();
+        }
+        let exceeded = self.restarts.len() > max as usize;
+        if exceeded {
+            warn!("too many restarts: giving up", {
+                restarts: self.restarts.len(),
+                max_restarts: max,
+                window_ms: self.config.restart_window.as_millis() as u64,
+            });
+        }
+        exceeded
+    }
+}
+
+/// 13 random lowercase hex digits, like the original client's
+/// `Math.random().toString(16).slice(2)`.
+pub fn random_message() -> String {
+    // 52 random bits print as exactly 13 hex digits with zero padding.
+    format!("{:013x}", rand::rng().random::<u64>() >> 12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rt::{Receiver, Sender, within};
+    use crate::shutdown;
+
+    /// When a child was started and the pending messages it was handed.
+    type Start = (Instant, Vec<String>);
+
+    fn config(backoff: Duration) -> SupervisorConfig {
+        SupervisorConfig {
+            interval: Duration::from_millis(5),
+            backoff: Backoff::fixed(backoff),
+            max_restarts: None,
+            restart_window: Duration::from_secs(60),
+            max_pending: 100,
+            count: None,
+        }
+    }
+
+    /// A child that fails at once and reports each start.
+    fn failing_child() -> (StartConnection, Receiver<Start>) {
+        let (report, starts): (Sender<Start>, _) = bounded(1000);
+        let start = Box::new(move |start: ConnectionStart| {
+            let texts = start.pending.texts().map(String::from).collect();
+            // The test reads at most 1000 starts; later ones need no report.
+            let _ = report.try_send((Instant::now(), texts));
+            async move {
+                ConnectionExit {
+                    end: ConnectionEnd::ServerClosed,
+                    pending: start.pending,
+                    replied: 0,
+                }
+            }
+            .boxed()
+        });
+        (start, starts)
+    }
+
+    #[async_std::test]
+    async fn a_failing_child_is_restarted_after_the_backoff_and_keeps_its_messages() {
+        let backoff = Duration::from_millis(30);
+        let (child, reports) = failing_child();
+        let (trigger, shutdown) = shutdown::channel();
+        let running = spawn(Supervisor::new(config(backoff), child).run(shutdown));
+        let mut starts = Vec::new();
+        for _ in 0..5 {
+            let start = within(Duration::from_secs(5), reports.recv()).await;
+            starts.push(start.expect("restarted within 5 s").expect("child reports"));
+        }
+        trigger.trigger();
+        let summary = running.await;
+        assert_eq!(summary.outcome, Outcome::Shutdown);
+        assert!(summary.reconnects >= 4);
+        for pair in starts.windows(2) {
+            assert!(
+                pair[1].0 - pair[0].0 >= backoff,
+                "restarted before the backoff"
+            );
+            // Messages made while disconnected are handed over, in order, and kept.
+            assert!(pair[1].1.starts_with(&pair[0].1));
+        }
+        assert!(!starts.last().expect("started").1.is_empty());
+    }
+
+    #[async_std::test]
+    async fn too_many_restarts_in_the_window_gives_up() {
+        let mut config = config(Duration::from_millis(1));
+        config.max_restarts = Some(3);
+        let (child, reports) = failing_child();
+        let supervisor = Supervisor::new(config, child);
+        let summary = within(Duration::from_secs(5), supervisor.run(Shutdown::never()))
+            .await
+            .expect("gives up quickly");
+        assert_eq!(summary.outcome, Outcome::GaveUp);
+        assert_eq!(reports.len(), 4);
+    }
+
+    #[test]
+    fn exponential_backoff_doubles_to_the_cap_with_jitter_and_resets() {
+        let base = Duration::from_millis(100);
+        let mut backoff = Backoff::exponential(base, Duration::from_millis(400));
+        let within = |d: Duration, nominal: u64| {
+            let ms = d.as_secs_f64() * 1000.0;
+            ms >= nominal as f64 * 0.8 - 0.001 && ms <= nominal as f64 * 1.2 + 0.001
+        };
+        for nominal in [100, 200, 400, 400] {
+            let delay = backoff.next_delay();
+            assert!(within(delay, nominal), "{delay:?} vs {nominal} ms");
+        }
+        backoff.reset();
+        assert!(within(backoff.next_delay(), 100));
+        let mut fixed = Backoff::fixed(base);
+        assert_eq!((fixed.next_delay(), fixed.next_delay()), (base, base));
+    }
+
+    #[test]
+    fn messages_are_13_lowercase_hex_digits() {
+        for _ in 0..100 {
+            let message = random_message();
+            assert_eq!(message.len(), 13);
+            assert!(
+                message
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            );
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The command line: one binary, two roles.
+
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+
+use crate::actors::session::SessionConfig;
+use crate::client::ClientConfig;
+use crate::server::ServerConfig;
+
+/// Where the server listens when `--addr` is not given: loopback only.
+pub const DEFAULT_SERVER_ADDR: &str = "127.0.0.1:8000";
+/// Where the client connects when `--addr` is not given.
+pub const DEFAULT_CLIENT_ADDR: &str = "localhost:8000";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Accept clients, greet each with "Hello", answer every line with a timestamped echo.
+    Server,
+    /// Connect, send a random hex string every interval, print what the server sends.
+    Client,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines: time, level, module, message, key=value pairs.
+    Text,
+    /// One JSON object per line, with the key/values as fields.
+    Json,
+}
+
+/// A TCP two-way messaging server and self-healing client.
+///
+/// The server greets each client with "Hello" and answers every line with
+/// "H:M:S - server reply: <line>". The client sends a random hex string every
+/// interval, prints every line the server sends on stdout, and reconnects after
+/// a backoff whenever the connection fails.
+///
+/// Logs go to stderr. Filter them with RUST_LOG (default "info"), e.g.
+/// RUST_LOG=debug or RUST_LOG=duplex::actors::registry=info,warn.
+/// Ctrl-C or SIGTERM exits cleanly with code 0; SIGUSR1 makes the server log a
+/// registry snapshot.
+#[derive(Debug, Parser)]
+#[command(name = "duplex", version, max_term_width = 100)]
+pub struct Cli {
+    /// Run as the server or as a client.
+    #[arg(long, value_enum)]
+    pub role: Role,
+
+    /// Server: address to listen on [default: 127.0.0.1:8000; use 0.0.0.0:8000
+    /// to accept other hosts]. Client: host:port to connect to, every resolved
+    /// address tried in turn [default: localhost:8000].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub addr: Option<String>,
+
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Longest message accepted, in bytes; a longer line gets an error and the
+    /// connection is closed.
+    #[arg(long, default_value_t = 65536, value_parser = positive_usize, help_heading = "Server options")]
+    pub max_line: usize,
+
+    /// Bytes left without a newline for this long are taken as one message
+    /// (for peers that do not end their messages with "\n"); 0 turns this off.
+    #[arg(long, default_value = "200ms", value_parser = duration, value_name = "DURATION", help_heading = "Server options")]
+    pub fragment_timeout: Duration,
+
+    /// Clients connected at once; one more gets an error and is closed.
+    #[arg(long, default_value_t = 10_000, value_parser = positive_usize, help_heading = "Server options")]
+    pub max_clients: usize,
+
+    /// A client that sends nothing for this long is closed; 0 turns this off.
+    #[arg(long, default_value = "5m", value_parser = duration, value_name = "DURATION", help_heading = "Server options")]
+    pub idle_timeout: Duration,
+
+    /// How often the registry logs its client list; 0 turns this off
+    /// (SIGUSR1 still logs it on demand).
+    #[arg(long, default_value = "30s", value_parser = duration, value_name = "DURATION", help_heading = "Server options")]
+    pub registry_interval: Duration,
+
+    /// On Ctrl-C/SIGTERM, how long clients get to receive their last replies
+    /// before they are cut off.
+    #[arg(long, default_value = "5s", value_parser = duration, value_name = "DURATION", help_heading = "Server options")]
+    pub shutdown_timeout: Duration,
+
+    /// Time between messages.
+    #[arg(long, default_value = "2s", value_parser = positive_duration, value_name = "DURATION", help_heading = "Client options")]
+    pub interval: Duration,
+
+    /// Wait before reconnecting after a connection ends.
+    #[arg(long, default_value = "1s", value_parser = duration, value_name = "DURATION", help_heading = "Client options")]
+    pub backoff: Duration,
+
+    /// Turns on exponential backoff: each failed reconnect doubles the wait,
+    /// up to this, with ±20% jitter; a reply resets it [default: off, fixed backoff].
+    #[arg(long, value_parser = duration, value_name = "DURATION", help_heading = "Client options")]
+    pub backoff_max: Option<Duration>,
+
+    /// Limit for lookup, connect and writes; with messages unanswered, a
+    /// connection silent this long is declared dead and restarted.
+    #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DURATION", help_heading = "Client options")]
+    pub timeout: Duration,
+
+    /// Exit with code 0 after this many replies [default: run until stopped].
+    #[arg(long, value_name = "N", help_heading = "Client options")]
+    pub count: Option<u64>,
+
+    /// Unanswered messages kept for resending after a reconnect; when full the
+    /// oldest is dropped.
+    #[arg(long, default_value_t = 1000, value_parser = positive_usize, help_heading = "Client options")]
+    pub max_pending: usize,
+
+    /// Exit with code 1 after more than N restarts within --restart-window
+    /// [default: retry forever].
+    #[arg(long, value_name = "N", help_heading = "Client options")]
+    pub max_restarts: Option<u32>,
+
+    /// The window --max-restarts counts restarts in.
+    #[arg(long, default_value = "60s", value_parser = positive_duration, value_name = "DURATION", help_heading = "Client options")]
+    pub restart_window: Duration,
+}
+
+/// Flags that mean something to one role only, by clap id.
+const SERVER_ONLY: &[&str] = &[
+    "max_line",
+    "fragment_timeout",
+    "max_clients",
+    "idle_timeout",
+    "registry_interval",
+    "shutdown_timeout",
+];
+const CLIENT_ONLY: &[&str] = &[
+    "interval",
+    "backoff",
+    "backoff_max",
+    "timeout",
+    "count",
+    "max_pending",
+    "max_restarts",
+    "restart_window",
+];
+
+impl Cli {
+    /// Parses `args` (program name first); on error or `--help`, prints and
+    /// exits (code 2 for errors), as clap does.
+    pub fn parse_or_exit<I, T>(args: I) -> Cli
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Cli::try_parse_args(args).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args`, rejecting flags given for the other role.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Cli::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        let (other, other_role) = match cli.role {
+            Role::Server => (CLIENT_ONLY, "client"),
+            Role::Client => (SERVER_ONLY, "server"),
+        };
+        if let Some(id) = other
+            .iter()
+            .find(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+        {
+            let flag = id.replace('_', "-");
+            return Err(command.error(
+                ErrorKind::ArgumentConflict,
+                format!("--{flag} is a {other_role} option; it has no effect with this --role"),
+            ));
+        }
+        Ok(cli)
+    }
+
+    /// The address to listen on or connect to.
+    pub fn addr(&self) -> &str {
+        match (&self.addr, self.role) {
+            (Some(addr), _) => addr,
+            (None, Role::Server) => DEFAULT_SERVER_ADDR,
+            (None, Role::Client) => DEFAULT_CLIENT_ADDR,
+        }
+    }
+
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            session: SessionConfig {
+                max_line: self.max_line,
+                fragment_timeout: nonzero(self.fragment_timeout),
+                idle_timeout: nonzero(self.idle_timeout),
+            },
+            max_clients: self.max_clients,
+            registry_interval: nonzero(self.registry_interval),
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            addr: self.addr().to_string(),
+            interval: self.interval,
+            backoff: self.backoff,
+            backoff_max: self.backoff_max,
+            timeout: self.timeout,
+            max_pending: self.max_pending,
+            count: self.count,
+            max_restarts: self.max_restarts,
+            restart_window: self.restart_window,
+        }
+    }
+}
+
+/// `None` for zero: "0 turns this off".
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (expected a duration such as 2s, 500ms or 5m)"))
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        d if d.is_zero() => Err("must be greater than zero".into()),
+        d => Ok(d),
+    }
+}
+
+fn positive_usize(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e} (expected a whole number)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_args(std::iter::once("duplex").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let server = parse(&["--role", "server"]).expect("valid");
+        assert_eq!(server.addr(), "127.0.0.1:8000");
+        let config = server.server_config();
+        assert_eq!(config.session.max_line, 65536);
+        assert_eq!(
+            config.session.fragment_timeout,
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(config.session.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(config.registry_interval, Some(Duration::from_secs(30)));
+        let client = parse(&["--role", "client"]).expect("valid").client_config();
+        assert_eq!(client.addr, "localhost:8000");
+        assert_eq!(client.interval, Duration::from_secs(2));
+        assert_eq!(client.backoff, Duration::from_secs(1));
+        assert_eq!(client.backoff_max, None);
+    }
+
+    #[test]
+    fn durations_take_human_forms_and_zero_turns_things_off() {
+        let cli = parse(&[
+            "--role",
+            "server",
+            "--fragment-timeout",
+            "0",
+            "--idle-timeout",
+            "1m 30s",
+        ])
+        .expect("valid");
+        let config = cli.server_config();
+        assert_eq!(config.session.fragment_timeout, None);
+        assert_eq!(config.session.idle_timeout, Some(Duration::from_secs(90)));
+        let cli = parse(&["--role", "client", "--interval", "500ms"]).expect("valid");
+        assert_eq!(cli.interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_values_and_wrong_role_flags_are_usage_errors() {
+        for args in [
+            &["--role", "server", "--fragment-timeout", "soon"][..],
+            &["--role", "client", "--interval", "0"],
+            &["--role", "server", "--max-line", "0"],
+            &["--role", "proxy"],
+            &[],
+            &["--role", "client", "--max-clients", "5"],
+            &["--role", "server", "--count", "3"],
+        ] {
+            let error = parse(args).expect_err("rejected");
+            assert_eq!(error.exit_code(), 2, "{args:?}: {error}");
+        }
+    }
+}

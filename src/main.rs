@@ -1,0 +1,58 @@
+//! The `duplex` binary: parse the command line, start logging, run the chosen
+//! role from the library, turn the outcome into an exit code.
+
+use std::error::Error;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use duplex::actors::supervisor::Outcome;
+use duplex::cli::{Cli, Role};
+use duplex::rt::{TcpListener, block_on};
+use duplex::server::Server;
+use duplex::{client, logging, shutdown, signals};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_or_exit(std::env::args_os());
+    logging::init(cli.log_format);
+    match block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
+    let (trigger, shutdown) = shutdown::channel();
+    match cli.role {
+        Role::Server => {
+            let addr = cli.addr();
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let server = Server::new(listener, cli.server_config());
+            signals::install(trigger, Some(server.registry()))?;
+            server.run(shutdown).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Role::Client => {
+            // Stdout closing (say, piped into `head`) is a reason to stop, not to fail.
+            let stdout_closed = trigger.clone();
+            let sink = Arc::new(move |line: &[u8]| {
+                let mut out = std::io::stdout().lock();
+                let written = out.write_all(line).and_then(|()| out.write_all(b"\n"));
+                if written.and_then(|()| out.flush()).is_err() {
+                    stdout_closed.trigger();
+                }
+            });
+            signals::install(trigger, None)?;
+            let summary = client::run(cli.client_config(), shutdown, sink).await;
+            Ok(match summary.outcome {
+                Outcome::GaveUp => ExitCode::FAILURE,
+                Outcome::CountReached | Outcome::Shutdown => ExitCode::SUCCESS,
+            })
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Every message that crosses an actor boundary, in one file: read this to know
+//! every conversation in the system.
+//!
+//! Server side: the acceptor and sessions talk to the registry
+//! ([`RegistryMsg`]); the registry talks to sessions through their outboxes
+//! ([`SessionCommand`]). Client side: the supervisor hands each connection a
+//! [`ConnectionStart`], feeds it [`ConnectionMsg`]s, and gets a
+//! [`ConnectionExit`] back when it ends.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::channel::oneshot;
+
+use crate::pending::PendingQueue;
+use crate::rt::{Receiver, Sender};
+use crate::shutdown::Shutdown;
+
+// ---------------------------------------------------------------- server side
+
+/// Identifies one accepted client for the life of the server process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u64);
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl log::kv::ToValue for ClientId {
+    fn to_value(&self) -> log::kv::Value<'_> {
+        log::kv::Value::from(self.0)
+    }
+}
+
+/// Counters a session bumps itself, once per batch of lines; the registry only
+/// reads them. This is what keeps the registry off the per-message path.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// A copy of [`SessionStats`] at one instant.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl SessionStats {
+    /// Records bytes read and the messages framed from them.
+    pub fn received(&self, messages: u64, bytes: u64) {
+        self.messages_in.fetch_add(messages, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Records replies written and their bytes.
+    pub fn sent(&self, messages: u64, bytes: u64) {
+        self.messages_out.fetch_add(messages, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            messages_in: self.messages_in.load(Ordering::Relaxed),
+            messages_out: self.messages_out.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Counts) {
+        self.messages_in += other.messages_in;
+        self.messages_out += other.messages_out;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+    }
+}
+
+/// What the registry (or anyone holding a session's outbox) can ask of a session.
+#[derive(Debug, Clone)]
+pub enum SessionCommand {
+    /// Write this complete line (ending in `\n`) to the client, after any
+    /// replies already queued.
+    Notice { line: Arc<[u8]> },
+}
+
+/// Why a session ended. Logged as `reason` when the client leaves.
+#[derive(Debug)]
+pub enum LeaveReason {
+    /// The client closed its side (EOF) and got its last replies.
+    PeerClosed,
+    /// Reading or writing the socket failed (reset, broken pipe, ...).
+    Io(io::Error),
+    /// A line exceeded `--max-line`; the client was told so.
+    LineTooLong,
+    /// Nothing arrived for `--idle-timeout`; the client was told so.
+    IdleTimeout,
+    /// The server is shutting down; the client got the notice.
+    ServerShutdown,
+    /// The server's shutdown timeout ran out while this session was still writing.
+    Cut,
+}
+
+impl fmt::Display for LeaveReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeaveReason::PeerClosed => f.write_str("peer closed"),
+            LeaveReason::Io(e) => write!(f, "io error: {e}"),
+            LeaveReason::LineTooLong => f.write_str("line too long"),
+            LeaveReason::IdleTimeout => f.write_str("idle timeout"),
+            LeaveReason::ServerShutdown => f.write_str("server shutdown"),
+            LeaveReason::Cut => f.write_str("cut at shutdown timeout"),
+        }
+    }
+}
+
+/// The registry's answer to [`RegistryMsg::Register`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Registered; `clients` is the count including this one.
+    Admitted { clients: usize },
+    /// Turned away: `max` clients are already connected.
+    Full { max: usize },
+}
+
+/// One client as the registry sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub id: ClientId,
+    pub peer: SocketAddr,
+    pub connected_for: Duration,
+    pub counts: Counts,
+}
+
+/// The client list at one instant, ordered by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub clients: Vec<ClientInfo>,
+    /// Counters summed over every client since the server started,
+    /// including those that have left.
+    pub totals: Counts,
+    /// Clients admitted since start.
+    pub admitted: u64,
+    /// Clients turned away because the server was full.
+    pub rejected: u64,
+    /// Notices dropped because a session's outbox was full.
+    pub notices_dropped: u64,
+}
+
+/// How a [`RegistryMsg::Broadcast`] went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BroadcastReport {
+    pub delivered: usize,
+    pub dropped: usize,
+}
+
+/// The registry actor's mailbox.
+#[derive(Debug)]
+pub enum RegistryMsg {
+    /// Admit a client (or refuse it when full). On admission the registry logs
+    /// the join and keeps the outbox and the stats handle.
+    Register {
+        id: ClientId,
+        peer: SocketAddr,
+        outbox: Sender<SessionCommand>,
+        stats: Arc<SessionStats>,
+        respond_to: oneshot::Sender<Admission>,
+    },
+    /// A session ended; the registry logs the leave with `reason`.
+    Unregister { id: ClientId, reason: LeaveReason },
+    /// Reply with the client list.
+    Snapshot {
+        respond_to: oneshot::Sender<Snapshot>,
+    },
+    /// Log a snapshot (the SIGUSR1 path).
+    LogSnapshot,
+    /// Queue `line` in every session's outbox without waiting; full outboxes
+    /// miss it and are counted.
+    Broadcast {
+        line: Arc<[u8]>,
+        respond_to: oneshot::Sender<BroadcastReport>,
+    },
+    /// Reply once exactly `clients` clients are registered.
+    WaitForCount {
+        clients: usize,
+        respond_to: oneshot::Sender<()>,
+    },
+    /// Log a final snapshot, reply with it, and stop.
+    Stop {
+        respond_to: oneshot::Sender<Snapshot>,
+    },
+}
+
+// ---------------------------------------------------------------- client side
+
+/// What the supervisor sends a running connection.
+#[derive(Debug)]
+pub enum ConnectionMsg {
+    /// A new message to send (and to keep pending until a reply echoes it).
+    Send { text: String },
+}
+
+/// Everything a new connection actor starts with.
+#[derive(Debug)]
+pub struct ConnectionStart {
+    /// Unacknowledged messages, oldest first; the connection resends them.
+    pub pending: PendingQueue,
+    /// New messages from the supervisor.
+    pub inbox: Receiver<ConnectionMsg>,
+    /// Stop with [`ConnectionEnd::CountReached`] after this many replies.
+    pub replies_wanted: Option<u64>,
+    /// Client-wide stop signal (Ctrl-C).
+    pub shutdown: Shutdown,
+}
+
+/// Why a connection actor ended.
+#[derive(Debug)]
+pub enum ConnectionEnd {
+    /// The host name did not resolve.
+    Lookup(io::Error),
+    /// No resolved address accepted the connection.
+    Connect(io::Error),
+    /// The server closed the connection (the `end` event).
+    ServerClosed,
+    /// Messages were outstanding and nothing arrived for `--timeout`.
+    Timeout,
+    /// Reading or writing failed (the `error` event).
+    Io(io::Error),
+    /// The server sent a line longer than the client accepts.
+    LineTooLong,
+    /// `--count` replies arrived.
+    CountReached,
+    /// The client is shutting down.
+    Shutdown,
+}
+
+impl fmt::Display for ConnectionEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectionEnd::Lookup(e) => write!(f, "lookup failed: {e}"),
+            ConnectionEnd::Connect(e) => write!(f, "connect failed: {e}"),
+            ConnectionEnd::ServerClosed => f.write_str("server closed the connection"),
+            ConnectionEnd::Timeout => f.write_str("no reply within the timeout"),
+            ConnectionEnd::Io(e) => write!(f, "io error: {e}"),
+            ConnectionEnd::LineTooLong => f.write_str("server sent a line that is too long"),
+            ConnectionEnd::CountReached => f.write_str("count reached"),
+            ConnectionEnd::Shutdown => f.write_str("shutdown"),
+        }
+    }
+}
+
+/// What a connection hands back to its supervisor when it ends.
+#[derive(Debug)]
+pub struct ConnectionExit {
+    pub end: ConnectionEnd,
+    /// Still unacknowledged, oldest first.
+    pub pending: PendingQueue,
+    /// Replies received on this connection.
+    pub replied: u64,
+}

@@ -1,0 +1,409 @@
+//! The wire format, all in one place: the greeting, how bytes become messages
+//! (the [`Framer`]), the reply line, and every error or notice line the server
+//! can send. `docs/protocol.md` describes the same rules for humans.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chrono::{Local, TimeZone, Timelike};
+
+/// Sent to every client as soon as it is admitted.
+pub const GREETING: &[u8] = b"Hello\n";
+
+/// Separates the timestamp from the echoed message in a reply line.
+pub const REPLY_MARKER: &[u8] = b" - server reply: ";
+
+/// Sent to every client when the server shuts down gracefully.
+pub const SHUTDOWN_NOTICE: &[u8] = b"notice: server shutting down\n";
+
+/// Sent before closing a client that said nothing for the idle timeout.
+pub const IDLE_TIMEOUT_ERROR: &[u8] = b"error: idle timeout\n";
+
+/// The line sent before closing a client whose line exceeded `max` bytes.
+pub fn line_too_long_error(max: usize) -> Vec<u8> {
+    format!("error: line too long (max {max} bytes)\n").into_bytes()
+}
+
+/// The line sent to a client turned away because `max` clients are connected.
+pub fn server_full_error(max: usize) -> Vec<u8> {
+    format!("error: server full (max {max} clients)\n").into_bytes()
+}
+
+/// Smallest buffer a framer allocates, in bytes: enough for a burst of short
+/// messages while keeping an idle connection cheap.
+const INITIAL_BUFFER: usize = 1024;
+
+/// Free space, in bytes, a framer guarantees before each read.
+const MIN_READ: usize = 256;
+
+/// Above this size, in bytes, an emptied buffer is released instead of kept,
+/// so one long line does not pin its memory for the life of the connection.
+const SHRINK_ABOVE: usize = 16 * INITIAL_BUFFER;
+
+/// Why a byte stream could not be framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// A message grew past the limit before its terminating `\n`.
+    LineTooLong {
+        /// The limit, in bytes.
+        max: usize,
+    },
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::LineTooLong { max } => write!(f, "line too long (max {max} bytes)"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Splits a byte stream into `\n`-terminated messages.
+///
+/// Owns one buffer that the caller reads into ([`read_buf`](Framer::read_buf)
+/// then [`filled`](Framer::filled)) and hands out complete messages with
+/// [`next_line`](Framer::next_line), a trailing `\r` removed. Bytes after the
+/// last `\n` stay buffered as a fragment until more arrive or the caller takes
+/// them with [`take_fragment`](Framer::take_fragment). The buffer never holds
+/// more than `max_line` + 1 unterminated bytes plus one read.
+#[derive(Debug)]
+pub struct Framer {
+    buf: Vec<u8>,
+    /// First byte not yet handed out.
+    start: usize,
+    /// One past the last byte read.
+    end: usize,
+    /// Bytes before this index (and after `start`) hold no `\n`.
+    scanned: usize,
+    max_line: usize,
+}
+
+impl Framer {
+    /// A framer that rejects messages longer than `max_line` bytes.
+    pub fn new(max_line: usize) -> Framer {
+        Framer {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            scanned: 0,
+            max_line,
+        }
+    }
+
+    /// Free space to read into; pass the byte count read to [`filled`](Framer::filled).
+    pub fn read_buf(&mut self) -> &mut [u8] {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            self.scanned = 0;
+            if self.buf.len() > SHRINK_ABOVE {
+                self.buf = Vec::new();
+            }
+        } else if self.start > 0 && self.buf.len() - self.end < MIN_READ {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.scanned -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.end < MIN_READ {
+            // `next_line` keeps at most max_line + 1 unterminated bytes, so
+            // this cap always leaves MIN_READ bytes free.
+            let cap = (self.max_line + 1 + MIN_READ).max(INITIAL_BUFFER);
+            let len = (self.buf.len() * 2)
+                .max(INITIAL_BUFFER)
+                .max(self.end + MIN_READ)
+                .min(cap);
+            // Exact, so the buffer's memory is what the limits above say.
+            self.buf.reserve_exact(len - self.buf.len());
+            self.buf.resize(len, 0);
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Records that `n` bytes were read into the slice from [`read_buf`](Framer::read_buf).
+    pub fn filled(&mut self, n: usize) {
+        self.end += n;
+        debug_assert!(self.end <= self.buf.len());
+    }
+
+    /// Appends as much of `bytes` as fits, as if it had been read; returns how
+    /// many bytes were taken. (For tests and in-memory callers: like a real
+    /// read, it stops when the buffer is full until lines are taken out.)
+    pub fn push(&mut self, bytes: &[u8]) -> usize {
+        let mut taken = 0;
+        while taken < bytes.len() {
+            let spare = self.read_buf();
+            if spare.is_empty() {
+                break;
+            }
+            let n = spare.len().min(bytes.len() - taken);
+            spare[..n].copy_from_slice(&bytes[taken..taken + n]);
+            self.filled(n);
+            taken += n;
+        }
+        taken
+    }
+
+    /// The next complete message, without its `\n` or `\r\n`.
+    ///
+    /// `None` means no complete message is buffered. An error is final: the
+    /// stream cannot be framed any further.
+    pub fn next_line(&mut self) -> Option<Result<&[u8], FrameError>> {
+        match memchr::memchr(b'\n', &self.buf[self.scanned..self.end]) {
+            Some(offset) => {
+                let newline = self.scanned + offset;
+                let mut line = &self.buf[self.start..newline];
+                if let [rest @ .., b'\r'] = line {
+                    line = rest;
+                }
+                self.start = newline + 1;
+                self.scanned = self.start;
+                if line.len() > self.max_line {
+                    return Some(Err(self.too_long()));
+                }
+                Some(Ok(line))
+            }
+            None => {
+                self.scanned = self.end;
+                // One byte of slack: the `\r` of a maximal `\r\n`-terminated line.
+                if self.end - self.start > self.max_line + 1 {
+                    Some(Err(self.too_long()))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    fn too_long(&self) -> FrameError {
+        FrameError::LineTooLong { max: self.max_line }
+    }
+
+    /// Whether unterminated bytes are buffered.
+    pub fn has_fragment(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// Hands out the unterminated bytes, verbatim, as one message.
+    ///
+    /// Call it only after [`next_line`](Framer::next_line) returned `None`.
+    pub fn take_fragment(&mut self) -> Option<&[u8]> {
+        if !self.has_fragment() {
+            return None;
+        }
+        let fragment = &self.buf[self.start..self.end];
+        self.start = self.end;
+        self.scanned = self.end;
+        Some(fragment)
+    }
+
+    /// Bytes of memory the buffer holds (for tests of the memory bound).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
+/// Writes reply lines, formatting the timestamp once per second.
+///
+/// Each session owns one, so formatting costs a clock read and a copy per
+/// message, and a time-zone lookup once per second.
+#[derive(Debug, Default)]
+pub struct ReplyFormatter {
+    /// Unix second the cached prefix belongs to.
+    second: Option<u64>,
+    /// `H:M:S - server reply: ` for that second.
+    prefix: Vec<u8>,
+}
+
+impl ReplyFormatter {
+    /// A formatter with nothing cached yet.
+    pub fn new() -> ReplyFormatter {
+        ReplyFormatter::default()
+    }
+
+    /// Appends `H:M:S - server reply: <message>\n` (local time, now) to `out`.
+    pub fn write_reply(&mut self, out: &mut Vec<u8>, message: &[u8]) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.second != Some(now) {
+            self.second = Some(now);
+            self.prefix.clear();
+            let local = i64::try_from(now)
+                .ok()
+                .and_then(|secs| Local.timestamp_opt(secs, 0).single())
+                .unwrap_or_else(Local::now);
+            write_prefix(&mut self.prefix, &local);
+        }
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(message);
+        out.push(b'\n');
+    }
+}
+
+/// Appends `H:M:S - server reply: ` for `time`, without zero padding, as the
+/// original Node server's `getHours()`/`getMinutes()`/`getSeconds()` do.
+pub fn write_prefix(out: &mut Vec<u8>, time: &impl Timelike) {
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
+    let _infallible = write!(out, "{}:{}:{}", time.hour(), time.minute(), time.second());
+    out.extend_from_slice(REPLY_MARKER);
+}
+
+/// The message a reply line echoes, or `None` if `line` is not a reply.
+///
+/// A reply is `H:M:S - server reply: <message>` with H, M and S decimal.
+pub fn reply_echo(line: &[u8]) -> Option<&[u8]> {
+    let marker = memchr::memmem::find(line, REPLY_MARKER)?;
+    let mut fields = 0;
+    for field in line[..marker].split(|&b| b == b':') {
+        fields += 1;
+        let numeric = (1..=2).contains(&field.len()) && field.iter().all(u8::is_ascii_digit);
+        if fields > 3 || !numeric {
+            return None;
+        }
+    }
+    if fields != 3 {
+        return None;
+    }
+    Some(&line[marker + REPLY_MARKER.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveTime;
+
+    fn lines(framer: &mut Framer) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(line) = framer.next_line() {
+            out.push(line.expect("within the limit").to_vec());
+        }
+        out
+    }
+
+    #[test]
+    fn a_line_split_across_reads_comes_out_whole() {
+        let mut framer = Framer::new(64);
+        framer.push(b"hel");
+        assert!(lines(&mut framer).is_empty());
+        assert!(framer.has_fragment());
+        framer.push(b"lo\nwor");
+        assert_eq!(lines(&mut framer), vec![b"hello".to_vec()]);
+        framer.push(b"ld\n");
+        assert_eq!(lines(&mut framer), vec![b"world".to_vec()]);
+        assert!(!framer.has_fragment());
+    }
+
+    #[test]
+    fn many_lines_in_one_read_come_out_in_order() {
+        let mut framer = Framer::new(64);
+        framer.push(b"a\nbb\n\nccc\n");
+        assert_eq!(
+            lines(&mut framer),
+            vec![b"a".to_vec(), b"bb".to_vec(), b"".to_vec(), b"ccc".to_vec()]
+        );
+    }
+
+    #[test]
+    fn crlf_loses_only_the_trailing_cr() {
+        let mut framer = Framer::new(64);
+        framer.push(b"telnet\r\nin\rside\r\n\r\r\n");
+        assert_eq!(
+            lines(&mut framer),
+            vec![b"telnet".to_vec(), b"in\rside".to_vec(), b"\r".to_vec()]
+        );
+    }
+
+    #[test]
+    fn binary_bytes_pass_through_unchanged() {
+        let mut framer = Framer::new(64);
+        let message = [0u8, 0xff, 0xfe, b'\r', 0x80, 7];
+        framer.push(&message);
+        framer.push(b"\n");
+        assert_eq!(lines(&mut framer), vec![message.to_vec()]);
+    }
+
+    #[test]
+    fn a_fragment_is_taken_verbatim_and_only_once() {
+        let mut framer = Framer::new(64);
+        framer.push(b"done\nb1e0c5f7a9d3");
+        assert_eq!(lines(&mut framer), vec![b"done".to_vec()]);
+        assert_eq!(framer.take_fragment(), Some(&b"b1e0c5f7a9d3"[..]));
+        assert_eq!(framer.take_fragment(), None);
+        framer.push(b"next\n");
+        assert_eq!(lines(&mut framer), vec![b"next".to_vec()]);
+    }
+
+    #[test]
+    fn a_line_at_the_limit_passes_and_one_byte_more_fails() {
+        let mut framer = Framer::new(8);
+        framer.push(b"12345678\r\n123456789\n");
+        assert_eq!(framer.next_line(), Some(Ok(&b"12345678"[..])));
+        assert_eq!(
+            framer.next_line(),
+            Some(Err(FrameError::LineTooLong { max: 8 }))
+        );
+    }
+
+    #[test]
+    fn an_endless_line_fails_without_growing_the_buffer() {
+        let mut framer = Framer::new(4096);
+        let chunk = [b'x'; 1000];
+        let failed = (0..100).any(|_| {
+            framer.push(&chunk);
+            matches!(framer.next_line(), Some(Err(_)))
+        });
+        assert!(failed);
+        assert!(framer.capacity() <= 4096 + 1 + MIN_READ);
+    }
+
+    #[test]
+    fn an_emptied_large_buffer_is_released() {
+        let mut framer = Framer::new(1 << 20);
+        framer.push(&vec![b'y'; SHRINK_ABOVE * 2]);
+        framer.push(b"\n");
+        assert_eq!(lines(&mut framer).len(), 1);
+        framer.read_buf();
+        assert!(framer.capacity() <= INITIAL_BUFFER);
+    }
+
+    #[test]
+    fn the_prefix_is_not_zero_padded() {
+        let mut out = Vec::new();
+        write_prefix(&mut out, &NaiveTime::from_hms_opt(9, 5, 3).expect("valid"));
+        assert_eq!(out, b"9:5:3 - server reply: ");
+        out.clear();
+        write_prefix(
+            &mut out,
+            &NaiveTime::from_hms_opt(23, 59, 10).expect("valid"),
+        );
+        assert_eq!(out, b"23:59:10 - server reply: ");
+    }
+
+    #[test]
+    fn a_reply_echoes_the_message_after_the_local_time() {
+        let before = Local::now();
+        let mut out = Vec::new();
+        ReplyFormatter::new().write_reply(&mut out, b"\xffabc");
+        let after = Local::now();
+        let expected = |t: chrono::DateTime<Local>| {
+            let mut line = Vec::new();
+            write_prefix(&mut line, &t);
+            line.extend_from_slice(b"\xffabc\n");
+            line
+        };
+        assert!(out == expected(before) || out == expected(after), "{out:?}");
+    }
+
+    #[test]
+    fn reply_echo_recognises_replies_only() {
+        assert_eq!(reply_echo(b"9:5:3 - server reply: abc"), Some(&b"abc"[..]));
+        assert_eq!(reply_echo(b"23:59:10 - server reply: "), Some(&b""[..]));
+        assert_eq!(reply_echo(b"Hello"), None);
+        assert_eq!(reply_echo(b"x:5:3 - server reply: abc"), None);
+        assert_eq!(reply_echo(b"1:2:3:4 - server reply: abc"), None);
+        assert_eq!(reply_echo(b"notice: server shutting down"), None);
+    }
+}
