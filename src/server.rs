@@ -95,8 +95,10 @@ impl Server {
 
     /// Serves until `shutdown` fires, then shuts down in order.
     pub async fn run(self, shutdown: Shutdown) -> ServerSummary {
-        let addr = self.local_addr().ok();
-        info!("listening", { addr: log::kv::Value::from_debug(&addr.map(|a| a.to_string()).unwrap_or_default()) });
+        match self.local_addr() {
+            Ok(addr) => info!("listening", { addr: log::kv::Value::from_display(&addr) }),
+            Err(e) => info!("listening", { addr_error: log::kv::Value::from_display(&e) }),
+        }
         let (drain_trigger, drain) = shutdown::channel();
         let (cut_trigger, cut) = shutdown::channel();
         let signals = SessionSignals { drain, cut };

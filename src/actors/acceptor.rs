@@ -16,7 +16,9 @@ use futures::{AsyncWriteExt, FutureExt, select_biased};
 use kv_log_macro::{debug, info, warn};
 
 use crate::actors::registry::RegistryHandle;
-use crate::actors::session::{OUTBOX_CAPACITY, Session, SessionConfig, SessionSignals};
+use crate::actors::session::{
+    OUTBOX_CAPACITY, Session, SessionConfig, SessionSignals, linger_close,
+};
 use crate::messages::{Admission, ClientId, SessionStats};
 use crate::rt::{TcpListener, TcpStream, bounded, sleep, spawn, within};
 use crate::shutdown::Shutdown;
@@ -147,7 +149,9 @@ impl Acceptor {
 async fn turn_away(mut stream: TcpStream, max: usize) {
     let line = wire::server_full_error(max);
     // The client may already be gone, or never read: either way we close it.
-    let _ = within(REJECT_WRITE_TIMEOUT, stream.write_all(&line)).await;
+    if let Some(Ok(())) = within(REJECT_WRITE_TIMEOUT, stream.write_all(&line)).await {
+        linger_close(&stream).await;
+    }
 }
 
 /// Errors that mean "the process or system is out of something", after which

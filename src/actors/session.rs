@@ -24,7 +24,7 @@ use kv_log_macro::{debug, warn};
 
 use crate::actors::registry::RegistryHandle;
 use crate::messages::{ClientId, LeaveReason, SessionCommand, SessionStats};
-use crate::rt::{Receiver, TcpStream, sleep_until};
+use crate::rt::{Receiver, TcpStream, sleep_until, within};
 use crate::shutdown::Shutdown;
 use crate::wire::{self, Framer, ReplyFormatter};
 
@@ -109,7 +109,15 @@ impl Session {
     /// Serves the client until it leaves, then tells the registry why.
     pub async fn run(mut self) {
         let reason = match self.serve().await {
-            Ok(reason) => reason,
+            Ok(reason) => {
+                if !matches!(reason, LeaveReason::PeerClosed) {
+                    select_biased! {
+                        _ = self.signals.cut.wait().fuse() => {}
+                        _ = linger_close(&self.stream).fuse() => {}
+                    }
+                }
+                reason
+            }
             Err(e) if self.signals.cut.is_triggered() => {
                 debug!("session cut", { client_id: self.id, error: log::kv::Value::from_display(&e) });
                 LeaveReason::Cut
@@ -237,6 +245,34 @@ impl Session {
             self.out = Vec::new();
         }
         Ok(())
+    }
+}
+
+/// A lingering close waits at most this long for the client's side to go quiet.
+const LINGER_QUIET: Duration = Duration::from_millis(100);
+/// ... and never longer than this in all,
+const LINGER_MAX: Duration = Duration::from_secs(2);
+/// ... nor discards more than this many bytes.
+const LINGER_MAX_BYTES: usize = 1024 * 1024;
+
+/// Closes a connection the server decided to end, so that its last line
+/// arrives: shut down our side, then discard what the client still sends until
+/// it goes quiet, closes, or a bound is hit. Closing with unread input instead
+/// would make the kernel send a reset, which can destroy the last line before
+/// the client reads it.
+pub async fn linger_close(stream: &TcpStream) {
+    if stream.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let started = Instant::now();
+    let mut discarded = 0;
+    let mut scratch = [0u8; 4096];
+    let mut reader = stream;
+    while discarded < LINGER_MAX_BYTES && started.elapsed() < LINGER_MAX {
+        match within(LINGER_QUIET, reader.read(&mut scratch)).await {
+            Some(Ok(n)) if n > 0 => discarded += n,
+            _ => break,
+        }
     }
 }
 

@@ -1,0 +1,140 @@
+//! Helpers shared by the integration tests: an in-process server on
+//! `127.0.0.1:0`, and a line-oriented test client whose every await is bounded.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use duplex::actors::registry::RegistryHandle;
+use duplex::rt::{JoinHandle, TcpListener, TcpStream, spawn, within};
+use duplex::server::{Server, ServerConfig, ServerSummary};
+use duplex::shutdown::{self, ShutdownTrigger};
+use futures::io::BufReader;
+use futures::{AsyncBufReadExt, AsyncWriteExt};
+
+/// Upper bound for any single network wait in a test: far above what a
+/// healthy run needs, so a hang fails fast instead of stalling CI.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub registry: RegistryHandle,
+    pub trigger: ShutdownTrigger,
+    pub task: JoinHandle<ServerSummary>,
+}
+
+impl TestServer {
+    pub async fn start(config: ServerConfig) -> TestServer {
+        TestServer::start_on("127.0.0.1:0", config).await
+    }
+
+    pub async fn start_on(addr: &str, config: ServerConfig) -> TestServer {
+        let listener = TcpListener::bind(addr).await.expect("bind loopback");
+        let server = Server::new(listener, config);
+        let addr = server.local_addr().expect("bound");
+        let registry = server.registry();
+        let (trigger, shutdown) = shutdown::channel();
+        let task = spawn(server.run(shutdown));
+        TestServer {
+            addr,
+            registry,
+            trigger,
+            task,
+        }
+    }
+
+    /// Triggers shutdown and waits for the server to finish.
+    pub async fn stop(self) -> ServerSummary {
+        self.trigger.trigger();
+        within(PATIENCE, self.task)
+            .await
+            .expect("server stops in time")
+    }
+
+    /// Waits until exactly `n` clients are registered.
+    pub async fn wait_for_clients(&self, n: usize) {
+        within(PATIENCE, self.registry.wait_for_clients(n))
+            .await
+            .unwrap_or_else(|| panic!("registry never counted {n} clients"));
+    }
+}
+
+/// A raw TCP peer that reads whole lines.
+pub struct Peer {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Peer {
+    pub async fn connect(addr: SocketAddr) -> Peer {
+        let stream = within(PATIENCE, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        Peer {
+            reader: BufReader::new(stream.clone()),
+            writer: stream,
+        }
+    }
+
+    /// Connects and checks the greeting.
+    pub async fn greeted(addr: SocketAddr) -> Peer {
+        let mut peer = Peer::connect(addr).await;
+        assert_eq!(peer.line().await, b"Hello\n");
+        peer
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        within(PATIENCE, self.writer.write_all(bytes))
+            .await
+            .expect("write in time")
+            .expect("write");
+    }
+
+    /// The next line including its `\n`; empty at EOF.
+    pub async fn line(&mut self) -> Vec<u8> {
+        let mut line = Vec::new();
+        within(PATIENCE, self.reader.read_until(b'\n', &mut line))
+            .await
+            .expect("line in time")
+            .expect("read");
+        line
+    }
+
+    /// The echo of the next line, which must be a reply.
+    pub async fn reply(&mut self) -> Vec<u8> {
+        let line = self.line().await;
+        let text = line.strip_suffix(b"\n").expect("a whole line");
+        duplex::wire::reply_echo(text)
+            .unwrap_or_else(|| panic!("not a reply: {:?}", String::from_utf8_lossy(&line)))
+            .to_vec()
+    }
+
+    /// Shuts down our write side (half-close).
+    pub fn finish_writing(&self) {
+        self.writer
+            .shutdown(std::net::Shutdown::Write)
+            .expect("half-close");
+    }
+
+    /// Reads until EOF; everything that arrived.
+    pub async fn rest(&mut self) -> Vec<u8> {
+        let mut all = Vec::new();
+        loop {
+            let line = self.line().await;
+            if line.is_empty() {
+                return all;
+            }
+            all.extend_from_slice(&line);
+        }
+    }
+}
+
+/// A server config with test-friendly timers (everything else at the defaults).
+pub fn quick_config() -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.session.fragment_timeout = Some(Duration::from_millis(50));
+    config.registry_interval = None;
+    config.shutdown_timeout = Duration::from_secs(2);
+    config
+}

@@ -1,0 +1,244 @@
+//! The server, in process, on 127.0.0.1:0: protocol bytes, isolation between
+//! clients, registry counts, limits and shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::{Local, Timelike};
+use common::{PATIENCE, Peer, TestServer, quick_config};
+use duplex::rt::{spawn, within};
+use duplex::shutdown;
+
+#[async_std::test]
+async fn greets_and_replies_with_the_exact_bytes() {
+    let server = TestServer::start(quick_config()).await;
+    let mut peer = Peer::greeted(server.addr).await;
+    let before = Local::now();
+    peer.send(b"ping\r\n").await;
+    let line = peer.line().await;
+    let after = Local::now();
+    let expected = |t: chrono::DateTime<Local>| {
+        format!(
+            "{}:{}:{} - server reply: ping\n",
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
+        .into_bytes()
+    };
+    assert!(
+        line == expected(before) || line == expected(after),
+        "{:?}",
+        String::from_utf8_lossy(&line)
+    );
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn binary_and_empty_messages_are_echoed_verbatim_in_order() {
+    let server = TestServer::start(quick_config()).await;
+    let mut peer = Peer::greeted(server.addr).await;
+    peer.send(b"\xff\x00\x80raw\n\nlast\n").await;
+    assert_eq!(peer.reply().await, b"\xff\x00\x80raw");
+    assert_eq!(peer.reply().await, b"");
+    assert_eq!(peer.reply().await, b"last");
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn an_unterminated_message_is_answered_after_the_fragment_timeout() {
+    let server = TestServer::start(quick_config()).await;
+    let mut peer = Peer::greeted(server.addr).await;
+    // What the original Node client sends: a bare hex string, no newline.
+    peer.send(b"3f2a9c1d0b7e4").await;
+    assert_eq!(peer.reply().await, b"3f2a9c1d0b7e4");
+    peer.send(b"a1b2").await;
+    assert_eq!(peer.reply().await, b"a1b2");
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn with_the_fragment_timeout_off_a_split_line_is_one_message() {
+    let mut config = quick_config();
+    config.session.fragment_timeout = None;
+    let server = TestServer::start(config).await;
+    let mut peer = Peer::greeted(server.addr).await;
+    peer.send(b"first ha").await;
+    // Wait on the server's answer to something else, not on a sleep: the
+    // other client's reply proves the server has been running meanwhile.
+    let mut other = Peer::greeted(server.addr).await;
+    other.send(b"x\n").await;
+    other.reply().await;
+    peer.send(b"lf\n").await;
+    assert_eq!(peer.reply().await, b"first half");
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn a_hundred_concurrent_clients_each_get_only_their_own_replies_in_order() {
+    const CLIENTS: usize = 100;
+    const MESSAGES: usize = 20;
+    let server = TestServer::start(quick_config()).await;
+    let (release, go) = shutdown::channel();
+    let mut tasks = Vec::new();
+    for client in 0..CLIENTS {
+        let addr = server.addr;
+        let go = go.clone();
+        tasks.push(spawn(async move {
+            let mut peer = Peer::greeted(addr).await;
+            go.wait().await;
+            // Several messages per write, split at odd places across writes.
+            let mut bytes = Vec::new();
+            for message in 0..MESSAGES {
+                bytes.extend_from_slice(format!("client-{client}-message-{message}\n").as_bytes());
+            }
+            for chunk in bytes.chunks(37) {
+                peer.send(chunk).await;
+            }
+            for message in 0..MESSAGES {
+                let expected = format!("client-{client}-message-{message}");
+                assert_eq!(
+                    String::from_utf8(peer.reply().await).expect("utf-8"),
+                    expected
+                );
+            }
+        }));
+    }
+    server.wait_for_clients(CLIENTS).await;
+    release.trigger();
+    for task in tasks {
+        within(PATIENCE, task)
+            .await
+            .expect("client finished in time");
+    }
+    server.wait_for_clients(0).await;
+    let last = server.registry.snapshot().await;
+    assert!(last.clients.is_empty());
+    assert_eq!(last.totals.messages_in, (CLIENTS * MESSAGES) as u64);
+    assert_eq!(last.totals.messages_out, (CLIENTS * MESSAGES) as u64);
+    assert_eq!(last.admitted, CLIENTS as u64);
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn the_registry_lists_each_client_with_its_peer_address_and_counts() {
+    let server = TestServer::start(quick_config()).await;
+    let mut peer = Peer::greeted(server.addr).await;
+    peer.send(b"one\ntwo\n").await;
+    peer.reply().await;
+    peer.reply().await;
+    let snapshot = server.registry.snapshot().await;
+    assert_eq!(snapshot.clients.len(), 1);
+    let client = &snapshot.clients[0];
+    assert_eq!(client.peer.ip().to_string(), "127.0.0.1");
+    assert_eq!(client.counts.messages_in, 2);
+    assert_eq!(client.counts.messages_out, 2);
+    assert_eq!(client.counts.bytes_in, 8);
+    drop(peer);
+    server.wait_for_clients(0).await;
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn a_line_over_the_limit_gets_an_error_and_only_that_client_is_closed() {
+    let mut config = quick_config();
+    config.session.max_line = 1024;
+    let server = TestServer::start(config).await;
+    let mut bystander = Peer::greeted(server.addr).await;
+    let mut offender = Peer::greeted(server.addr).await;
+    offender.send(&[b'x'; 5000]).await;
+    assert_eq!(
+        offender.line().await,
+        b"error: line too long (max 1024 bytes)\n"
+    );
+    assert_eq!(offender.line().await, b"", "closed after the error");
+    bystander.send(b"still here\n").await;
+    assert_eq!(bystander.reply().await, b"still here");
+    server.wait_for_clients(1).await;
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn one_client_over_the_cap_is_turned_away_and_the_others_are_untouched() {
+    let mut config = quick_config();
+    config.max_clients = 2;
+    let server = TestServer::start(config).await;
+    let mut first = Peer::greeted(server.addr).await;
+    let _second = Peer::greeted(server.addr).await;
+    let mut third = Peer::connect(server.addr).await;
+    assert_eq!(third.line().await, b"error: server full (max 2 clients)\n");
+    assert_eq!(third.line().await, b"");
+    first.send(b"ok\n").await;
+    assert_eq!(first.reply().await, b"ok");
+    assert_eq!(server.registry.snapshot().await.rejected, 1);
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn an_idle_client_is_told_and_closed() {
+    let mut config = quick_config();
+    config.session.idle_timeout = Some(Duration::from_millis(100));
+    let server = TestServer::start(config).await;
+    let mut peer = Peer::greeted(server.addr).await;
+    assert_eq!(peer.line().await, b"error: idle timeout\n");
+    assert_eq!(peer.line().await, b"");
+    server.wait_for_clients(0).await;
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn a_half_closed_client_gets_every_reply_then_the_server_closes() {
+    let mut config = quick_config();
+    config.session.fragment_timeout = None;
+    let server = TestServer::start(config).await;
+    let mut peer = Peer::greeted(server.addr).await;
+    peer.send(b"a\nb\ntail").await;
+    peer.finish_writing();
+    assert_eq!(peer.reply().await, b"a");
+    assert_eq!(peer.reply().await, b"b");
+    assert_eq!(peer.reply().await, b"tail");
+    assert_eq!(peer.line().await, b"", "server closed after the last reply");
+    server.wait_for_clients(0).await;
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn shutdown_sends_the_notice_closes_everyone_and_stops_accepting() {
+    let server = TestServer::start(quick_config()).await;
+    let addr = server.addr;
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        peers.push(Peer::greeted(addr).await);
+    }
+    peers[0].send(b"last words\n").await;
+    assert_eq!(peers[0].reply().await, b"last words");
+    let summary = server.stop().await;
+    assert_eq!(summary.at_shutdown, 3);
+    assert_eq!(summary.cut, 0);
+    assert!(summary.last.clients.is_empty());
+    for peer in &mut peers {
+        assert_eq!(peer.rest().await, b"notice: server shutting down\n");
+    }
+    assert!(
+        duplex::rt::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+}
+
+#[async_std::test]
+async fn a_registry_notice_reaches_every_client_after_its_replies() {
+    let server = TestServer::start(quick_config()).await;
+    let mut a = Peer::greeted(server.addr).await;
+    let mut b = Peer::greeted(server.addr).await;
+    a.send(b"before\n").await;
+    assert_eq!(a.reply().await, b"before");
+    let report = server
+        .registry
+        .broadcast(std::sync::Arc::from(&b"notice: maintenance at noon\n"[..]))
+        .await;
+    assert_eq!(report.delivered, 2);
+    assert_eq!(a.line().await, b"notice: maintenance at noon\n");
+    assert_eq!(b.line().await, b"notice: maintenance at noon\n");
+    server.stop().await;
+}
