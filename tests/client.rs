@@ -1,0 +1,166 @@
+//! The client, in process, against the in-process server (and a silent fake):
+//! replies, restarts after the server goes away, dead-connection detection.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{PATIENCE, TestServer, quick_config};
+use duplex::actors::connection::LineSink;
+use duplex::actors::supervisor::{ClientSummary, Outcome};
+use duplex::client::{self, ClientConfig};
+use duplex::rt::{JoinHandle, Receiver, TcpListener, bounded, spawn, within};
+use duplex::shutdown::{self, ShutdownTrigger};
+
+/// A client running in its own task, with its output lines on a channel.
+struct TestClient {
+    lines: Receiver<Vec<u8>>,
+    trigger: ShutdownTrigger,
+    task: JoinHandle<ClientSummary>,
+}
+
+impl TestClient {
+    fn start(config: ClientConfig) -> TestClient {
+        let (sender, lines) = bounded(10_000);
+        let sink: LineSink = Arc::new(move |line: &[u8]| {
+            // The test reads far fewer than 10 000 lines; later ones may go.
+            let _ = sender.try_send(line.to_vec());
+        });
+        let (trigger, shutdown) = shutdown::channel();
+        let task = spawn(client::run(config, shutdown, sink));
+        TestClient {
+            lines,
+            trigger,
+            task,
+        }
+    }
+
+    async fn line(&self) -> Vec<u8> {
+        within(PATIENCE, self.lines.recv())
+            .await
+            .expect("a line in time")
+            .expect("client running")
+    }
+
+    /// Waits for the next reply line and returns the message it echoes.
+    async fn reply(&self) -> Vec<u8> {
+        loop {
+            let line = self.line().await;
+            if let Some(echo) = duplex::wire::reply_echo(&line) {
+                return echo.to_vec();
+            }
+        }
+    }
+
+    async fn stop(self) -> ClientSummary {
+        self.trigger.trigger();
+        within(PATIENCE, self.task)
+            .await
+            .expect("client stops in time")
+    }
+}
+
+fn config(addr: impl ToString) -> ClientConfig {
+    let mut config = ClientConfig::new(addr.to_string());
+    config.interval = Duration::from_millis(20);
+    config.backoff = Duration::from_millis(100);
+    config.timeout = Duration::from_secs(5);
+    config
+}
+
+#[async_std::test]
+async fn prints_the_greeting_and_replies_and_stops_at_the_count() {
+    let server = TestServer::start(quick_config()).await;
+    let mut config = config(server.addr);
+    config.count = Some(3);
+    let client = TestClient::start(config);
+    assert_eq!(client.line().await, b"Hello");
+    let mut echoes = Vec::new();
+    for _ in 0..3 {
+        let echo = client.reply().await;
+        assert_eq!(echo.len(), 13, "a 13-digit hex message");
+        assert!(echo.iter().all(u8::is_ascii_hexdigit));
+        echoes.push(echo);
+    }
+    let summary = within(PATIENCE, client.task)
+        .await
+        .expect("stops by itself");
+    assert_eq!(summary.outcome, Outcome::CountReached);
+    assert_eq!(summary.replied, 3);
+    assert_eq!(summary.reconnects, 0);
+    assert_ne!(echoes[0], echoes[1], "messages are random");
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn reconnects_within_the_backoff_after_the_server_restarts_on_the_same_port() {
+    let server = TestServer::start(quick_config()).await;
+    let addr = server.addr;
+    let config = config(addr);
+    let backoff = config.backoff;
+    let client = TestClient::start(config);
+    client.reply().await;
+    server.stop().await;
+
+    let restarted = TestServer::start_on(&addr.to_string(), quick_config()).await;
+    let up_at = Instant::now();
+    restarted.wait_for_clients(1).await;
+    let took = up_at.elapsed();
+    // One backoff at most, plus scheduling and connect time.
+    let margin = Duration::from_millis(500);
+    assert!(took <= backoff + margin, "reconnected after {took:?}");
+    // Replies resume on the new connection.
+    client.reply().await;
+    let summary = client.stop().await;
+    assert_eq!(summary.outcome, Outcome::Shutdown);
+    assert!(summary.reconnects >= 1);
+    restarted.stop().await;
+}
+
+#[async_std::test]
+async fn keeps_retrying_while_the_server_is_not_up_yet() {
+    // Find a free port, then leave it closed for a while.
+    let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = probe.local_addr().expect("bound");
+    drop(probe);
+    let client = TestClient::start(config(addr));
+    // Several refused connects happen meanwhile; the client must survive them.
+    let mut config = quick_config();
+    config.registry_interval = None;
+    duplex::rt::sleep(Duration::from_millis(300)).await; // the server is down on purpose
+    let server = TestServer::start_on(&addr.to_string(), config).await;
+    server.wait_for_clients(1).await;
+    client.reply().await;
+    let summary = client.stop().await;
+    assert!(summary.reconnects >= 1, "{summary:?}");
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn a_silent_server_is_declared_dead_and_the_connection_restarted() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut config = config(listener.local_addr().expect("bound"));
+    config.timeout = Duration::from_millis(200);
+    let client = TestClient::start(config);
+    // Accept and hold connections, never answering.
+    let (first, _) = within(PATIENCE, listener.accept())
+        .await
+        .expect("first connect in time")
+        .expect("accept");
+    let first_at = Instant::now();
+    let (_second, _) = within(PATIENCE, listener.accept())
+        .await
+        .expect("reconnect in time")
+        .expect("accept");
+    let gap = first_at.elapsed();
+    // Timeout (200 ms after the first unanswered message) plus backoff (100 ms).
+    assert!(
+        gap >= Duration::from_millis(300),
+        "restarted after only {gap:?}"
+    );
+    drop(first);
+    let summary = client.stop().await;
+    assert!(summary.reconnects >= 1);
+    assert_eq!(summary.replied, 0);
+}
