@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use duplex::actors::supervisor::Outcome;
 use duplex::cli::{Cli, Role};
-use duplex::rt::{TcpListener, block_on};
-use duplex::server::Server;
+use duplex::rt::block_on;
+use duplex::server::{self, Server};
 use duplex::{client, logging, shutdown, signals};
 
 fn main() -> ExitCode {
@@ -29,9 +29,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
     match cli.role {
         Role::Server => {
             let addr = cli.addr();
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let listener =
+                server::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             let server = Server::new(listener, cli.server_config());
             signals::install(trigger, Some(server.registry()))?;
             server.run(shutdown).await;

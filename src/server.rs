@@ -21,6 +21,33 @@ use crate::messages::Snapshot;
 use crate::rt::{JoinHandle, TcpListener, within};
 use crate::shutdown::{self, Shutdown};
 
+/// Connections the kernel queues for the acceptor; it caps this at
+/// `net.core.somaxconn`. std's fixed 128 drops SYNs under a burst of connects,
+/// which clients only retry after a second.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a listener on `addr` (resolved now; the first address that binds wins),
+/// with address reuse and a deep accept backlog.
+pub fn bind(addr: &str) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    use std::net::ToSocketAddrs;
+    let mut last_error = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
+    for addr in addr.to_socket_addrs()? {
+        let bound = Socket::new(Domain::for_address(addr), Type::STREAM, None).and_then(|socket| {
+            socket.set_reuse_address(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(LISTEN_BACKLOG)?;
+            socket.set_nonblocking(true)?;
+            Ok(std::net::TcpListener::from(socket))
+        });
+        match bound {
+            Ok(listener) => return Ok(TcpListener::from(listener)),
+            Err(e) => last_error = e,
+        }
+    }
+    Err(last_error)
+}
+
 /// How long cut sessions get to report to the registry before it stops anyway.
 const CUT_GRACE: Duration = Duration::from_millis(100);
 

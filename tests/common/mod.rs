@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use duplex::actors::registry::RegistryHandle;
-use duplex::rt::{JoinHandle, TcpListener, TcpStream, spawn, within};
+use duplex::rt::{JoinHandle, TcpStream, spawn, within};
 use duplex::server::{Server, ServerConfig, ServerSummary};
 use duplex::shutdown::{self, ShutdownTrigger};
 use futures::io::BufReader;
@@ -29,7 +29,7 @@ impl TestServer {
     }
 
     pub async fn start_on(addr: &str, config: ServerConfig) -> TestServer {
-        let listener = TcpListener::bind(addr).await.expect("bind loopback");
+        let listener = duplex::server::bind(addr).expect("bind loopback");
         let server = Server::new(listener, config);
         let addr = server.local_addr().expect("bound");
         let registry = server.registry();

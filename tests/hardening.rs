@@ -1,0 +1,277 @@
+//! Faults provoked for real against the in-process server and client: slow
+//! readers, resets, churn, a server dying mid-stream, backoff growth.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{PATIENCE, Peer, TestServer, quick_config};
+use duplex::actors::connection::LineSink;
+use duplex::actors::supervisor::Outcome;
+use duplex::client::{self, ClientConfig};
+use duplex::rt::{TcpListener, TcpStream, bounded, spawn, within};
+use duplex::shutdown;
+use futures::io::BufReader;
+use futures::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use rand::Rng;
+
+/// Sets SO_LINGER to zero, so closing sends a reset instead of a FIN.
+fn reset_on_close(stream: &TcpStream) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the descriptor belongs to `stream`, which outlives this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    socket2::SockRef::from(&fd)
+        .set_linger(Some(Duration::ZERO))
+        .expect("set SO_LINGER");
+}
+
+#[async_std::test]
+async fn a_client_that_never_reads_is_held_back_and_costs_others_nothing() {
+    let mut config = quick_config();
+    config.shutdown_timeout = Duration::from_millis(300);
+    let server = TestServer::start(config).await;
+
+    // The slow reader: writes lines as fast as it can and never reads.
+    let mut hog = TcpStream::connect(server.addr).await.expect("connect");
+    let chunk = b"0123456789\n".repeat(6000);
+    let cap = 256 * 1024 * 1024;
+    let mut written = 0;
+    while written < cap {
+        match within(Duration::from_millis(500), hog.write_all(&chunk)).await {
+            Some(Ok(())) => written += chunk.len(),
+            Some(Err(e)) => panic!("write failed: {e}"),
+            None => break, // stalled: the server stopped reading from us
+        }
+    }
+    assert!(
+        written < cap,
+        "the server kept reading {written} bytes from a client that never reads"
+    );
+
+    // Others are served as usual meanwhile.
+    let mut other = Peer::greeted(server.addr).await;
+    for i in 0..50 {
+        let message = format!("still served {i}");
+        other.send(format!("{message}\n").as_bytes()).await;
+        assert_eq!(other.reply().await, message.as_bytes());
+    }
+
+    // Notices to the stuck session's full outbox are dropped and counted; the
+    // registry answers at once instead of waiting on it.
+    let line: Arc<[u8]> = Arc::from(&b"notice: test\n"[..]);
+    let mut dropped = 0;
+    for _ in 0..20 {
+        let report = within(PATIENCE, server.registry.broadcast(line.clone()))
+            .await
+            .expect("the registry never blocks on an outbox");
+        dropped += report.dropped;
+    }
+    assert!(dropped >= 1);
+    assert_eq!(
+        server.registry.snapshot().await.notices_dropped,
+        dropped as u64
+    );
+
+    // At shutdown the stuck session is cut after the timeout; the other drains.
+    let summary = server.stop().await;
+    assert_eq!(summary.at_shutdown, 2);
+    assert_eq!(summary.cut, 1);
+    assert_eq!(
+        other.rest().await,
+        b"notice: test\n"
+            .repeat(20)
+            .into_iter()
+            .chain(b"notice: server shutting down\n".iter().copied())
+            .collect::<Vec<u8>>()
+    );
+    drop(hog);
+}
+
+#[async_std::test]
+async fn after_thousands_of_connects_closes_and_resets_the_registry_is_empty() {
+    const CONNECTIONS: usize = 2000;
+    const CONCURRENT: usize = 200;
+    let mut config = quick_config();
+    config.max_clients = CONNECTIONS + 1;
+    let server = TestServer::start(config).await;
+    let addr = server.addr;
+    for wave in 0..CONNECTIONS / CONCURRENT {
+        let mut tasks = Vec::new();
+        for i in 0..CONCURRENT {
+            let behaviour = rand::rng().random_range(0..5);
+            tasks.push(spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.expect("connect");
+                match behaviour {
+                    // Connect and leave at once.
+                    0 => {}
+                    // A clean exchange, then close.
+                    1 => {
+                        let mut reader = BufReader::new(stream.clone());
+                        let mut line = Vec::new();
+                        reader.read_until(b'\n', &mut line).await.expect("greeting");
+                        stream
+                            .write_all(format!("w{wave}c{i}\n").as_bytes())
+                            .await
+                            .expect("send");
+                        line.clear();
+                        reader.read_until(b'\n', &mut line).await.expect("reply");
+                        assert!(line.ends_with(format!("w{wave}c{i}\n").as_bytes()));
+                    }
+                    // Half a message, then a reset.
+                    2 => {
+                        stream.write_all(b"half a mess").await.expect("send");
+                        reset_on_close(&stream);
+                    }
+                    // Many messages without reading, then a reset while the
+                    // server is still writing replies.
+                    3 => {
+                        stream
+                            .write_all(&b"spam\n".repeat(20_000))
+                            .await
+                            .expect("send");
+                        reset_on_close(&stream);
+                    }
+                    // Half-close, read everything, close.
+                    _ => {
+                        stream.write_all(b"bye\n").await.expect("send");
+                        stream
+                            .shutdown(std::net::Shutdown::Write)
+                            .expect("half-close");
+                        let mut rest = Vec::new();
+                        stream.read_to_end(&mut rest).await.expect("read to EOF");
+                        assert!(rest.ends_with(b" - server reply: bye\n"));
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            within(PATIENCE, task)
+                .await
+                .expect("connection finished in time");
+        }
+    }
+    // Accepting is first in, first out: once a last client is greeted, every
+    // connection before it has been through the acceptor.
+    drop(Peer::greeted(addr).await);
+    server.wait_for_clients(0).await;
+    let snapshot = server.registry.snapshot().await;
+    assert!(snapshot.clients.is_empty());
+    assert_eq!(snapshot.admitted, CONNECTIONS as u64 + 1);
+    server.stop().await;
+}
+
+/// A client whose output lines arrive on a channel.
+fn start_client(
+    config: ClientConfig,
+) -> (
+    duplex::rt::Receiver<Vec<u8>>,
+    shutdown::ShutdownTrigger,
+    duplex::rt::JoinHandle<duplex::actors::supervisor::ClientSummary>,
+) {
+    let (sender, lines) = bounded(100_000);
+    let sink: LineSink = Arc::new(move |line: &[u8]| {
+        // The test reads every line; the capacity is far above what it makes.
+        let _ = sender.try_send(line.to_vec());
+    });
+    let (trigger, shutdown) = shutdown::channel();
+    (lines, trigger, spawn(client::run(config, shutdown, sink)))
+}
+
+#[async_std::test]
+async fn a_message_swallowed_by_a_dying_server_is_resent_and_answered() {
+    // The first server answers two messages, reads a third, and dies without
+    // answering it: a server killed mid-stream.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound");
+    let mut config = ClientConfig::new(addr.to_string());
+    config.interval = Duration::from_millis(20);
+    config.backoff = Duration::from_millis(100);
+    let (lines, trigger, task) = start_client(config);
+
+    let (stream, _) = within(PATIENCE, listener.accept())
+        .await
+        .expect("in time")
+        .expect("accept");
+    let mut reader = BufReader::new(stream.clone());
+    let mut writer = stream;
+    writer.write_all(b"Hello\n").await.expect("greet");
+    let mut swallowed = Vec::new();
+    for i in 0..3 {
+        let mut line = Vec::new();
+        within(PATIENCE, reader.read_until(b'\n', &mut line))
+            .await
+            .expect("in time")
+            .expect("read");
+        if i < 2 {
+            let mut reply = b"1:2:3 - server reply: ".to_vec();
+            reply.extend_from_slice(&line);
+            writer.write_all(&reply).await.expect("reply");
+        } else {
+            swallowed = line.strip_suffix(b"\n").expect("a line").to_vec();
+        }
+    }
+    drop((reader, writer, listener));
+
+    // The real server comes up on the same port a moment later.
+    let server = TestServer::start_on(&addr.to_string(), quick_config()).await;
+    let mut echoes = HashSet::new();
+    while !echoes.contains(&swallowed) || echoes.len() < 10 {
+        let line = within(PATIENCE, lines.recv())
+            .await
+            .expect("output in time")
+            .expect("client running");
+        if let Some(echo) = duplex::wire::reply_echo(&line) {
+            echoes.insert(echo.to_vec());
+        }
+    }
+    trigger.trigger();
+    let summary = within(PATIENCE, task).await.expect("client stops");
+    while let Ok(line) = lines.try_recv() {
+        if let Some(echo) = duplex::wire::reply_echo(&line) {
+            echoes.insert(echo.to_vec());
+        }
+    }
+    assert_eq!(summary.outcome, Outcome::Shutdown);
+    assert!(summary.resent >= 1, "{summary:?}");
+    assert_eq!(summary.dropped, 0);
+    assert!(summary.reconnects >= 1);
+    // Every message sent was answered, except at most one in flight at the stop.
+    assert!(summary.pending <= 1, "{summary:?}");
+    assert!(
+        echoes.len() as u64 + summary.pending as u64 >= summary.sent,
+        "{summary:?} vs {} echoes",
+        echoes.len()
+    );
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn exponential_backoff_doubles_the_wait_between_failed_connections() {
+    // A server that accepts and hangs up at once, recording when.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut config = ClientConfig::new(listener.local_addr().expect("bound").to_string());
+    config.backoff = Duration::from_millis(40);
+    config.backoff_max = Some(Duration::from_secs(5));
+    let (_lines, trigger, task) = start_client(config);
+    let mut accepted_at = Vec::new();
+    for _ in 0..5 {
+        let (stream, _) = within(PATIENCE, listener.accept())
+            .await
+            .expect("in time")
+            .expect("accept");
+        accepted_at.push(Instant::now());
+        drop(stream);
+    }
+    trigger.trigger();
+    within(PATIENCE, task).await.expect("client stops");
+    let gaps: Vec<f64> = accepted_at
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    // Nominal waits 40, 80, 160, 320 ms, each ±20 %.
+    assert!(gaps[0] >= 0.040 * 0.8, "{gaps:?}");
+    assert!(gaps[3] >= 0.320 * 0.8, "{gaps:?}");
+    assert!(gaps[3] / gaps[0] >= 4.0, "the wait did not grow: {gaps:?}");
+}
