@@ -406,4 +406,76 @@ mod tests {
         assert_eq!(reply_echo(b"1:2:3:4 - server reply: abc"), None);
         assert_eq!(reply_echo(b"notice: server shutting down"), None);
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// What the framer must produce: the stream split on `\n`, each line
+        /// without a trailing `\r`, the unterminated tail held back; cut short
+        /// by an error at the first line over the limit (or a tail too long to
+        /// be one).
+        fn reference(stream: &[u8], max_line: usize) -> (Vec<Vec<u8>>, bool) {
+            let mut lines = Vec::new();
+            let mut parts: Vec<&[u8]> = stream.split(|&b| b == b'\n').collect();
+            let tail = parts.pop().unwrap_or_default();
+            for part in parts {
+                let line = part.strip_suffix(b"\r").unwrap_or(part);
+                if line.len() > max_line {
+                    return (lines, true);
+                }
+                lines.push(line.to_vec());
+            }
+            (lines, tail.len() > max_line + 1)
+        }
+
+        fn bytes() -> impl Strategy<Value = Vec<u8>> {
+            // Mostly short lines, with CRs and arbitrary bytes mixed in.
+            let byte = prop_oneof![
+                4 => b'a'..=b'z',
+                2 => Just(b'\n'),
+                1 => Just(b'\r'),
+                1 => any::<u8>(),
+            ];
+            proptest::collection::vec(byte, 0..3000)
+        }
+
+        proptest! {
+            #[test]
+            fn any_split_gives_the_lines_of_the_whole_stream(
+                stream in bytes(),
+                cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..20),
+                max_line in 1usize..200,
+            ) {
+                let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+                cuts.push(stream.len());
+                cuts.sort_unstable();
+                let bound = (max_line + 1 + MIN_READ).max(INITIAL_BUFFER);
+                let mut framer = Framer::new(max_line);
+                let mut lines = Vec::new();
+                let mut failed = false;
+                let mut at = 0;
+                'feed: for cut in cuts {
+                    while at < cut {
+                        at += framer.push(&stream[at..cut]);
+                        prop_assert!(framer.capacity() <= bound, "buffer grew to {}", framer.capacity());
+                        loop {
+                            match framer.next_line() {
+                                Some(Ok(line)) => lines.push(line.to_vec()),
+                                Some(Err(FrameError::LineTooLong { max })) => {
+                                    prop_assert_eq!(max, max_line);
+                                    failed = true;
+                                    break 'feed;
+                                }
+                                None => break,
+                            }
+                        }
+                    }
+                }
+                let (expected, expect_failure) = reference(&stream, max_line);
+                prop_assert_eq!(lines, expected);
+                prop_assert_eq!(failed, expect_failure);
+            }
+        }
+    }
 }

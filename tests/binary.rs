@@ -1,91 +1,14 @@
 //! The built `duplex` binary, as a user runs it: server and client processes,
 //! signals, exit codes, --help, log formats.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::thread;
-use std::time::Duration;
+mod common;
 
-const PATIENCE: Duration = Duration::from_secs(15);
+use std::io::Read;
+use std::process::Stdio;
 
-fn duplex() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_duplex"));
-    command.env("RUST_LOG", "info").stdin(Stdio::null());
-    command
-}
-
-/// Forwards a child's stderr lines to a channel, so tests can wait on them.
-fn stderr_lines(child: &mut Child) -> Receiver<String> {
-    let stderr = child.stderr.take().expect("stderr piped");
-    let (sender, lines) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    lines
-}
-
-/// The next line on `lines` containing `needle`.
-fn wait_for(lines: &Receiver<String>, needle: &str) -> String {
-    loop {
-        let line = lines
-            .recv_timeout(PATIENCE)
-            .unwrap_or_else(|_| panic!("no log line containing {needle:?}"));
-        if line.contains(needle) {
-            return line;
-        }
-    }
-}
-
-fn wait_with_timeout(mut child: Child) -> ExitStatus {
-    let (sender, done) = mpsc::channel();
-    let pid = child.id();
-    thread::spawn(move || {
-        let _ = sender.send(child.wait());
-    });
-    match done.recv_timeout(PATIENCE) {
-        Ok(status) => status.expect("wait"),
-        Err(_) => {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("process {pid} did not exit in time");
-        }
-    }
-}
-
-fn signal(child: &Child, signal: i32) {
-    // SAFETY: plain kill(2) on our own child's pid.
-    let sent = unsafe { libc::kill(child.id() as i32, signal) };
-    assert_eq!(sent, 0, "kill failed");
-}
-
-/// A server process on 127.0.0.1:0; returns it, its address and its log lines.
-fn start_server(extra: &[&str]) -> (Child, String, Receiver<String>) {
-    let mut server = duplex()
-        .args(["--role", "server", "--addr", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
-    let logs = stderr_lines(&mut server);
-    let listening = wait_for(&logs, "listening");
-    let addr = if listening.starts_with('{') {
-        let object: serde_json::Value = serde_json::from_str(&listening).expect("JSON log line");
-        object["addr"].as_str().map(String::from)
-    } else {
-        listening
-            .split_whitespace()
-            .find_map(|field| field.strip_prefix("addr=").map(String::from))
-    };
-    let addr = addr.expect("the listening line names the address");
-    (server, addr, logs)
-}
+use common::process::{
+    duplex, signal, start_server, start_server_from, stderr_lines, wait_for, wait_with_timeout,
+};
 
 #[test]
 fn server_and_client_processes_talk_and_exit_cleanly() {
@@ -147,23 +70,40 @@ fn sigusr1_logs_a_registry_snapshot_and_sigint_stops_the_server() {
 }
 
 #[test]
-fn the_client_exits_zero_on_sigterm_while_the_server_is_down() {
+fn a_client_started_before_the_server_retries_until_it_is_up_and_exits_0_on_sigterm() {
     // A port that was free a moment ago: connecting to it is refused.
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = probe.local_addr().expect("bound").to_string();
     drop(probe);
     let mut client = duplex()
-        .args(["--role", "client", "--addr", &addr, "--backoff", "50ms"])
-        .stdout(Stdio::null())
+        .args(["--role", "client", "--addr", &addr])
+        .args(["--backoff", "50ms", "--interval", "50ms"])
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn client");
     let logs = stderr_lines(&mut client);
-    wait_for(&logs, "restarting connection");
+    let refused = wait_for(&logs, "restarting connection");
+    assert!(refused.contains("Connection refused"), "{refused}");
+
+    let mut server_command = duplex();
+    server_command
+        .args(["--role", "server", "--addr", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let (server, _, _server_logs) = start_server_from(server_command);
+    wait_for(&logs, "connect peer=");
+    let mut stdout = std::io::BufReader::new(client.stdout.take().expect("stdout piped"));
+    let mut greeting = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut greeting).expect("greeting");
+    assert_eq!(greeting, "Hello\n");
+
     signal(&client, libc::SIGTERM);
     assert!(wait_with_timeout(client).success());
     let summary = wait_for(&logs, "client stopped");
     assert!(summary.contains("outcome=shutdown"), "{summary}");
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
 }
 
 #[test]

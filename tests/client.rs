@@ -119,25 +119,6 @@ async fn reconnects_within_the_backoff_after_the_server_restarts_on_the_same_por
 }
 
 #[async_std::test]
-async fn keeps_retrying_while_the_server_is_not_up_yet() {
-    // Find a free port, then leave it closed for a while.
-    let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = probe.local_addr().expect("bound");
-    drop(probe);
-    let client = TestClient::start(config(addr));
-    // Several refused connects happen meanwhile; the client must survive them.
-    let mut config = quick_config();
-    config.registry_interval = None;
-    duplex::rt::sleep(Duration::from_millis(300)).await; // the server is down on purpose
-    let server = TestServer::start_on(&addr.to_string(), config).await;
-    server.wait_for_clients(1).await;
-    client.reply().await;
-    let summary = client.stop().await;
-    assert!(summary.reconnects >= 1, "{summary:?}");
-    server.stop().await;
-}
-
-#[async_std::test]
 async fn a_silent_server_is_declared_dead_and_the_connection_restarted() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let mut config = config(listener.local_addr().expect("bound"));

@@ -275,3 +275,36 @@ async fn exponential_backoff_doubles_the_wait_between_failed_connections() {
     assert!(gaps[3] >= 0.320 * 0.8, "{gaps:?}");
     assert!(gaps[3] / gaps[0] >= 4.0, "the wait did not grow: {gaps:?}");
 }
+
+#[async_std::test]
+async fn while_the_server_is_down_a_full_pending_queue_drops_its_oldest() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound");
+    let mut config = ClientConfig::new(addr.to_string());
+    config.interval = Duration::from_millis(10);
+    config.backoff = Duration::from_millis(300);
+    config.max_pending = 3;
+    let (lines, trigger, task) = start_client(config);
+    // The first connection is hung up on at once; during the 300 ms backoff
+    // about 30 messages are made for a queue of 3.
+    let (first, _) = within(PATIENCE, listener.accept())
+        .await
+        .expect("in time")
+        .expect("accept");
+    drop((first, listener));
+    let server = TestServer::start_on(&addr.to_string(), quick_config()).await;
+    server.wait_for_clients(1).await;
+    let mut replies = 0;
+    while replies < 5 {
+        let line = within(PATIENCE, lines.recv())
+            .await
+            .expect("output in time")
+            .expect("running");
+        replies += usize::from(duplex::wire::reply_echo(&line).is_some());
+    }
+    trigger.trigger();
+    let summary = within(PATIENCE, task).await.expect("client stops");
+    assert!(summary.dropped >= 10, "{summary:?}");
+    assert!(summary.sent >= 5);
+    server.stop().await;
+}

@@ -1,0 +1,179 @@
+//! Limits and faults provoked against the real binary: descriptor exhaustion,
+//! a 100 MB line, a stuck client at shutdown, a client that gives up.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::process::{
+    PATIENCE, cpu_time, duplex, rss_kib, server_command, signal, start_server, start_server_from,
+    stderr_lines, wait_for, wait_with_timeout,
+};
+
+/// A blocking test client with bounded reads.
+struct LineClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl LineClient {
+    fn connect(addr: &str) -> LineClient {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        LineClient {
+            reader: BufReader::new(stream.try_clone().expect("clone")),
+            writer: stream,
+        }
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("a line in time");
+        line
+    }
+
+    fn round_trip(&mut self, message: &str) {
+        writeln!(self.writer, "{message}").expect("send");
+        let line = self.line();
+        assert!(
+            line.ends_with(&format!(" - server reply: {message}\n")),
+            "{line:?}"
+        );
+    }
+}
+
+#[test]
+fn out_of_descriptors_the_server_pauses_stays_up_and_recovers() {
+    let mut command = server_command(&[]);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child yet.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let (server, addr, logs) = start_server_from(command);
+    let held: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    wait_for(&logs, "accept failed: out of resources");
+
+    let before = cpu_time(server.id());
+    let window = Instant::now();
+    thread::sleep(Duration::from_secs(1)); // measuring CPU use over a fixed window
+    let used = cpu_time(server.id()) - before;
+    let share = used.as_secs_f64() / window.elapsed().as_secs_f64();
+    assert!(
+        share < 0.5,
+        "{:.0}% of a core while exhausted",
+        share * 100.0
+    );
+
+    drop(held);
+    let mut client = LineClient::connect(&addr);
+    assert_eq!(client.line(), "Hello\n");
+    client.round_trip("recovered");
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+}
+
+#[test]
+fn a_100_mb_line_costs_the_server_no_memory_and_others_no_service() {
+    let (server, addr, logs) = start_server(&[]);
+    let mut bystander = LineClient::connect(&addr);
+    assert_eq!(bystander.line(), "Hello\n");
+    for i in 0..20 {
+        bystander.round_trip(&format!("warm-up {i}"));
+    }
+    let idle = rss_kib(server.id());
+
+    let streamer = thread::spawn({
+        let addr = addr.clone();
+        move || {
+            let mut stream = TcpStream::connect(&addr).expect("connect");
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0;
+            // Until the server hangs up on us, or 100 MB.
+            while sent < 100 * 1024 * 1024 && stream.write_all(&chunk).is_ok() {
+                sent += chunk.len();
+            }
+            sent
+        }
+    });
+    for i in 0..50 {
+        bystander.round_trip(&format!("meanwhile {i}"));
+    }
+    let sent = streamer.join().expect("streamer");
+    wait_for(&logs, "line too long");
+    let after = rss_kib(server.id());
+    assert!(
+        after <= idle + 4 * 1024,
+        "RSS grew from {idle} KiB to {after} KiB after a client streamed {sent} bytes"
+    );
+    bystander.round_trip("after");
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+}
+
+#[test]
+fn shutdown_drains_readers_cuts_a_stuck_client_and_exits_0_in_time() {
+    let (server, addr, logs) = start_server(&["--shutdown-timeout", "500ms"]);
+    let mut reader = LineClient::connect(&addr);
+    assert_eq!(reader.line(), "Hello\n");
+    // A client that sends a lot and never reads: the server blocks writing to it.
+    let stuck = TcpStream::connect(&addr).expect("connect");
+    stuck
+        .set_write_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut writer = &stuck;
+    let chunk = b"never read\n".repeat(10_000);
+    while writer.write_all(&chunk).is_ok() {}
+    wait_for(&logs, "client joined client_id=2");
+
+    let started = Instant::now();
+    signal(&server, libc::SIGTERM);
+    assert_eq!(reader.line(), "notice: server shutting down\n");
+    assert!(wait_with_timeout(server).success());
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "exit took {took:?}");
+    wait_for(
+        &logs,
+        "shutdown timeout: cutting remaining clients clients=1",
+    );
+    let stopped = wait_for(&logs, "server stopped");
+    assert!(stopped.contains("drained=1 cut=1"), "{stopped}");
+}
+
+#[test]
+fn a_client_over_its_restart_limit_gives_up_with_exit_1_and_a_summary() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = probe.local_addr().expect("bound").to_string();
+    drop(probe);
+    let mut client = duplex()
+        .args(["--role", "client", "--addr", &addr, "--backoff", "10ms"])
+        .args(["--max-restarts", "3", "--restart-window", "10s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn client");
+    let logs = stderr_lines(&mut client);
+    let status = wait_with_timeout(client);
+    assert_eq!(status.code(), Some(1));
+    wait_for(&logs, "too many restarts: giving up");
+    let summary = wait_for(&logs, "client stopped");
+    for key in ["sent=", "replied=", "resent=", "dropped=", "reconnects=3"] {
+        assert!(summary.contains(key), "{key} missing from {summary}");
+    }
+}
