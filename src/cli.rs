@@ -7,6 +7,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::actors::session::SessionConfig;
+use crate::bench::BenchConfig;
 use crate::client::ClientConfig;
 use crate::server::ServerConfig;
 
@@ -21,6 +22,9 @@ pub enum Role {
     Server,
     /// Connect, send a random hex string every interval, print what the server sends.
     Client,
+    /// Load-test a server: many connections, messages in flight, checked replies,
+    /// throughput and latency.
+    Bench,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -51,7 +55,8 @@ pub struct Cli {
 
     /// Server: address to listen on [default: 127.0.0.1:8000; use 0.0.0.0:8000
     /// to accept other hosts]. Client: host:port to connect to, every resolved
-    /// address tried in turn [default: localhost:8000].
+    /// address tried in turn [default: localhost:8000]. Bench: the server to
+    /// load [default: 127.0.0.1:8000].
     #[arg(long, value_name = "HOST:PORT")]
     pub addr: Option<String>,
 
@@ -122,6 +127,38 @@ pub struct Cli {
     /// The window --max-restarts counts restarts in.
     #[arg(long, default_value = "60s", value_parser = positive_duration, value_name = "DURATION", help_heading = "Client options")]
     pub restart_window: Duration,
+
+    /// Connections to open.
+    #[arg(long, default_value_t = 50, value_parser = positive_usize, help_heading = "Bench options")]
+    pub clients: usize,
+
+    /// How long to measure, once every connection is greeted.
+    #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DURATION", help_heading = "Bench options")]
+    pub duration: Duration,
+
+    /// Messages in flight per connection; 0 holds the connections idle (to
+    /// measure the server's memory per connection).
+    #[arg(long, default_value_t = 1, help_heading = "Bench options")]
+    pub depth: usize,
+
+    /// Bytes per message, without the newline (a message is never shorter than
+    /// its unique id, about 8 bytes).
+    #[arg(long, default_value_t = 16, value_parser = positive_usize, help_heading = "Bench options")]
+    pub size: usize,
+
+    /// New connections per second while connecting, so a large --clients
+    /// measures holding capacity, not a SYN burst.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Bench options")]
+    pub connect_rate: u32,
+
+    /// Print one JSON object instead of the text report.
+    #[arg(long, help_heading = "Bench options")]
+    pub json: bool,
+
+    /// PID of a server on this machine: report its resident memory before
+    /// connecting and with every client connected.
+    #[arg(long, value_name = "PID", help_heading = "Bench options")]
+    pub server_pid: Option<u32>,
 }
 
 /// Flags that mean something to one role only, by clap id.
@@ -142,6 +179,15 @@ const CLIENT_ONLY: &[&str] = &[
     "max_pending",
     "max_restarts",
     "restart_window",
+];
+const BENCH_ONLY: &[&str] = &[
+    "clients",
+    "duration",
+    "depth",
+    "size",
+    "connect_rate",
+    "json",
+    "server_pid",
 ];
 
 impl Cli {
@@ -164,19 +210,22 @@ impl Cli {
         let mut command = Cli::command();
         let matches = command.try_get_matches_from_mut(args)?;
         let cli = Cli::from_arg_matches(&matches)?;
-        let (other, other_role) = match cli.role {
-            Role::Server => (CLIENT_ONLY, "client"),
-            Role::Client => (SERVER_ONLY, "server"),
+        let others: &[(&[&str], &str)] = match cli.role {
+            Role::Server => &[(CLIENT_ONLY, "client"), (BENCH_ONLY, "bench")],
+            Role::Client => &[(SERVER_ONLY, "server"), (BENCH_ONLY, "bench")],
+            Role::Bench => &[(SERVER_ONLY, "server"), (CLIENT_ONLY, "client")],
         };
-        if let Some(id) = other
-            .iter()
-            .find(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
-        {
-            let flag = id.replace('_', "-");
-            return Err(command.error(
-                ErrorKind::ArgumentConflict,
-                format!("--{flag} is a {other_role} option; it has no effect with this --role"),
-            ));
+        for (ids, role) in others {
+            if let Some(id) = ids
+                .iter()
+                .find(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+            {
+                let flag = id.replace('_', "-");
+                return Err(command.error(
+                    ErrorKind::ArgumentConflict,
+                    format!("--{flag} is a {role} option; it has no effect with this --role"),
+                ));
+            }
         }
         Ok(cli)
     }
@@ -185,7 +234,7 @@ impl Cli {
     pub fn addr(&self) -> &str {
         match (&self.addr, self.role) {
             (Some(addr), _) => addr,
-            (None, Role::Server) => DEFAULT_SERVER_ADDR,
+            (None, Role::Server | Role::Bench) => DEFAULT_SERVER_ADDR,
             (None, Role::Client) => DEFAULT_CLIENT_ADDR,
         }
     }
@@ -195,8 +244,8 @@ impl Cli {
             session: SessionConfig {
                 max_line: self.max_line,
                 fragment_timeout: nonzero(self.fragment_timeout),
-                idle_timeout: nonzero(self.idle_timeout),
             },
+            idle_timeout: nonzero(self.idle_timeout),
             max_clients: self.max_clients,
             registry_interval: nonzero(self.registry_interval),
             shutdown_timeout: self.shutdown_timeout,
@@ -214,6 +263,21 @@ impl Cli {
             count: self.count,
             max_restarts: self.max_restarts,
             restart_window: self.restart_window,
+        }
+    }
+}
+
+impl Cli {
+    pub fn bench_config(&self) -> BenchConfig {
+        BenchConfig {
+            addr: self.addr().to_string(),
+            clients: self.clients,
+            duration: self.duration,
+            depth: self.depth,
+            size: self.size,
+            connect_rate: self.connect_rate,
+            progress: !self.json,
+            server_pid: self.server_pid,
         }
     }
 }
@@ -261,7 +325,7 @@ mod tests {
             config.session.fragment_timeout,
             Some(Duration::from_millis(200))
         );
-        assert_eq!(config.session.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(config.idle_timeout, Some(Duration::from_secs(300)));
         assert_eq!(config.registry_interval, Some(Duration::from_secs(30)));
         let client = parse(&["--role", "client"]).expect("valid").client_config();
         assert_eq!(client.addr, "localhost:8000");
@@ -283,7 +347,7 @@ mod tests {
         .expect("valid");
         let config = cli.server_config();
         assert_eq!(config.session.fragment_timeout, None);
-        assert_eq!(config.session.idle_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(config.idle_timeout, Some(Duration::from_secs(90)));
         let cli = parse(&["--role", "client", "--interval", "500ms"]).expect("valid");
         assert_eq!(cli.interval, Duration::from_millis(500));
     }
@@ -298,6 +362,8 @@ mod tests {
             &[],
             &["--role", "client", "--max-clients", "5"],
             &["--role", "server", "--count", "3"],
+            &["--role", "client", "--clients", "3"],
+            &["--role", "bench", "--interval", "1s"],
         ] {
             let error = parse(args).expect_err("rejected");
             assert_eq!(error.exit_code(), 2, "{args:?}: {error}");

@@ -7,8 +7,10 @@
 //! after a backoff. See `docs/architecture.md`.
 
 pub mod actors;
+pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod limits;
 pub mod logging;
 pub mod messages;
 pub mod pending;

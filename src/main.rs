@@ -10,7 +10,7 @@ use duplex::actors::supervisor::Outcome;
 use duplex::cli::{Cli, Role};
 use duplex::rt::block_on;
 use duplex::server::{self, Server};
-use duplex::{client, logging, shutdown, signals};
+use duplex::{bench, client, limits, logging, shutdown, signals};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_or_exit(std::env::args_os());
@@ -29,6 +29,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
     match cli.role {
         Role::Server => {
             let addr = cli.addr();
+            limits::raise_open_files();
             let listener =
                 server::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             let server = Server::new(listener, cli.server_config());
@@ -51,6 +52,22 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
             Ok(match summary.outcome {
                 Outcome::GaveUp => ExitCode::FAILURE,
                 Outcome::CountReached | Outcome::Shutdown => ExitCode::SUCCESS,
+            })
+        }
+        Role::Bench => {
+            limits::raise_open_files();
+            signals::install(trigger, None)?;
+            let report = bench::run(cli.bench_config(), shutdown).await?;
+            if cli.json {
+                println!("{}", report.to_json());
+            } else {
+                println!("{report}");
+            }
+            // Errors are in the report; the exit code makes them visible to scripts.
+            Ok(if report.errors() == 0 && report.connected > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             })
         }
     }

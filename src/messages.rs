@@ -11,8 +11,9 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 
@@ -40,12 +41,39 @@ impl log::kv::ToValue for ClientId {
 
 /// Counters a session bumps itself, once per batch of lines; the registry only
 /// reads them. This is what keeps the registry off the per-message path.
-#[derive(Debug, Default)]
+///
+/// They also record when the client last sent anything, which is how the
+/// registry finds idle clients without a timer per session.
+#[derive(Debug)]
 pub struct SessionStats {
     messages_in: AtomicU64,
     messages_out: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// Milliseconds since [`epoch`] of the last input (or of the connect).
+    last_input_ms: AtomicU64,
+}
+
+/// The process-wide origin for the millisecond timestamps in [`SessionStats`].
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn millis_since_epoch(at: Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_millis() as u64
+}
+
+impl Default for SessionStats {
+    fn default() -> SessionStats {
+        SessionStats {
+            messages_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            last_input_ms: AtomicU64::new(millis_since_epoch(Instant::now())),
+        }
+    }
 }
 
 /// A copy of [`SessionStats`] at one instant.
@@ -58,10 +86,18 @@ pub struct Counts {
 }
 
 impl SessionStats {
-    /// Records bytes read and the messages framed from them.
-    pub fn received(&self, messages: u64, bytes: u64) {
+    /// Records bytes read at `at` and the messages framed from them.
+    pub fn received(&self, messages: u64, bytes: u64, at: Instant) {
         self.messages_in.fetch_add(messages, Ordering::Relaxed);
         self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+        self.last_input_ms
+            .store(millis_since_epoch(at), Ordering::Relaxed);
+    }
+
+    /// How long before `now` the client last sent anything (or connected).
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        let last = self.last_input_ms.load(Ordering::Relaxed);
+        Duration::from_millis(millis_since_epoch(now).saturating_sub(last))
     }
 
     /// Records replies written and their bytes.
@@ -96,6 +132,8 @@ pub enum SessionCommand {
     /// Write this complete line (ending in `\n`) to the client, after any
     /// replies already queued.
     Notice { line: Arc<[u8]> },
+    /// The client has sent nothing for the idle timeout: tell it and close.
+    CloseIdle,
 }
 
 /// Why a session ended. Logged as `reason` when the client leaves.

@@ -3,7 +3,11 @@
 //! change to this one file.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use futures::future::{BoxFuture, FusedFuture};
 
 pub use async_std::channel::{Receiver, Sender, TrySendError, bounded};
 pub use async_std::future::timeout;
@@ -24,4 +28,67 @@ pub async fn sleep_until(deadline: Option<Instant>) {
 /// Runs `fut` to completion unless it takes longer than `limit`.
 pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
     timeout(limit, fut).await.ok()
+}
+
+/// A reusable timer: completes once the earliest deadline it was armed with
+/// has passed, then disarms itself.
+///
+/// Re-arming only ever moves the deadline earlier, so an actor can arm it
+/// with "idle since the last read" on every read at no cost: the timer keeps
+/// its old (earlier) deadline, and when that fires the actor checks the real
+/// one and re-arms. This keeps timer registrations off the per-message path.
+pub struct Alarm {
+    at: Option<Instant>,
+    sleep: Option<BoxFuture<'static, ()>>,
+}
+
+impl Alarm {
+    /// A disarmed alarm: it never completes until armed.
+    pub fn new() -> Alarm {
+        Alarm {
+            at: None,
+            sleep: None,
+        }
+    }
+
+    /// Makes the alarm complete no later than `deadline`.
+    pub fn arm_by(&mut self, deadline: Instant) {
+        if self.at.is_none_or(|at| deadline < at) {
+            self.at = Some(deadline);
+            self.sleep = Some(Box::pin(sleep(
+                deadline.saturating_duration_since(Instant::now()),
+            )));
+        }
+    }
+}
+
+impl Default for Alarm {
+    fn default() -> Alarm {
+        Alarm::new()
+    }
+}
+
+impl Future for Alarm {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(sleep) = self.sleep.as_mut() else {
+            return Poll::Pending;
+        };
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.at = None;
+                self.sleep = None;
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl FusedFuture for Alarm {
+    /// Never terminated for good: it can always be armed again.
+    fn is_terminated(&self) -> bool {
+        false
+    }
 }

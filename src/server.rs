@@ -56,6 +56,8 @@ const CUT_GRACE: Duration = Duration::from_millis(100);
 pub struct ServerConfig {
     pub session: SessionConfig,
     pub max_clients: usize,
+    /// Close clients that send nothing for this long; `None` never.
+    pub idle_timeout: Option<Duration>,
     /// `None` turns the periodic snapshot off.
     pub registry_interval: Option<Duration>,
     pub shutdown_timeout: Duration,
@@ -67,8 +69,8 @@ impl Default for ServerConfig {
             session: SessionConfig {
                 max_line: 64 * 1024,
                 fragment_timeout: Some(Duration::from_millis(200)),
-                idle_timeout: Some(Duration::from_secs(300)),
             },
+            idle_timeout: Some(Duration::from_secs(300)),
             max_clients: 10_000,
             registry_interval: Some(Duration::from_secs(30)),
             shutdown_timeout: Duration::from_secs(5),
@@ -102,6 +104,7 @@ impl Server {
         let (registry, registry_task) = Registry::spawn(RegistryConfig {
             max_clients: config.max_clients,
             snapshot_interval: config.registry_interval,
+            idle_timeout: config.idle_timeout,
         });
         Server {
             listener,

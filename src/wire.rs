@@ -29,15 +29,16 @@ pub fn server_full_error(max: usize) -> Vec<u8> {
 }
 
 /// Smallest buffer a framer allocates, in bytes: enough for a burst of short
-/// messages while keeping an idle connection cheap.
-const INITIAL_BUFFER: usize = 1024;
+/// messages while keeping an idle connection cheap (an idle session holds
+/// this while it waits to read).
+const INITIAL_BUFFER: usize = 512;
 
 /// Free space, in bytes, a framer guarantees before each read.
 const MIN_READ: usize = 256;
 
 /// Above this size, in bytes, an emptied buffer is released instead of kept,
 /// so one long line does not pin its memory for the life of the connection.
-const SHRINK_ABOVE: usize = 16 * INITIAL_BUFFER;
+const SHRINK_ABOVE: usize = 16 * 1024;
 
 /// Why a byte stream could not be framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

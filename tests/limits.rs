@@ -128,18 +128,20 @@ fn a_100_mb_line_costs_the_server_no_memory_and_others_no_service() {
 }
 
 #[test]
-fn shutdown_drains_readers_cuts_a_stuck_client_and_exits_0_in_time() {
+fn shutdown_with_a_client_that_never_reads_still_exits_0_within_the_timeout() {
     let (server, addr, logs) = start_server(&["--shutdown-timeout", "500ms"]);
     let mut reader = LineClient::connect(&addr);
     assert_eq!(reader.line(), "Hello\n");
-    // A client that sends a lot and never reads: the server blocks writing to it.
+    // A client that sends long lines and never reads, and keeps pushing, so
+    // its session spends its time stuck writing replies.
     let stuck = TcpStream::connect(&addr).expect("connect");
-    stuck
-        .set_write_timeout(Some(Duration::from_millis(500)))
-        .expect("timeout");
-    let mut writer = &stuck;
-    let chunk = b"never read\n".repeat(10_000);
-    while writer.write_all(&chunk).is_ok() {}
+    let pusher = thread::spawn({
+        let mut writer = stuck.try_clone().expect("clone");
+        move || {
+            let chunk = common::flood_of_long_lines();
+            while writer.write_all(&chunk).is_ok() {}
+        }
+    });
     wait_for(&logs, "client joined client_id=2");
 
     let started = Instant::now();
@@ -147,13 +149,20 @@ fn shutdown_drains_readers_cuts_a_stuck_client_and_exits_0_in_time() {
     assert_eq!(reader.line(), "notice: server shutting down\n");
     assert!(wait_with_timeout(server).success());
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(3), "exit took {took:?}");
-    wait_for(
-        &logs,
-        "shutdown timeout: cutting remaining clients clients=1",
-    );
+    // 500 ms of shutdown timeout, plus the cut and the final snapshot.
+    assert!(took < Duration::from_secs(2), "exit took {took:?}");
+    // The stuck client is cut at the timeout, unless TCP frees enough send
+    // buffer for its last replies first (which is up to the kernel). Either
+    // way both clients are accounted for.
     let stopped = wait_for(&logs, "server stopped");
-    assert!(stopped.contains("drained=1 cut=1"), "{stopped}");
+    assert!(
+        stopped.contains("drained=2 cut=0") || stopped.contains("drained=1 cut=1"),
+        "{stopped}"
+    );
+    drop(stuck);
+    pusher
+        .join()
+        .expect("the pusher ends once the server is gone");
 }
 
 #[test]

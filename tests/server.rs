@@ -178,7 +178,7 @@ async fn one_client_over_the_cap_is_turned_away_and_the_others_are_untouched() {
 #[async_std::test]
 async fn an_idle_client_is_told_and_closed() {
     let mut config = quick_config();
-    config.session.idle_timeout = Some(Duration::from_millis(100));
+    config.idle_timeout = Some(Duration::from_millis(100));
     let server = TestServer::start(config).await;
     let mut peer = Peer::greeted(server.addr).await;
     assert_eq!(peer.line().await, b"error: idle timeout\n");

@@ -38,6 +38,18 @@ pub struct RegistryConfig {
     pub max_clients: usize,
     /// How often to log a snapshot; `None` turns the timer off.
     pub snapshot_interval: Option<Duration>,
+    /// Close clients that send nothing for this long; `None` never.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl RegistryConfig {
+    /// How often to look for idle clients: a quarter of the timeout, so a
+    /// client is closed between 1 and 1.25 idle timeouts after its last input
+    /// (never more often than every 10 ms, never less often than every second).
+    fn idle_sweep_interval(&self) -> Option<Duration> {
+        self.idle_timeout
+            .map(|idle| (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
+    }
 }
 
 struct Entry {
@@ -45,6 +57,8 @@ struct Entry {
     connected_at: Instant,
     outbox: Sender<SessionCommand>,
     stats: Arc<SessionStats>,
+    /// The session has been told to close for idleness.
+    closing_idle: bool,
 }
 
 /// The actor's state. Its logic is the synchronous [`Registry::handle`].
@@ -90,6 +104,8 @@ impl Registry {
     async fn run(mut self, mailbox: Receiver<RegistryMsg>) {
         let interval = self.config.snapshot_interval;
         let mut next_snapshot = interval.map(|every| Instant::now() + every);
+        let sweep_every = self.config.idle_sweep_interval();
+        let mut next_sweep = sweep_every.map(|every| Instant::now() + every);
         loop {
             select_biased! {
                 msg = mailbox.recv().fuse() => {
@@ -101,6 +117,10 @@ impl Registry {
                 _ = sleep_until(next_snapshot).fuse() => {
                     self.log_snapshot();
                     next_snapshot = interval.map(|every| Instant::now() + every);
+                }
+                _ = sleep_until(next_sweep).fuse() => {
+                    self.close_idle(Instant::now());
+                    next_sweep = sweep_every.map(|every| Instant::now() + every);
                 }
             }
         }
@@ -175,6 +195,7 @@ impl Registry {
                 connected_at: Instant::now(),
                 outbox,
                 stats,
+                closing_idle: false,
             },
         );
         self.admitted += 1;
@@ -278,6 +299,29 @@ impl Registry {
         }
         self.notices_dropped += report.dropped as u64;
         report
+    }
+
+    /// Tells every client idle for the timeout (as of `now`) to close.
+    /// A full outbox is tried again at the next sweep.
+    pub fn close_idle(&mut self, now: Instant) {
+        let Some(idle_timeout) = self.config.idle_timeout else {
+            return;
+        };
+        for (id, entry) in &mut self.clients {
+            if entry.closing_idle || entry.stats.idle_for(now) < idle_timeout {
+                continue;
+            }
+            match entry.outbox.try_send(SessionCommand::CloseIdle) {
+                Ok(()) => {
+                    entry.closing_idle = true;
+                    info!("closing idle client", {
+                        client_id: *id,
+                        idle_ms: entry.stats.idle_for(now).as_millis() as u64,
+                    });
+                }
+                Err(TrySendError::Full(_)) | Err(TrySendError::Closed(_)) => {}
+            }
+        }
     }
 
     fn wake_waiters(&mut self) {
@@ -389,6 +433,7 @@ mod tests {
         Registry::new(RegistryConfig {
             max_clients,
             snapshot_interval: None,
+            idle_timeout: Some(Duration::from_secs(60)),
         })
     }
 
@@ -461,9 +506,9 @@ mod tests {
         let mut registry = registry(10);
         let (_, _inbox1, stats1) = register(&mut registry, 1);
         let (_, _inbox2, stats2) = register(&mut registry, 2);
-        stats1.received(3, 30);
+        stats1.received(3, 30, Instant::now());
         stats1.sent(3, 90);
-        stats2.received(1, 5);
+        stats2.received(1, 5, Instant::now());
         leave(&mut registry, 1);
         let snapshot = registry.snapshot();
         assert_eq!(snapshot.clients[0].counts.messages_in, 1);
@@ -514,6 +559,21 @@ mod tests {
     }
 
     #[test]
+    fn a_client_idle_for_the_timeout_is_told_to_close_once() {
+        let mut registry = registry(10);
+        let (_, quiet, quiet_stats) = register(&mut registry, 1);
+        let (_, busy, busy_stats) = register(&mut registry, 2);
+        let later = Instant::now() + Duration::from_secs(61);
+        busy_stats.received(1, 2, later - Duration::from_secs(1));
+        registry.close_idle(later);
+        assert!(matches!(quiet.try_recv(), Ok(SessionCommand::CloseIdle)));
+        assert!(busy.try_recv().is_err(), "the busy client is left alone");
+        registry.close_idle(later + Duration::from_secs(1));
+        assert!(quiet.try_recv().is_err(), "told only once");
+        assert!(quiet_stats.idle_for(later) >= Duration::from_secs(60));
+    }
+
+    #[test]
     fn stop_ends_the_actor_with_a_final_snapshot() {
         let mut registry = registry(10);
         register(&mut registry, 7);
@@ -531,6 +591,7 @@ mod tests {
         let (handle, task) = Registry::spawn(RegistryConfig {
             max_clients: 10,
             snapshot_interval: Some(Duration::from_millis(1)),
+            idle_timeout: Some(Duration::from_millis(1)),
         });
         let (outbox, _inbox) = bounded(1);
         let stats = Arc::new(SessionStats::default());

@@ -14,23 +14,28 @@
 //! notice, close; `cut`: stop writing at once). On every path it tells the
 //! registry why it left.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, select_biased};
+use std::pin::pin;
+
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt, select_biased};
 use kv_log_macro::{debug, warn};
 
 use crate::actors::registry::RegistryHandle;
 use crate::messages::{ClientId, LeaveReason, SessionCommand, SessionStats};
-use crate::rt::{Receiver, TcpStream, sleep_until, within};
+use crate::rt::{Alarm, Receiver, TcpStream, within};
 use crate::shutdown::Shutdown;
 use crate::wire::{self, Framer, ReplyFormatter};
 
 /// Capacity of a session's outbox, in notices. Only the registry writes to it,
 /// and it never waits: a notice to a full outbox is dropped and counted.
-pub const OUTBOX_CAPACITY: usize = 8;
+/// Notices are rare, so one is enough; and a one-slot channel is a fraction
+/// of the size of a larger one, which matters with 10 000 idle clients.
+pub const OUTBOX_CAPACITY: usize = 1;
 
 /// The per-session settings, shared by every session of a server.
 #[derive(Debug, Clone)]
@@ -40,8 +45,6 @@ pub struct SessionConfig {
     /// How long unterminated bytes wait before being taken as one message;
     /// `None` waits for the newline forever.
     pub fragment_timeout: Option<Duration>,
-    /// How long a client may send nothing before it is closed; `None` never.
-    pub idle_timeout: Option<Duration>,
 }
 
 /// The server-wide signals a session obeys.
@@ -107,8 +110,22 @@ impl Session {
     }
 
     /// Serves the client until it leaves, then tells the registry why.
-    pub async fn run(mut self) {
-        let reason = match self.serve().await {
+    // Not an `async fn`: that would store `self` in its future twice (once as
+    // the argument, once as the local it is moved into; rust-lang/rust#62958),
+    // and this future is most of what an idle client costs.
+    #[allow(clippy::manual_async_fn)]
+    pub fn run(mut self) -> impl Future<Output = ()> + Send {
+        async move {
+            let served = self.serve().await;
+            // What follows runs once per connection, so it is boxed: inline,
+            // its state would sit in every idle session's future for nothing.
+            Box::pin(self.leave(served)).await;
+        }
+    }
+
+    /// Closes the connection as its end requires and tells the registry why.
+    async fn leave(self, served: io::Result<LeaveReason>) {
+        let reason = match served {
             Ok(reason) => {
                 if !matches!(reason, LeaveReason::PeerClosed) {
                     select_biased! {
@@ -135,25 +152,29 @@ impl Session {
     }
 
     async fn serve(&mut self) -> io::Result<LeaveReason> {
-        self.out.extend_from_slice(wire::GREETING);
-        self.flush().await?;
-        let mut last_input = Instant::now();
+        // Written directly: an idle client's reply buffer stays unallocated.
+        self.write_or_cut(wire::GREETING).await?;
         let mut fragment_since: Option<Instant> = None;
+        // These waits live across iterations, so waiting on them registers a
+        // waker once, not once per message (the outbox keeps its own). The
+        // alarm is only armed while a fragment waits; idle clients are found
+        // by the registry, so an idle session holds no timer.
+        let mut alarm = Alarm::new();
+        let drain = self.signals.drain.clone();
+        let mut drained = pin!(drain.wait().fuse());
         loop {
             let fragment_deadline = fragment_since
                 .zip(self.config.fragment_timeout)
                 .map(|(since, wait)| since + wait);
-            let idle_deadline = self.config.idle_timeout.map(|idle| last_input + idle);
-            let deadline = match (fragment_deadline, idle_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            if let Some(deadline) = fragment_deadline {
+                alarm.arm_by(deadline);
+            }
             let mut reader = &self.stream;
             let event = select_biased! {
-                _ = self.signals.drain.wait().fuse() => Event::Drain,
-                command = self.outbox.recv().fuse() => Event::Command(command.ok()),
+                _ = drained => Event::Drain,
+                command = self.outbox.next() => Event::Command(command),
                 read = reader.read(self.framer.read_buf()).fuse() => Event::Read(read),
-                _ = sleep_until(deadline).fuse() => Event::Deadline,
+                _ = alarm => Event::Deadline,
             };
             match event {
                 Event::Read(Ok(0)) => {
@@ -162,25 +183,30 @@ impl Session {
                     return Ok(LeaveReason::PeerClosed);
                 }
                 Event::Read(Ok(n)) => {
-                    last_input = Instant::now();
+                    let now = Instant::now();
                     self.framer.filled(n);
                     let queued_before = self.replies_queued;
                     let framed = self.answer_lines();
                     self.stats
-                        .received(self.replies_queued - queued_before, n as u64);
+                        .received(self.replies_queued - queued_before, n as u64, now);
                     if let Err(wire::FrameError::LineTooLong { max }) = framed {
                         self.out.extend_from_slice(&wire::line_too_long_error(max));
                         self.flush().await?;
                         warn!("line too long", { client_id: self.id, max_line: max });
                         return Ok(LeaveReason::LineTooLong);
                     }
-                    fragment_since = self.framer.has_fragment().then_some(last_input);
+                    fragment_since = self.framer.has_fragment().then_some(now);
                     self.flush().await?;
                 }
                 Event::Read(Err(e)) => return Err(e),
                 Event::Command(Some(SessionCommand::Notice { line })) => {
                     self.out.extend_from_slice(&line);
                     self.flush().await?;
+                }
+                Event::Command(Some(SessionCommand::CloseIdle)) => {
+                    self.out.extend_from_slice(wire::IDLE_TIMEOUT_ERROR);
+                    self.flush().await?;
+                    return Ok(LeaveReason::IdleTimeout);
                 }
                 // The registry dropped our outbox: the server is going away.
                 Event::Command(None) | Event::Drain => {
@@ -190,18 +216,15 @@ impl Session {
                     return Ok(LeaveReason::ServerShutdown);
                 }
                 Event::Deadline => {
+                    // The alarm may have been armed for an earlier deadline
+                    // than the one that stands now; that is checked here.
                     let now = Instant::now();
                     if fragment_deadline.is_some_and(|at| at <= now) {
                         let messages = u64::from(self.framer.has_fragment());
                         self.answer_fragment();
-                        self.stats.received(messages, 0);
+                        self.stats.received(messages, 0, now);
                         fragment_since = None;
                         self.flush().await?;
-                    }
-                    if idle_deadline.is_some_and(|at| at <= now) {
-                        self.out.extend_from_slice(wire::IDLE_TIMEOUT_ERROR);
-                        self.flush().await?;
-                        return Ok(LeaveReason::IdleTimeout);
                     }
                 }
             }
@@ -230,14 +253,7 @@ impl Session {
         if self.out.is_empty() {
             return Ok(());
         }
-        let mut writer = &self.stream;
-        let written = select_biased! {
-            _ = self.signals.cut.wait().fuse() => {
-                Err(io::Error::new(io::ErrorKind::Interrupted, "cut at shutdown timeout"))
-            }
-            written = writer.write_all(&self.out).fuse() => written,
-        };
-        written?;
+        self.write_or_cut(&self.out).await?;
         self.stats.sent(self.replies_queued, self.out.len() as u64);
         self.replies_queued = 0;
         self.out.clear();
@@ -245,6 +261,19 @@ impl Session {
             self.out = Vec::new();
         }
         Ok(())
+    }
+
+    /// Writes `bytes` to the client, unless the server cuts it short.
+    async fn write_or_cut(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut writer = &self.stream;
+        // The write comes first: when it completes at once, as it nearly
+        // always does, the cut signal is never even polled.
+        select_biased! {
+            written = writer.write_all(bytes).fuse() => written,
+            _ = self.signals.cut.wait().fuse() => {
+                Err(io::Error::new(io::ErrorKind::Interrupted, "cut at shutdown timeout"))
+            }
+        }
     }
 }
 
@@ -266,7 +295,9 @@ pub async fn linger_close(stream: &TcpStream) {
     }
     let started = Instant::now();
     let mut discarded = 0;
-    let mut scratch = [0u8; 4096];
+    // On the heap, and only while lingering: as an array it would sit in every
+    // session's future for the whole connection.
+    let mut scratch = vec![0u8; 4096];
     let mut reader = stream;
     while discarded < LINGER_MAX_BYTES && started.elapsed() < LINGER_MAX {
         match within(LINGER_QUIET, reader.read(&mut scratch)).await {
@@ -279,3 +310,45 @@ pub async fn linger_close(stream: &TcpStream) {
 /// Above this capacity, in bytes, an emptied reply buffer is released, so one
 /// burst does not pin its memory for the life of an idle connection.
 const OUT_SHRINK_ABOVE: usize = 16 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::registry::{Registry, RegistryConfig};
+
+    /// Most of what an idle client costs the server is its session's future;
+    /// docs/performance.md's memory figure depends on it staying small. (Known
+    /// ways to blow it up: an inline buffer, `async fn` arguments stored twice,
+    /// a long-lived temporary next to another await.)
+    #[async_std::test]
+    async fn a_session_future_stays_small() {
+        let (registry, _task) = Registry::spawn(RegistryConfig {
+            max_clients: 1,
+            snapshot_interval: None,
+            idle_timeout: None,
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        let stream = TcpStream::from(std::net::TcpStream::connect(addr).expect("connect"));
+        let (_outbox, mailbox) = crate::rt::bounded(OUTBOX_CAPACITY);
+        let session = Session::new(
+            ClientId(1),
+            addr,
+            stream,
+            Arc::default(),
+            mailbox,
+            registry,
+            Arc::new(SessionConfig {
+                max_line: 1024,
+                fragment_timeout: None,
+            }),
+            SessionSignals {
+                drain: Shutdown::never(),
+                cut: Shutdown::never(),
+            },
+        );
+        let future = session.run();
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 768, "a session's future is {size} bytes");
+    }
+}

@@ -132,6 +132,15 @@ impl Peer {
     }
 }
 
+/// What a client that never reads sends: long lines, so the server's replies
+/// fill even a fully autotuned socket send buffer (4 MiB here) within a few
+/// writes, and the session is stuck writing from then on.
+pub fn flood_of_long_lines() -> Vec<u8> {
+    let mut line = vec![b'x'; 32 * 1024];
+    line.push(b'\n');
+    line.repeat(4)
+}
+
 /// A server config with test-friendly timers (everything else at the defaults).
 pub fn quick_config() -> ServerConfig {
     let mut config = ServerConfig::default();
