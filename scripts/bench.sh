@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # Measures duplex against the hand-written reference server (examples/reference_server.rs)
 # and, when node and the seed tutorial are available, the original Node.js server.
-# Each server is pinned to CPU 0 (taskset), the load (`duplex --role bench`) to CPU 1.
-# Prints the tables that docs/performance.md quotes; raw JSON lines go to target/bench/.
+# Servers are pinned to CPU 0 (taskset), the load (`duplex --role bench`) to CPU 1.
 #
-#   scripts/bench.sh                 # everything, 5 s per measurement
-#   DURATION=10s scripts/bench.sh    # longer measurements
-#   ONLY=throughput scripts/bench.sh # one section: throughput|latency|scaling|memory|snapshot
+# This machine's speed drifts over minutes (it is a VM), so servers are never
+# measured one after the other: they run side by side, and each repetition
+# measures every server back to back; each table cell is the median run.
+#
+#   scripts/bench.sh                  # everything: about 10 minutes
+#   DURATION=10s REPEAT=7 scripts/bench.sh
+#   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot
+#
+# Prints the tables docs/performance.md quotes; every run's JSON goes to target/bench/results.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-5s}
+REPEAT=${REPEAT:-5}
+SCALING_REPEAT=${SCALING_REPEAT:-3}
 ONLY=${ONLY:-}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -23,7 +30,7 @@ RESULTS="$OUT/results.jsonl"
 cargo build --release --quiet --bin duplex --example reference_server
 BIN=target/release/duplex
 REF=target/release/examples/reference_server
-ulimit -n "$(ulimit -Hn)"   # 10 000 connections on each side
+ulimit -n "$(ulimit -Hn)" # 10 000 connections on each side
 
 # The original Node server, extracted from the tutorial at run time (never committed).
 NODE_DIR=""
@@ -38,15 +45,18 @@ open(sys.argv[2] + "/server.mjs", "w").write(server)
 PY
 fi
 
-SERVER_PID=""
-stop_server() {
-    if [ -n "$SERVER_PID" ]; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=""
-    fi
+declare -A PID PORT
+stop_all() {
+    for name in "${!PID[@]}"; do
+        kill -TERM "${PID[$name]}" 2>/dev/null || true
+        wait "${PID[$name]}" 2>/dev/null || true
+        unset "PID[$name]"
+    done
 }
-cleanup() { stop_server; [ -z "$NODE_DIR" ] || rm -rf "$NODE_DIR"; }
+cleanup() {
+    stop_all
+    [ -z "$NODE_DIR" ] || rm -rf "$NODE_DIR"
+}
 trap cleanup EXIT
 
 wait_for_port() {
@@ -58,101 +68,112 @@ wait_for_port() {
     exit 1
 }
 
-# start_server NAME [duplex server flags...]; sets SERVER_PID and PORT
-start_server() {
-    local name=$1
-    shift
-    stop_server
-    case $name in
-        duplex)
-            PORT=8100
-            taskset -c "$SERVER_CPU" "$BIN" --role server --addr "127.0.0.1:$PORT" "$@" \
-                2>"$OUT/duplex-server.log" &
-            ;;
-        reference)
-            PORT=8101
-            taskset -c "$SERVER_CPU" "$REF" "127.0.0.1:$PORT" 2>/dev/null &
-            ;;
-        node)
-            PORT=8000 # fixed in the original
-            (cd "$NODE_DIR" && exec taskset -c "$SERVER_CPU" node server.mjs >/dev/null 2>&1) &
-            ;;
+# start NAME PORT KIND [duplex server flags...]: KIND is duplex, reference or node
+start() {
+    local name=$1 port=$2 kind=$3
+    shift 3
+    [ "$kind" != node ] || port=8000 # the original listens on 8000, always
+    case $kind in
+        duplex) taskset -c "$SERVER_CPU" "$BIN" --role server --addr "127.0.0.1:$port" "$@" \
+                    2>"$OUT/$name.log" & ;;
+        reference) taskset -c "$SERVER_CPU" "$REF" "127.0.0.1:$port" 2>/dev/null & ;;
+        node) (cd "$NODE_DIR" && exec taskset -c "$SERVER_CPU" node server.mjs >/dev/null 2>&1) & ;;
     esac
-    SERVER_PID=$!
-    wait_for_port "$PORT"
+    PID[$name]=$!
+    PORT[$name]=$port
+    wait_for_port "$port"
 }
 
-# bench SECTION SERVER [bench flags...]: one measurement, appended to the results
+# bench SECTION NAME [bench flags...]: one run against server NAME
 bench() {
-    local section=$1 server=$2
+    local section=$1 name=$2
     shift 2
     local json
-    json=$(taskset -c "$LOAD_CPU" "$BIN" --role bench --addr "127.0.0.1:$PORT" --json \
-        --server-pid "$SERVER_PID" "$@" 2>/dev/null || true)
-    if [ -z "$json" ]; then
-        json='{"errors": -1}'
-    fi
-    echo "{\"section\": \"$section\", \"server\": \"$server\", \"result\": $json}" >> "$RESULTS"
-    echo "  $section $server $*: $(echo "$json" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r.get("rate",0):.0f}/s p50 {r.get("p50_us",0):.0f} us p99 {r.get("p99_us",0):.0f} us errors {r.get("errors")}")')" >&2
+    json=$(taskset -c "$LOAD_CPU" "$BIN" --role bench --addr "127.0.0.1:${PORT[$name]}" --json \
+        --server-pid "${PID[$name]}" "$@" 2>/dev/null || true)
+    [ -n "$json" ] || json='{"errors": -1, "rate": 0}'
+    echo "{\"section\": \"$section\", \"server\": \"$name\", \"result\": $json}" >> "$RESULTS"
+    echo "  $section $name $*: $(echo "$json" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print("%.0f/s p50 %.0f us p99 %.0f us errors %s" % (r.get("rate", 0), r.get("p50_us", 0), r.get("p99_us", 0), r.get("errors")))')" >&2
+}
+
+# interleave SECTION RUNS "NAME..." [bench flags...]: RUNS rounds, each server once per round
+interleave() {
+    local section=$1 runs=$2 names=$3
+    shift 3
+    for _ in $(seq "$runs"); do
+        for name in $names; do
+            bench "$section" "$name" "$@"
+        done
+    done
 }
 
 want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 
-servers=(duplex reference)
-[ -n "$NODE_DIR" ] && servers+=(node)
-
-if want throughput; then
-    for server in "${servers[@]}"; do
-        start_server "$server" --registry-interval 0
-        for clients in 50 500; do
-            bench throughput "$server" --clients "$clients" --depth 1 --size 16 --duration "$DURATION"
-        done
-    done
-fi
-
-if want latency; then
-    for server in duplex reference; do
-        start_server "$server" --registry-interval 0
-        bench latency "$server" --clients 1 --depth 1 --size 16 --duration "$DURATION"
-    done
-fi
-
-if want scaling; then
-    for server in duplex reference; do
-        start_server "$server" --registry-interval 0
-        for clients in 1 10 100 1000 10000; do
-            bench scaling-clients "$server" --clients "$clients" --depth 1 --size 16 --duration "$DURATION"
-        done
-        for size in 16 1024 65536; do
-            bench scaling-size "$server" --clients 50 --depth 1 --size "$size" --duration "$DURATION"
-        done
-    done
-fi
+all="duplex reference"
+[ -z "$NODE_DIR" ] || all+=" node"
 
 if want memory; then
-    for server in "${servers[@]}"; do
-        start_server "$server" --registry-interval 0
-        bench memory "$server" --clients 10000 --depth 0 --duration 2s
+    # A fresh server each, so "before" is a server that has never had a client.
+    for kind in $all; do
+        start "$kind" 8110 "$kind" --registry-interval 0
+        bench memory "$kind" --clients 10000 --depth 0 --duration 2s
+        stop_all
     done
+fi
+
+if want throughput || want latency || want scaling; then
+    start duplex 8100 duplex --registry-interval 0
+    start reference 8101 reference
+    [ -z "$NODE_DIR" ] || start node 8000 node
+    if want throughput; then
+        for clients in 50 500; do
+            interleave throughput "$REPEAT" "$all" --clients "$clients" --depth 1 --size 16 --duration "$DURATION"
+        done
+    fi
+    if want latency; then
+        interleave latency "$REPEAT" "duplex reference" --clients 1 --depth 1 --size 16 --duration "$DURATION"
+    fi
+    if want scaling; then
+        for clients in 1 10 100 1000 10000; do
+            interleave scaling-clients "$SCALING_REPEAT" "duplex reference" --clients "$clients" --depth 1 --size 16 --duration "$DURATION"
+        done
+        for size in 16 1024 65536; do
+            interleave scaling-size "$SCALING_REPEAT" "duplex reference" --clients 50 --depth 1 --size "$size" --duration "$DURATION"
+        done
+    fi
+    stop_all
 fi
 
 if want snapshot; then
-    # p99 with 10 000 clients, without and then with a 10 001-line registry
-    # snapshot logged (to a file) every second.
-    start_server duplex --registry-interval 0
-    bench snapshot-off duplex --clients 10000 --depth 1 --size 16 --duration "$DURATION"
-    start_server duplex --registry-interval 1s
-    bench snapshot-every-1s duplex --clients 10000 --depth 1 --size 16 --duration "$DURATION"
-    snapshots=$(grep -c "registry snapshot" "$OUT/duplex-server.log" || true)
-    echo "  snapshots logged during the second run: $snapshots" >&2
+    # 10 000 busy clients, against one server that never logs a snapshot and one
+    # that logs its 10 001-line snapshot (to a file) every second.
+    start quiet 8102 duplex --registry-interval 0
+    start snapshotting 8103 duplex --registry-interval 1s
+    interleave snapshot "$SCALING_REPEAT" "quiet snapshotting" --clients 10000 --depth 1 --size 16 --duration "$DURATION"
+    echo "  snapshots logged by the snapshotting server: $(grep -c 'registry snapshot' "$OUT/snapshotting.log" || true)" >&2
+    stop_all
 fi
-stop_server
 
 python3 - "$RESULTS" <<'PY'
-import json, os, platform, subprocess, sys
-rows = [json.loads(line) for line in open(sys.argv[1])]
+import json, os, platform, statistics, sys
+runs = [json.loads(line) for line in open(sys.argv[1])]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-print(f"machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}; server on CPU 0, load on CPU 1")
+print(f"machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}; servers on CPU 0, load on CPU 1")
+
+def median_run(section, server, **match):
+    """The run with the median rate among matching runs, with all rates attached."""
+    found = [r["result"] for r in runs if r["section"] == section and r["server"] == server
+             and all(r["result"].get(k) == v for k, v in match.items())]
+    if not found:
+        return None
+    found.sort(key=lambda r: r.get("rate", 0))
+    median = dict(found[len(found) // 2])
+    median["rates"] = [round(r.get("rate", 0)) for r in found]
+    median["errors_all"] = sum(max(r.get("errors", 0), 0) for r in found) if all(r.get("errors", 0) >= 0 for r in found) else "failed run"
+    return median
 
 def table(title, header, lines):
     if not lines:
@@ -163,63 +184,63 @@ def table(title, header, lines):
     for line in lines:
         print("| " + " | ".join(str(x) for x in line) + " |")
 
-def pick(section, server, **match):
-    for row in rows:
-        r = row["result"]
-        if row["section"] == section and row["server"] == server and all(r.get(k) == v for k, v in match.items()):
-            return r
-    return None
-
 def us(x):
     return f"{x:.0f}"
 
+def rates(r):
+    return " ".join(f"{x / 1000:.0f}k" for x in r["rates"])
+
 lines = []
 for clients in (50, 500):
-    ref = pick("throughput", "reference", clients=clients)
+    ref = median_run("throughput", "reference", clients=clients)
     for server in ("duplex", "reference", "node"):
-        r = pick("throughput", server, clients=clients)
-        if r and "rate" in r:
-            ratio = f"{r['rate'] / ref['rate']:.2f}x" if ref and ref.get("rate") else "-"
-            lines.append((clients, server, f"{r['rate']:.0f}", ratio, us(r["p50_us"]), us(r["p99_us"]), r["errors"]))
-table("Throughput, depth 1, 16-byte messages", ["clients", "server", "replies/s", "vs reference", "p50 us", "p99 us", "errors"], lines)
+        r = median_run("throughput", server, clients=clients)
+        if r:
+            ratio = f"{r['rate'] / ref['rate']:.2f}x" if ref and ref["rate"] else "-"
+            lines.append((clients, server, f"{r['rate']:.0f}", ratio, us(r["p50_us"]), us(r["p99_us"]), r["errors_all"], rates(r)))
+table("Throughput, depth 1, 16-byte messages (median of interleaved runs)",
+      ["clients", "server", "replies/s", "vs reference", "p50 us", "p99 us", "errors (all runs)", "every run, replies/s"], lines)
 
 lines = []
 for server in ("duplex", "reference"):
-    r = pick("latency", server)
-    if r and "rate" in r:
-        lines.append((server, us(r["p50_us"]), us(r["p99_us"]), us(r["p999_us"]), f"{r['rate']:.0f}", r["errors"]))
-table("Latency, 1 client, depth 1", ["server", "p50 us", "p99 us", "p99.9 us", "replies/s", "errors"], lines)
+    found = sorted((r["result"] for r in runs if r["section"] == "latency" and r["server"] == server), key=lambda r: r["p50_us"])
+    if found:
+        p50 = statistics.median(r["p50_us"] for r in found)
+        p99 = statistics.median(r["p99_us"] for r in found)
+        lines.append((server, us(p50), us(p99), " ".join(us(r["p50_us"]) for r in found), sum(r["errors"] for r in found)))
+table("Latency, 1 client, depth 1 (median of interleaved runs)",
+      ["server", "p50 us", "p99 us", "every run's p50, us", "errors (all runs)"], lines)
 
 lines = []
 for clients in (1, 10, 100, 1000, 10000):
-    cells = [clients]
-    for server in ("duplex", "reference"):
-        r = pick("scaling-clients", server, clients=clients)
-        cells += [f"{r['rate']:.0f}", us(r["p99_us"]), r["errors"]] if r and "rate" in r else ["-", "-", "-"]
-    lines.append(cells)
-table("Cost by clients, depth 1, 16-byte messages", ["clients", "duplex replies/s", "duplex p99 us", "duplex errors", "reference replies/s", "reference p99 us", "reference errors"], lines)
+    d, ref = median_run("scaling-clients", "duplex", clients=clients), median_run("scaling-clients", "reference", clients=clients)
+    if d and ref:
+        lines.append((clients, f"{d['rate']:.0f}", us(d["p99_us"]), f"{ref['rate']:.0f}", us(ref["p99_us"]), f"{d['rate'] / ref['rate']:.2f}x", f"{d['errors_all']}/{ref['errors_all']}"))
+table("Cost by clients, depth 1, 16-byte messages (median of interleaved runs)",
+      ["clients", "duplex replies/s", "duplex p99 us", "reference replies/s", "reference p99 us", "duplex vs reference", "errors duplex/reference"], lines)
 
 lines = []
 for size in (16, 1024, 65536):
-    cells = [size]
-    for server in ("duplex", "reference"):
-        r = pick("scaling-size", server, size=size)
-        cells += [f"{r['rate']:.0f}", us(r["p99_us"]), r["errors"]] if r and "rate" in r else ["-", "-", "-"]
-    lines.append(cells)
-table("Cost by message size, 50 clients, depth 1", ["bytes", "duplex replies/s", "duplex p99 us", "duplex errors", "reference replies/s", "reference p99 us", "reference errors"], lines)
+    d, ref = median_run("scaling-size", "duplex", size=size), median_run("scaling-size", "reference", size=size)
+    if d and ref:
+        lines.append((size, f"{d['rate']:.0f}", us(d["p99_us"]), f"{ref['rate']:.0f}", us(ref["p99_us"]), f"{d['rate'] / ref['rate']:.2f}x", f"{d['errors_all']}/{ref['errors_all']}"))
+table("Cost by message size, 50 clients, depth 1 (median of interleaved runs)",
+      ["bytes", "duplex replies/s", "duplex p99 us", "reference replies/s", "reference p99 us", "duplex vs reference", "errors duplex/reference"], lines)
 
 lines = []
 for server in ("duplex", "reference", "node"):
-    r = pick("memory", server)
+    r = median_run("memory", server)
     if r and r.get("server_rss_connected_kib"):
         before, after, n = r["server_rss_before_kib"], r["server_rss_connected_kib"], r["connected"]
-        lines.append((server, n, before, after, f"{(after - before) * 1024 / max(n, 1) / 1024:.2f}", r["errors"]))
-table("Memory, 10 000 idle clients (all greeted)", ["server", "connected", "RSS before KiB", "RSS connected KiB", "KiB per client", "errors"], lines)
+        lines.append((server, n, before, after, f"{(after - before) / max(n, 1):.2f}", r["errors_all"]))
+table("Memory, 10 000 idle clients, all greeted (fresh server each)",
+      ["server", "connected", "RSS before KiB", "RSS connected KiB", "KiB per client", "errors"], lines)
 
 lines = []
-for section, label in (("snapshot-off", "no snapshot"), ("snapshot-every-1s", "snapshot every 1 s")):
-    r = pick(section, "duplex")
-    if r and "rate" in r:
-        lines.append((label, f"{r['rate']:.0f}", us(r["p50_us"]), us(r["p99_us"]), us(r["p999_us"]), r["errors"]))
-table("Registry snapshot with 10 000 clients, depth 1", ["duplex", "replies/s", "p50 us", "p99 us", "p99.9 us", "errors"], lines)
+for server, label in (("quiet", "no snapshots"), ("snapshotting", "a 10 001-line snapshot every 1 s")):
+    r = median_run("snapshot", server)
+    if r:
+        lines.append((label, f"{r['rate']:.0f}", us(r["p50_us"]), us(r["p99_us"]), us(r["p999_us"]), r["errors_all"], rates(r)))
+table("Registry snapshots with 10 000 busy clients, depth 1 (median of interleaved runs)",
+      ["duplex", "replies/s", "p50 us", "p99 us", "p99.9 us", "errors (all runs)", "every run, replies/s"], lines)
 PY

@@ -71,10 +71,7 @@ fn sigusr1_logs_a_registry_snapshot_and_sigint_stops_the_server() {
 
 #[test]
 fn a_client_started_before_the_server_retries_until_it_is_up_and_exits_0_on_sigterm() {
-    // A port that was free a moment ago: connecting to it is refused.
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = probe.local_addr().expect("bound").to_string();
-    drop(probe);
+    let addr = common::refused_addr().to_string();
     let mut client = duplex()
         .args(["--role", "client", "--addr", &addr])
         .args(["--backoff", "50ms", "--interval", "50ms"])

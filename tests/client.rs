@@ -3,63 +3,12 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, TestServer, quick_config};
-use duplex::actors::connection::LineSink;
-use duplex::actors::supervisor::{ClientSummary, Outcome};
-use duplex::client::{self, ClientConfig};
-use duplex::rt::{JoinHandle, Receiver, TcpListener, bounded, spawn, within};
-use duplex::shutdown::{self, ShutdownTrigger};
-
-/// A client running in its own task, with its output lines on a channel.
-struct TestClient {
-    lines: Receiver<Vec<u8>>,
-    trigger: ShutdownTrigger,
-    task: JoinHandle<ClientSummary>,
-}
-
-impl TestClient {
-    fn start(config: ClientConfig) -> TestClient {
-        let (sender, lines) = bounded(10_000);
-        let sink: LineSink = Arc::new(move |line: &[u8]| {
-            // The test reads far fewer than 10 000 lines; later ones may go.
-            let _ = sender.try_send(line.to_vec());
-        });
-        let (trigger, shutdown) = shutdown::channel();
-        let task = spawn(client::run(config, shutdown, sink));
-        TestClient {
-            lines,
-            trigger,
-            task,
-        }
-    }
-
-    async fn line(&self) -> Vec<u8> {
-        within(PATIENCE, self.lines.recv())
-            .await
-            .expect("a line in time")
-            .expect("client running")
-    }
-
-    /// Waits for the next reply line and returns the message it echoes.
-    async fn reply(&self) -> Vec<u8> {
-        loop {
-            let line = self.line().await;
-            if let Some(echo) = duplex::wire::reply_echo(&line) {
-                return echo.to_vec();
-            }
-        }
-    }
-
-    async fn stop(self) -> ClientSummary {
-        self.trigger.trigger();
-        within(PATIENCE, self.task)
-            .await
-            .expect("client stops in time")
-    }
-}
+use common::{PATIENCE, TestClient, TestServer, quick_config};
+use duplex::actors::supervisor::Outcome;
+use duplex::client::ClientConfig;
+use duplex::rt::{TcpListener, within};
 
 fn config(addr: impl ToString) -> ClientConfig {
     let mut config = ClientConfig::new(addr.to_string());

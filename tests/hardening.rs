@@ -7,12 +7,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, Peer, TestServer, quick_config};
-use duplex::actors::connection::LineSink;
+use common::{PATIENCE, Peer, TestClient, TestServer, quick_config};
 use duplex::actors::supervisor::Outcome;
-use duplex::client::{self, ClientConfig};
-use duplex::rt::{TcpListener, TcpStream, bounded, spawn, within};
-use duplex::shutdown;
+use duplex::client::ClientConfig;
+use duplex::rt::{TcpListener, TcpStream, spawn, within};
 use futures::io::BufReader;
 use futures::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use rand::Rng;
@@ -179,23 +177,6 @@ async fn after_thousands_of_connects_closes_and_resets_the_registry_is_empty() {
     server.stop().await;
 }
 
-/// A client whose output lines arrive on a channel.
-fn start_client(
-    config: ClientConfig,
-) -> (
-    duplex::rt::Receiver<Vec<u8>>,
-    shutdown::ShutdownTrigger,
-    duplex::rt::JoinHandle<duplex::actors::supervisor::ClientSummary>,
-) {
-    let (sender, lines) = bounded(100_000);
-    let sink: LineSink = Arc::new(move |line: &[u8]| {
-        // The test reads every line; the capacity is far above what it makes.
-        let _ = sender.try_send(line.to_vec());
-    });
-    let (trigger, shutdown) = shutdown::channel();
-    (lines, trigger, spawn(client::run(config, shutdown, sink)))
-}
-
 #[async_std::test]
 async fn a_message_swallowed_by_a_dying_server_is_resent_and_answered() {
     // The first server answers two messages, reads a third, and dies without
@@ -205,7 +186,11 @@ async fn a_message_swallowed_by_a_dying_server_is_resent_and_answered() {
     let mut config = ClientConfig::new(addr.to_string());
     config.interval = Duration::from_millis(20);
     config.backoff = Duration::from_millis(100);
-    let (lines, trigger, task) = start_client(config);
+    let TestClient {
+        lines,
+        trigger,
+        task,
+    } = TestClient::start(config);
 
     let (stream, _) = within(PATIENCE, listener.accept())
         .await
@@ -271,7 +256,7 @@ async fn exponential_backoff_doubles_the_wait_between_failed_connections() {
     let mut config = ClientConfig::new(listener.local_addr().expect("bound").to_string());
     config.backoff = Duration::from_millis(40);
     config.backoff_max = Some(Duration::from_secs(5));
-    let (_lines, trigger, task) = start_client(config);
+    let client = TestClient::start(config);
     let mut accepted_at = Vec::new();
     for _ in 0..5 {
         let (stream, _) = within(PATIENCE, listener.accept())
@@ -281,8 +266,7 @@ async fn exponential_backoff_doubles_the_wait_between_failed_connections() {
         accepted_at.push(Instant::now());
         drop(stream);
     }
-    trigger.trigger();
-    within(PATIENCE, task).await.expect("client stops");
+    client.stop().await;
     let gaps: Vec<f64> = accepted_at
         .windows(2)
         .map(|w| (w[1] - w[0]).as_secs_f64())
@@ -301,7 +285,7 @@ async fn while_the_server_is_down_a_full_pending_queue_drops_its_oldest() {
     config.interval = Duration::from_millis(10);
     config.backoff = Duration::from_millis(300);
     config.max_pending = 3;
-    let (lines, trigger, task) = start_client(config);
+    let client = TestClient::start(config);
     // The first connection is hung up on at once; during the 300 ms backoff
     // about 30 messages are made for a queue of 3.
     let (first, _) = within(PATIENCE, listener.accept())
@@ -311,16 +295,10 @@ async fn while_the_server_is_down_a_full_pending_queue_drops_its_oldest() {
     drop((first, listener));
     let server = TestServer::start_on(&addr.to_string(), quick_config()).await;
     server.wait_for_clients(1).await;
-    let mut replies = 0;
-    while replies < 5 {
-        let line = within(PATIENCE, lines.recv())
-            .await
-            .expect("output in time")
-            .expect("running");
-        replies += usize::from(duplex::wire::reply_echo(&line).is_some());
+    for _ in 0..5 {
+        client.reply().await;
     }
-    trigger.trigger();
-    let summary = within(PATIENCE, task).await.expect("client stops");
+    let summary = client.stop().await;
     assert!(summary.dropped >= 10, "{summary:?}");
     assert!(summary.sent >= 5);
     server.stop().await;

@@ -167,9 +167,7 @@ fn shutdown_with_a_client_that_never_reads_still_exits_0_within_the_timeout() {
 
 #[test]
 fn a_client_over_its_restart_limit_gives_up_with_exit_1_and_a_summary() {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = probe.local_addr().expect("bound").to_string();
-    drop(probe);
+    let addr = common::refused_addr().to_string();
     let mut client = duplex()
         .args(["--role", "client", "--addr", &addr, "--backoff", "10ms"])
         .args(["--max-restarts", "3", "--restart-window", "10s"])

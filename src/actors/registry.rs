@@ -4,7 +4,9 @@
 //! and a handle to the counters the session bumps itself. The acceptor asks it
 //! to admit each new client (the client cap lives here, beside the count);
 //! sessions tell it when they leave. It logs every join and leave, and a
-//! snapshot every `--registry-interval` and on request (SIGUSR1).
+//! snapshot every `--registry-interval` and on request (SIGUSR1). It also
+//! finds idle clients, from the last-input time in their counters, and tells
+//! their sessions to close: one periodic sweep instead of a timer per session.
 //!
 //! It is never on the per-message path: sessions count their own traffic in
 //! shared atomics, which the registry reads only when it reports.

@@ -9,18 +9,17 @@
 //! A slow reader stalls only its own session: while a write waits for the
 //! socket, the session reads nothing more from that client (backpressure).
 //!
-//! Stops when the client closes or fails, when a line is too long, on idle
-//! timeout, or at server shutdown (`drain`: answer what was read, send the
-//! notice, close; `cut`: stop writing at once). On every path it tells the
-//! registry why it left.
+//! Stops when the client closes or fails, when a line is too long, when the
+//! registry finds the client idle (`SessionCommand::CloseIdle`), or at server
+//! shutdown (`drain`: answer what was read, send the notice, close; `cut`: stop
+//! writing at once). On every path it tells the registry why it left.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::pin::pin;
 
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt, select_biased};
 use kv_log_macro::{debug, warn};

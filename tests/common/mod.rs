@@ -7,8 +7,13 @@ pub mod process;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use duplex::actors::connection::LineSink;
 use duplex::actors::registry::RegistryHandle;
-use duplex::rt::{JoinHandle, TcpStream, spawn, within};
+use duplex::actors::supervisor::ClientSummary;
+use duplex::client::{self, ClientConfig};
+use duplex::rt::{JoinHandle, Receiver, TcpStream, bounded, spawn, within};
 use duplex::server::{Server, ServerConfig, ServerSummary};
 use duplex::shutdown::{self, ShutdownTrigger};
 use futures::io::BufReader;
@@ -148,4 +153,61 @@ pub fn quick_config() -> ServerConfig {
     config.registry_interval = None;
     config.shutdown_timeout = Duration::from_secs(2);
     config
+}
+
+/// An address where nothing listens: a loopback port that was free a moment
+/// ago, so connecting to it is refused.
+pub fn refused_addr() -> SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    probe.local_addr().expect("bound")
+}
+
+/// An in-process client running in its own task, its output lines on a channel.
+pub struct TestClient {
+    pub lines: Receiver<Vec<u8>>,
+    pub trigger: ShutdownTrigger,
+    pub task: JoinHandle<ClientSummary>,
+}
+
+impl TestClient {
+    pub fn start(config: ClientConfig) -> TestClient {
+        let (sender, lines) = bounded(100_000);
+        let sink: LineSink = Arc::new(move |line: &[u8]| {
+            // Tests read far fewer lines than this holds; later ones may go.
+            let _ = sender.try_send(line.to_vec());
+        });
+        let (trigger, shutdown) = shutdown::channel();
+        let task = spawn(client::run(config, shutdown, sink));
+        TestClient {
+            lines,
+            trigger,
+            task,
+        }
+    }
+
+    /// The next line the client printed.
+    pub async fn line(&self) -> Vec<u8> {
+        within(PATIENCE, self.lines.recv())
+            .await
+            .expect("a line in time")
+            .expect("client running")
+    }
+
+    /// Waits for the next reply line and returns the message it echoes.
+    pub async fn reply(&self) -> Vec<u8> {
+        loop {
+            let line = self.line().await;
+            if let Some(echo) = duplex::wire::reply_echo(&line) {
+                return echo.to_vec();
+            }
+        }
+    }
+
+    /// Stops the client (as Ctrl-C would) and returns its summary.
+    pub async fn stop(self) -> ClientSummary {
+        self.trigger.trigger();
+        within(PATIENCE, self.task)
+            .await
+            .expect("client stops in time")
+    }
 }
