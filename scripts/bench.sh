@@ -211,21 +211,19 @@ for server in ("duplex", "reference"):
 table("Latency, 1 client, depth 1 (median of interleaved runs)",
       ["server", "p50 us", "p99 us", "every run's p50, us", "errors (all runs)"], lines)
 
-lines = []
-for clients in (1, 10, 100, 1000, 10000):
-    d, ref = median_run("scaling-clients", "duplex", clients=clients), median_run("scaling-clients", "reference", clients=clients)
-    if d and ref:
-        lines.append((clients, f"{d['rate']:.0f}", us(d["p99_us"]), f"{ref['rate']:.0f}", us(ref["p99_us"]), f"{d['rate'] / ref['rate']:.2f}x", f"{d['errors_all']}/{ref['errors_all']}"))
-table("Cost by clients, depth 1, 16-byte messages (median of interleaved runs)",
-      ["clients", "duplex replies/s", "duplex p99 us", "reference replies/s", "reference p99 us", "duplex vs reference", "errors duplex/reference"], lines)
+def scaling_table(section, key, values, title, first_column):
+    """duplex against the reference, one row per value of `key`."""
+    lines = []
+    for value in values:
+        d, ref = median_run(section, "duplex", **{key: value}), median_run(section, "reference", **{key: value})
+        if d and ref:
+            lines.append((value, f"{d['rate']:.0f}", us(d["p99_us"]), f"{ref['rate']:.0f}", us(ref["p99_us"]), f"{d['rate'] / ref['rate']:.2f}x", f"{d['errors_all']}/{ref['errors_all']}"))
+    table(title, [first_column, "duplex replies/s", "duplex p99 us", "reference replies/s", "reference p99 us", "duplex vs reference", "errors duplex/reference"], lines)
 
-lines = []
-for size in (16, 1024, 65536):
-    d, ref = median_run("scaling-size", "duplex", size=size), median_run("scaling-size", "reference", size=size)
-    if d and ref:
-        lines.append((size, f"{d['rate']:.0f}", us(d["p99_us"]), f"{ref['rate']:.0f}", us(ref["p99_us"]), f"{d['rate'] / ref['rate']:.2f}x", f"{d['errors_all']}/{ref['errors_all']}"))
-table("Cost by message size, 50 clients, depth 1 (median of interleaved runs)",
-      ["bytes", "duplex replies/s", "duplex p99 us", "reference replies/s", "reference p99 us", "duplex vs reference", "errors duplex/reference"], lines)
+scaling_table("scaling-clients", "clients", (1, 10, 100, 1000, 10000),
+              "Cost by clients, depth 1, 16-byte messages (median of interleaved runs)", "clients")
+scaling_table("scaling-size", "size", (16, 1024, 65536),
+              "Cost by message size, 50 clients, depth 1 (median of interleaved runs)", "bytes")
 
 lines = []
 for server in ("duplex", "reference", "node"):
