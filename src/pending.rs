@@ -47,7 +47,8 @@ impl PendingQueue {
         }
     }
 
-    /// Queues a new message; returns the one dropped to make room, if any.
+    /// Queues a new message; drops (and logs) the oldest to make room when
+    /// full, and returns it.
     pub fn push(&mut self, text: String) -> Option<Pending> {
         self.made += 1;
         let dropped = if self.items.len() >= self.max {
@@ -56,6 +57,12 @@ impl PendingQueue {
         } else {
             None
         };
+        if let Some(oldest) = &dropped {
+            kv_log_macro::warn!("pending queue full: dropped oldest message", {
+                dropped: oldest.text.as_str(),
+                total_dropped: self.dropped,
+            });
+        }
         self.items.push_back(Pending {
             text,
             written: false,

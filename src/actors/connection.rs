@@ -167,12 +167,7 @@ impl Connection {
                     }
                     out.extend_from_slice(text.as_bytes());
                     out.push(b'\n');
-                    if let Some(dropped) = self.start.pending.push(text) {
-                        warn!("pending queue full: dropped oldest message", {
-                            dropped: dropped.text,
-                            total_dropped: self.start.pending.dropped,
-                        });
-                    }
+                    self.start.pending.push(text);
                     self.start.pending.mark_newest_written();
                     self.write(stream, &mut out).await?;
                 }

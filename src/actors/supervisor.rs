@@ -197,13 +197,7 @@ impl Supervisor {
                     _ = shutdown.wait().fuse() => break true,
                     _ = sleep_until(Some(deadline)).fuse() => break false,
                     _ = sleep_until(Some(self.next_tick)).fuse() => {
-                        let text = self.make_message();
-                        if let Some(dropped) = pending.push(text) {
-                            warn!("pending queue full: dropped oldest message", {
-                                dropped: dropped.text,
-                                total_dropped: pending.dropped,
-                            });
-                        }
+                        pending.push(self.make_message());
                     }
                 }
             };
