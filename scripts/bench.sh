@@ -9,7 +9,7 @@
 #
 #   scripts/bench.sh                  # everything: about 10 minutes
 #   DURATION=10s REPEAT=7 scripts/bench.sh
-#   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot
+#   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|instructions
 #
 # Prints the tables docs/performance.md quotes; every run's JSON goes to target/bench/results.jsonl.
 set -euo pipefail
@@ -157,6 +157,31 @@ if want snapshot; then
     stop_all
 fi
 
+if want instructions && command -v valgrind >/dev/null; then
+    # User-space instructions per reply, counted by callgrind: unlike replies/s,
+    # this does not drift with the machine. Counters are zeroed after a warm-up
+    # and dumped after a 5 s load, so start-up is not counted.
+    for kind in duplex reference; do
+        rm -f "$OUT/callgrind.$kind".*
+        case $kind in
+            duplex) server=("$BIN" --role server --addr 127.0.0.1:8120 --registry-interval 0) ;;
+            reference) server=("$REF" 127.0.0.1:8120) ;;
+        esac
+        valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$kind.%p" "${server[@]}" 2>/dev/null &
+        PID[$kind]=$!
+        PORT[$kind]=8120
+        wait_for_port 8120
+        "$BIN" --role bench --addr 127.0.0.1:8120 --clients 50 --duration 1s >/dev/null 2>&1 || true
+        callgrind_control -z "${PID[$kind]}" >/dev/null
+        json=$("$BIN" --role bench --addr 127.0.0.1:8120 --clients 50 --depth 1 --size 16 --duration 5s --json 2>/dev/null || true)
+        callgrind_control -d "${PID[$kind]}" >/dev/null
+        stop_all
+        instructions=$(awk '/^summary:/ {print $2}' "$OUT/callgrind.$kind".*.1)
+        echo "{\"section\": \"instructions\", \"server\": \"$kind\", \"result\": ${json:-{\}}, \"instructions\": $instructions}" >> "$RESULTS"
+        echo "  instructions $kind: $instructions for $(echo "${json:-{\}}" | python3 -c 'import json, sys; print(json.load(sys.stdin).get("replies"))') replies" >&2
+    done
+fi
+
 python3 - "$RESULTS" <<'PY'
 import json, os, platform, statistics, sys
 runs = [json.loads(line) for line in open(sys.argv[1])]
@@ -233,6 +258,14 @@ for server in ("duplex", "reference", "node"):
         lines.append((server, n, before, after, f"{(after - before) / max(n, 1):.2f}", r["errors_all"]))
 table("Memory, 10 000 idle clients, all greeted (fresh server each)",
       ["server", "connected", "RSS before KiB", "RSS connected KiB", "KiB per client", "errors"], lines)
+
+lines = []
+for row in runs:
+    if row["section"] == "instructions" and row["result"].get("replies"):
+        r = row["result"]
+        lines.append((row["server"], row["instructions"], r["replies"], f"{row['instructions'] / r['replies']:.0f}", r["errors"]))
+table("User-space instructions per reply (callgrind), 50 clients, depth 1, 16-byte messages",
+      ["server", "instructions", "replies", "instructions per reply", "errors"], lines)
 
 lines = []
 for server, label in (("quiet", "no snapshots"), ("snapshotting", "a 10 001-line snapshot every 1 s")):
