@@ -161,33 +161,12 @@ pub struct Cli {
     pub server_pid: Option<u32>,
 }
 
-/// Flags that mean something to one role only, by clap id.
-const SERVER_ONLY: &[&str] = &[
-    "max_line",
-    "fragment_timeout",
-    "max_clients",
-    "idle_timeout",
-    "registry_interval",
-    "shutdown_timeout",
-];
-const CLIENT_ONLY: &[&str] = &[
-    "interval",
-    "backoff",
-    "backoff_max",
-    "timeout",
-    "count",
-    "max_pending",
-    "max_restarts",
-    "restart_window",
-];
-const BENCH_ONLY: &[&str] = &[
-    "clients",
-    "duration",
-    "depth",
-    "size",
-    "connect_rate",
-    "json",
-    "server_pid",
+/// Each role's own flags are listed under this help heading, which is also
+/// how a flag given for the wrong role is recognised.
+const ROLE_HEADINGS: [(Role, &str); 3] = [
+    (Role::Server, "Server options"),
+    (Role::Client, "Client options"),
+    (Role::Bench, "Bench options"),
 ];
 
 impl Cli {
@@ -210,22 +189,22 @@ impl Cli {
         let mut command = Cli::command();
         let matches = command.try_get_matches_from_mut(args)?;
         let cli = Cli::from_arg_matches(&matches)?;
-        let others: &[(&[&str], &str)] = match cli.role {
-            Role::Server => &[(CLIENT_ONLY, "client"), (BENCH_ONLY, "bench")],
-            Role::Client => &[(SERVER_ONLY, "server"), (BENCH_ONLY, "bench")],
-            Role::Bench => &[(SERVER_ONLY, "server"), (CLIENT_ONLY, "client")],
-        };
-        for (ids, role) in others {
-            if let Some(id) = ids
-                .iter()
-                .find(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
-            {
-                let flag = id.replace('_', "-");
-                return Err(command.error(
-                    ErrorKind::ArgumentConflict,
-                    format!("--{flag} is a {role} option; it has no effect with this --role"),
-                ));
-            }
+        let wrong_role = command.get_arguments().find_map(|arg| {
+            let heading = arg.get_help_heading()?;
+            let (owner, _) = ROLE_HEADINGS.iter().find(|(_, h)| *h == heading)?;
+            let given =
+                matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine);
+            (given && *owner != cli.role).then(|| (arg.get_long().unwrap_or_default(), *owner))
+        });
+        if let Some((flag, owner)) = wrong_role {
+            let role = owner
+                .to_possible_value()
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default();
+            return Err(command.error(
+                ErrorKind::ArgumentConflict,
+                format!("--{flag} is a {role} option; it has no effect with this --role"),
+            ));
         }
         Ok(cli)
     }

@@ -99,13 +99,7 @@ pub fn start_server_from(mut command: Command) -> (Child, String, Receiver<Strin
 
 /// Resident memory of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .expect("VmRSS line")
+    duplex::bench::rss_kib(pid).expect("VmRSS of a running process")
 }
 
 /// CPU time (user + system) process `pid` has used so far.
