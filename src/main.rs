@@ -8,14 +8,13 @@ use std::sync::Arc;
 
 use duplex::actors::supervisor::Outcome;
 use duplex::cli::{Cli, Role};
-use duplex::rt::block_on;
 use duplex::server::{self, Server};
 use duplex::{bench, client, limits, logging, shutdown, signals};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_or_exit(std::env::args_os());
     logging::init(cli.log_format);
-    match block_on(run(cli)) {
+    match duplex::rt::run(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
@@ -24,7 +23,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error>> {
+async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error + Send + Sync>> {
     let (trigger, shutdown) = shutdown::channel();
     match cli.role {
         Role::Server => {

@@ -1,6 +1,12 @@
 //! The runtime seam: every async-std item the crate uses is imported here and
 //! nowhere else, so moving to smol (same executor and reactor underneath) is a
 //! change to this one file.
+//!
+//! The server's own sockets are async-io's `Async` (the reactor async-std runs
+//! on, which smol re-exports as `smol::Async`), because a session waits for
+//! readiness: after a short read the socket is known to be empty, so the next
+//! read would only return `WouldBlock`. async-std's `TcpStream` is the same
+//! `Async` in an `Arc`, but it can only try that read first.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,7 +18,28 @@ use futures::future::{BoxFuture, FusedFuture};
 pub use async_std::channel::{Receiver, Sender, TrySendError, bounded};
 pub use async_std::future::timeout;
 pub use async_std::net::{TcpListener, TcpStream, ToSocketAddrs};
-pub use async_std::task::{JoinHandle, block_on, sleep, spawn};
+pub use async_std::task::{JoinHandle, sleep, spawn};
+
+/// A listening socket of the server.
+pub type ServerListener = async_io::Async<std::net::TcpListener>;
+/// A client's connection, on the server side.
+pub type ServerStream = async_io::Async<std::net::TcpStream>;
+
+/// Runs `future` as a task on the executor and parks the calling thread until
+/// it is done: the program's entry point.
+///
+/// Not `async_std::task::block_on`: a thread blocked in that also takes turns
+/// driving the reactor, and every socket event it picks up must then wake an
+/// executor thread to run the task (a futex wake and a context switch per
+/// message). Parked here, the main thread leaves the reactor to the executor
+/// thread, which runs the woken tasks itself.
+pub fn run<F>(future: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    futures::executor::block_on(spawn(future))
+}
 
 /// Completes at `deadline`, or never when there is none.
 ///

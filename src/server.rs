@@ -18,7 +18,7 @@ use crate::actors::acceptor::Acceptor;
 use crate::actors::registry::{Registry, RegistryConfig, RegistryHandle};
 use crate::actors::session::{SessionConfig, SessionSignals};
 use crate::messages::Snapshot;
-use crate::rt::{JoinHandle, TcpListener, within};
+use crate::rt::{JoinHandle, ServerListener, within};
 use crate::shutdown::{self, Shutdown};
 
 /// Connections the kernel queues for the acceptor; it caps this at
@@ -28,7 +28,7 @@ const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds a listener on `addr` (resolved now; the first address that binds wins),
 /// with address reuse and a deep accept backlog.
-pub fn bind(addr: &str) -> io::Result<TcpListener> {
+pub fn bind(addr: &str) -> io::Result<ServerListener> {
     use socket2::{Domain, Socket, Type};
     use std::net::ToSocketAddrs;
     let mut last_error = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
@@ -37,11 +37,10 @@ pub fn bind(addr: &str) -> io::Result<TcpListener> {
             socket.set_reuse_address(true)?;
             socket.bind(&addr.into())?;
             socket.listen(LISTEN_BACKLOG)?;
-            socket.set_nonblocking(true)?;
-            Ok(std::net::TcpListener::from(socket))
+            ServerListener::new(std::net::TcpListener::from(socket))
         });
         match bound {
-            Ok(listener) => return Ok(TcpListener::from(listener)),
+            Ok(listener) => return Ok(listener),
             Err(e) => last_error = e,
         }
     }
@@ -92,7 +91,7 @@ pub struct ServerSummary {
 
 /// A server bound to its listener, with its registry running.
 pub struct Server {
-    listener: TcpListener,
+    listener: ServerListener,
     config: ServerConfig,
     registry: RegistryHandle,
     registry_task: JoinHandle<()>,
@@ -100,7 +99,7 @@ pub struct Server {
 
 impl Server {
     /// Starts the registry; the server accepts once [`run`](Server::run) is awaited.
-    pub fn new(listener: TcpListener, config: ServerConfig) -> Server {
+    pub fn new(listener: ServerListener, config: ServerConfig) -> Server {
         let (registry, registry_task) = Registry::spawn(RegistryConfig {
             max_clients: config.max_clients,
             snapshot_interval: config.registry_interval,
@@ -115,7 +114,7 @@ impl Server {
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listener.get_ref().local_addr()
     }
 
     /// A handle to this server's registry (snapshots, waiting on counts).

@@ -46,6 +46,36 @@ async fn binary_and_empty_messages_are_echoed_verbatim_in_order() {
     server.stop().await;
 }
 
+/// After a read that leaves the socket empty, a session waits for readiness
+/// instead of reading again; a read that fills the buffer reads on at once.
+/// Both paths, and lines cut anywhere between reads, must lose nothing.
+#[async_std::test]
+async fn lines_in_any_cut_are_all_answered() {
+    let mut config = quick_config();
+    // The dribbled line must not be taken for a fragment, however slow.
+    config.session.fragment_timeout = None;
+    let server = TestServer::start(config).await;
+    let mut peer = Peer::greeted(server.addr).await;
+    // More than the session's first read buffer (512 bytes) in one write.
+    let lines: Vec<Vec<u8>> = (0..100)
+        .map(|i| format!("line-{i:03}").into_bytes())
+        .collect();
+    let burst: Vec<u8> = lines
+        .iter()
+        .flat_map(|l| [&l[..], b"\n"].concat())
+        .collect();
+    peer.send(&burst).await;
+    for line in &lines {
+        assert_eq!(&peer.reply().await, line);
+    }
+    // One line a byte at a time, each byte its own write.
+    for byte in b"dribbled\n" {
+        peer.send(&[*byte]).await;
+    }
+    assert_eq!(peer.reply().await, b"dribbled");
+    server.stop().await;
+}
+
 #[async_std::test]
 async fn an_unterminated_message_is_answered_after_the_fragment_timeout() {
     let server = TestServer::start(quick_config()).await;

@@ -20,7 +20,7 @@ use crate::actors::session::{
     OUTBOX_CAPACITY, Session, SessionConfig, SessionSignals, linger_close,
 };
 use crate::messages::{Admission, ClientId, SessionStats};
-use crate::rt::{TcpListener, TcpStream, bounded, sleep, spawn, within};
+use crate::rt::{ServerListener, ServerStream, bounded, sleep, spawn, within};
 use crate::shutdown::Shutdown;
 use crate::wire;
 
@@ -35,7 +35,7 @@ const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The acceptor's state.
 pub struct Acceptor {
-    listener: TcpListener,
+    listener: ServerListener,
     registry: RegistryHandle,
     session_config: Arc<SessionConfig>,
     signals: SessionSignals,
@@ -48,7 +48,7 @@ pub struct Acceptor {
 
 impl Acceptor {
     pub fn new(
-        listener: TcpListener,
+        listener: ServerListener,
         registry: RegistryHandle,
         session_config: Arc<SessionConfig>,
         signals: SessionSignals,
@@ -97,7 +97,7 @@ impl Acceptor {
         self.next_id - 1
     }
 
-    async fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
+    async fn admit(&mut self, stream: ServerStream, peer: SocketAddr) {
         let id = ClientId(self.next_id);
         self.next_id += 1;
         let (outbox, mailbox) = bounded(OUTBOX_CAPACITY);
@@ -146,10 +146,10 @@ impl Acceptor {
 
 /// Tells a client the server is full, then closes it. The registry already
 /// logged the rejection.
-async fn turn_away(mut stream: TcpStream, max: usize) {
+async fn turn_away(stream: ServerStream, max: usize) {
     let line = wire::server_full_error(max);
     // The client may already be gone, or never read: either way we close it.
-    if let Some(Ok(())) = within(REJECT_WRITE_TIMEOUT, stream.write_all(&line)).await {
+    if let Some(Ok(())) = within(REJECT_WRITE_TIMEOUT, (&stream).write_all(&line)).await {
         linger_close(&stream).await;
     }
 }

@@ -26,7 +26,7 @@ use kv_log_macro::{debug, warn};
 
 use crate::actors::registry::RegistryHandle;
 use crate::messages::{ClientId, LeaveReason, SessionCommand, SessionStats};
-use crate::rt::{Alarm, Receiver, TcpStream, within};
+use crate::rt::{Alarm, Receiver, ServerStream, within};
 use crate::shutdown::Shutdown;
 use crate::wire::{self, Framer, ReplyFormatter};
 
@@ -59,7 +59,7 @@ pub struct SessionSignals {
 pub struct Session {
     id: ClientId,
     peer: SocketAddr,
-    stream: TcpStream,
+    stream: ServerStream,
     framer: Framer,
     /// Replies and notices waiting for the next write.
     out: Vec<u8>,
@@ -85,7 +85,7 @@ impl Session {
     pub fn new(
         id: ClientId,
         peer: SocketAddr,
-        stream: TcpStream,
+        stream: ServerStream,
         stats: Arc<SessionStats>,
         outbox: Receiver<SessionCommand>,
         registry: RegistryHandle,
@@ -161,6 +161,11 @@ impl Session {
         let mut alarm = Alarm::new();
         let drain = self.signals.drain.clone();
         let mut drained = pin!(drain.wait().fuse());
+        // Whether the last read drained the socket (it returned less than it
+        // had room for): then the next read waits for the socket to become
+        // readable instead of trying first, which would cost a system call
+        // that returns nothing on nearly every message.
+        let mut drained_socket = false;
         loop {
             let fragment_deadline = fragment_since
                 .zip(self.config.fragment_timeout)
@@ -168,11 +173,12 @@ impl Session {
             if let Some(deadline) = fragment_deadline {
                 alarm.arm_by(deadline);
             }
-            let mut reader = &self.stream;
+            let buf = self.framer.read_buf();
+            let room = buf.len();
             let event = select_biased! {
                 _ = drained => Event::Drain,
                 command = self.outbox.next() => Event::Command(command),
-                read = reader.read(self.framer.read_buf()).fuse() => Event::Read(read),
+                read = read_when_ready(&self.stream, buf, drained_socket).fuse() => Event::Read(read),
                 _ = alarm => Event::Deadline,
             };
             match event {
@@ -182,6 +188,7 @@ impl Session {
                     return Ok(LeaveReason::PeerClosed);
                 }
                 Event::Read(Ok(n)) => {
+                    drained_socket = n < room;
                     let now = Instant::now();
                     self.framer.filled(n);
                     let queued_before = self.replies_queued;
@@ -276,6 +283,19 @@ impl Session {
     }
 }
 
+/// Reads into `buf`; if `wait_first`, only once `stream` is readable.
+async fn read_when_ready(
+    stream: &ServerStream,
+    buf: &mut [u8],
+    wait_first: bool,
+) -> io::Result<usize> {
+    if wait_first {
+        stream.readable().await?;
+    }
+    let mut reader = stream;
+    reader.read(buf).await
+}
+
 /// A lingering close waits at most this long for the client's side to go quiet.
 const LINGER_QUIET: Duration = Duration::from_millis(100);
 /// ... and never longer than this in all,
@@ -288,8 +308,12 @@ const LINGER_MAX_BYTES: usize = 1024 * 1024;
 /// it goes quiet, closes, or a bound is hit. Closing with unread input instead
 /// would make the kernel send a reset, which can destroy the last line before
 /// the client reads it.
-pub async fn linger_close(stream: &TcpStream) {
-    if stream.shutdown(std::net::Shutdown::Write).is_err() {
+pub async fn linger_close(stream: &ServerStream) {
+    if stream
+        .get_ref()
+        .shutdown(std::net::Shutdown::Write)
+        .is_err()
+    {
         return;
     }
     let started = Instant::now();
@@ -328,7 +352,8 @@ mod tests {
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("bound");
-        let stream = TcpStream::from(std::net::TcpStream::connect(addr).expect("connect"));
+        let stream = ServerStream::new(std::net::TcpStream::connect(addr).expect("connect"))
+            .expect("register");
         let (_outbox, mailbox) = crate::rt::bounded(OUTBOX_CAPACITY);
         let session = Session::new(
             ClientId(1),
