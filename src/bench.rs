@@ -2,9 +2,13 @@
 //!
 //! Opens `clients` connections at a bounded rate, waits for every greeting,
 //! then keeps `depth` messages of `size` bytes in flight on each connection for
-//! `duration`. Every reply is checked against the message it should echo
-//! (replies come in order, so against the oldest one in flight); mismatches,
-//! failed connects and dropped connections are counted and reported. Works
+//! `duration`: as fast as replies come back (closed loop), or, with `rate`, at
+//! a fixed offered load, so that what a reply costs the server can be compared
+//! between servers under the very same load. Every reply is checked against
+//! the message it should echo (replies come in order, so against the oldest
+//! one in flight); mismatches, failed connects and dropped connections are
+//! counted and reported. It also reports how busy each CPU was, and with a
+//! server PID, the server's CPU time per reply. Works
 //! against any server speaking the protocol, including the original Node
 //! server (empty lines, which it adds after each reply, are skipped).
 //!
@@ -14,10 +18,14 @@
 use std::collections::VecDeque;
 use std::io::{self, IsTerminal};
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use futures::future::poll_fn;
+use futures::task::AtomicWaker;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, select_biased};
 
 use crate::rt::{TcpStream, ToSocketAddrs, bounded, sleep, spawn, within};
@@ -37,6 +45,10 @@ pub struct BenchConfig {
     pub depth: usize,
     /// Bytes per message (at least the length of its unique id).
     pub size: usize,
+    /// Offered load in messages per second over all connections, released
+    /// round robin (each connection still keeps at most `depth` in flight);
+    /// `None` sends the next message as soon as a reply frees a slot.
+    pub rate: Option<f64>,
     /// New connections per second while connecting.
     pub connect_rate: u32,
     /// Show a progress bar (only drawn on a terminal).
@@ -64,6 +76,16 @@ pub struct BenchReport {
     pub max_us: f64,
     /// Server RSS before connecting and with every client connected, in KiB.
     pub server_rss_kib: Option<(u64, u64)>,
+    /// The offered load, if paced.
+    pub offered_rate: Option<f64>,
+    /// How busy each CPU of the machine was while measuring, in percent
+    /// (Linux only): shows whether the server or the load generator was the
+    /// bottleneck.
+    pub cpu_busy_pct: Vec<f64>,
+    /// CPU time the server process ran per reply while measuring, in
+    /// microseconds (with `server_pid`, Linux only). Interrupt-time network
+    /// work done on its behalf is not in it.
+    pub server_cpu_us_per_reply: Option<f64>,
 }
 
 impl BenchReport {
@@ -93,6 +115,9 @@ impl BenchReport {
             "disconnects": self.disconnects,
             "server_rss_before_kib": rss_before,
             "server_rss_connected_kib": rss_connected,
+            "offered_rate": self.offered_rate,
+            "cpu_busy_pct": self.cpu_busy_pct,
+            "server_cpu_us_per_reply": self.server_cpu_us_per_reply,
         })
     }
 }
@@ -104,7 +129,11 @@ impl std::fmt::Display for BenchReport {
             "{} clients ({} connected), depth {}, {}-byte messages, {:.1} s",
             self.clients, self.connected, self.depth, self.size, self.seconds
         )?;
-        writeln!(f, "replies      {} ({:.0}/s)", self.replies, self.rate)?;
+        write!(f, "replies      {} ({:.0}/s)", self.replies, self.rate)?;
+        match self.offered_rate {
+            Some(offered) => writeln!(f, ", {offered:.0}/s offered")?,
+            None => writeln!(f)?,
+        }
         writeln!(
             f,
             "latency      p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
@@ -117,6 +146,15 @@ impl std::fmt::Display for BenchReport {
                 f,
                 "server RSS   {before} KiB before, {connected} KiB connected ({per_client:.0} B per client)"
             )?;
+        }
+        if !self.cpu_busy_pct.is_empty() {
+            let cpus: Vec<String> = (self.cpu_busy_pct.iter().enumerate())
+                .map(|(cpu, busy)| format!("cpu{cpu} {busy:.0}%"))
+                .collect();
+            writeln!(f, "CPU busy     {}", cpus.join(", "))?;
+        }
+        if let Some(us) = self.server_cpu_us_per_reply {
+            writeln!(f, "server CPU   {us:.2} us per reply")?;
         }
         write!(
             f,
@@ -146,6 +184,10 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
     let (ready_sender, ready) = bounded(config.clients.max(1));
     let replies = Arc::new(AtomicU64::new(0));
     let pace = Duration::from_secs_f64(1.0 / f64::from(config.connect_rate.max(1)));
+    let credits: Vec<Arc<Credits>> = match config.rate {
+        Some(_) => (0..config.clients).map(|_| Arc::default()).collect(),
+        None => Vec::new(),
+    };
 
     let mut tasks = Vec::with_capacity(config.clients);
     let started = Instant::now();
@@ -157,6 +199,7 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
         let due = started + pace * id as u32;
         sleep(due.saturating_duration_since(Instant::now())).await;
         let connection = Connection {
+            credits: credits.get(id).cloned(),
             prefix: format!("{id:x}-"),
             config: config.clone(),
             replies: replies.clone(),
@@ -183,8 +226,13 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
         .progress
         .then(|| progress_bar(config.duration))
         .flatten();
+    let cpu_before = cpu_idle_ticks();
+    let server_cpu_before = config.server_pid.and_then(process_cpu_ns);
     go_trigger.trigger();
     let measuring = Instant::now();
+    let pacer = config
+        .rate
+        .map(|rate| spawn(release(credits, rate, measuring, stop.clone())));
     let deadline = measuring + config.duration;
     while Instant::now() < deadline && !interrupt.is_triggered() {
         let tick = Duration::from_millis(100).min(deadline - Instant::now());
@@ -200,7 +248,14 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
         }
     }
     stop_trigger.trigger();
+    if let Some(pacer) = pacer {
+        pacer.await;
+    }
     let seconds = measuring.elapsed().as_secs_f64();
+    let cpu_busy_pct = cpu_busy_pct(&cpu_before, &cpu_idle_ticks(), measuring.elapsed());
+    let server_cpu_ns = server_cpu_before
+        .zip(config.server_pid.and_then(process_cpu_ns))
+        .map(|(before, after)| after.saturating_sub(before));
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
@@ -214,6 +269,8 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
         connect_failures,
         seconds,
         server_rss_kib: rss_before.zip(rss_connected),
+        offered_rate: config.rate,
+        cpu_busy_pct,
         ..BenchReport::default()
     };
     for task in tasks {
@@ -224,6 +281,9 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
     }
     report.replies = latencies.len() as u64;
     report.rate = report.replies as f64 / seconds;
+    report.server_cpu_us_per_reply = server_cpu_ns
+        .filter(|_| report.replies > 0)
+        .map(|ns| ns as f64 / 1000.0 / report.replies as f64);
     latencies.sort_unstable();
     let percentile = |p: f64| -> f64 {
         if latencies.is_empty() {
@@ -271,8 +331,113 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// How a paced run tells a connection it may send: the pacer counts the
+/// messages it has released to the connection and wakes it.
+#[derive(Default)]
+struct Credits {
+    released: AtomicU64,
+    waker: AtomicWaker,
+}
+
+impl Credits {
+    /// Whether more than `sent` messages have been released.
+    fn beyond(&self, sent: u64) -> bool {
+        self.released.load(Ordering::Acquire) > sent
+    }
+
+    /// Completes once more than `sent` messages have been released.
+    async fn released_beyond(&self, sent: u64) {
+        poll_fn(|cx| {
+            if self.beyond(sent) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // A release between the check and the registration would be lost.
+            if self.beyond(sent) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// How often the pacer releases messages. One timer for the whole run, not
+/// one per message: a timer per message would cost the bench more than the
+/// messages themselves.
+const PACER_TICK: Duration = Duration::from_micros(250);
+
+/// Releases `rate` messages per second from `started`, round robin over
+/// `credits`, until `stop`.
+async fn release(credits: Vec<Arc<Credits>>, rate: f64, started: Instant, stop: Shutdown) {
+    let mut released = 0;
+    let mut stopped = pin!(stop.wait().fuse());
+    loop {
+        let elapsed = started.elapsed();
+        let due = (elapsed.as_secs_f64() * rate) as u64;
+        for message in released..due {
+            let credits = &credits[(message % credits.len() as u64) as usize];
+            credits.released.fetch_add(1, Ordering::Release);
+            credits.waker.wake();
+        }
+        released = due;
+        let ticks = elapsed.as_nanos() / PACER_TICK.as_nanos() + 1;
+        let next_tick = started + Duration::from_nanos((ticks * PACER_TICK.as_nanos()) as u64);
+        select_biased! {
+            _ = stopped => return,
+            _ = sleep(next_tick.saturating_duration_since(Instant::now())).fuse() => {}
+        }
+    }
+}
+
+/// Idle time of each CPU so far, in clock ticks, from `/proc/stat`; empty
+/// where there is none. (Only idle time is trusted: on a virtual machine the
+/// busy fields can add up to more than the wall clock.)
+fn cpu_idle_ticks() -> Vec<u64> {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
+    stat.lines()
+        .filter(|line| line.starts_with("cpu") && !line.starts_with("cpu "))
+        .map(|line| {
+            // cpuN user nice system idle iowait ...
+            (line.split_whitespace().skip(4).take(2))
+                .filter_map(|field| field.parse::<u64>().ok())
+                .sum()
+        })
+        .collect()
+}
+
+/// Percent of `wall` each CPU was not idle, between two [`cpu_idle_ticks`].
+fn cpu_busy_pct(before: &[u64], after: &[u64], wall: Duration) -> Vec<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let wall_ticks = wall.as_secs_f64() * ticks_per_second;
+    (before.iter().zip(after))
+        .map(|(idle0, idle1)| {
+            let idle = idle1.saturating_sub(*idle0) as f64;
+            (100.0 * (1.0 - idle / wall_ticks)).clamp(0.0, 100.0)
+        })
+        .collect()
+}
+
+/// CPU time every thread of a local process has run so far, in nanoseconds,
+/// from the scheduler's own clock (`/proc/PID/task/*/schedstat`), which is
+/// exact where the tick-sampled times in `/proc/PID/stat` are not.
+pub fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let schedstat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
 /// One benchmark connection.
 struct Connection {
+    /// With `--rate`: the messages the pacer has released to this connection.
+    credits: Option<Arc<Credits>>,
     /// `<id hex>-`, the start of every message on this connection.
     prefix: String,
     config: BenchConfig,
@@ -324,8 +489,8 @@ impl Connection {
         result
     }
 
-    /// Keeps `depth` messages in flight until `stop`; `Ok(false)` if the server
-    /// closed the connection.
+    /// Keeps up to `depth` messages in flight until `stop`; `Ok(false)` if the
+    /// server closed the connection.
     async fn exchange(
         &self,
         stream: &TcpStream,
@@ -333,23 +498,40 @@ impl Connection {
         stop: &Shutdown,
         result: &mut ConnectionResult,
     ) -> io::Result<bool> {
-        let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::with_capacity(self.config.depth);
+        let depth = self.config.depth;
+        let mut stopped = pin!(stop.wait().fuse());
+        let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::with_capacity(depth);
         let mut out = Vec::new();
         let mut expected = Vec::new();
         let mut next_seq = 0;
         let mut reader = stream;
         let mut writer = stream;
-        for _ in 0..self.config.depth {
-            self.message(&mut out, next_seq);
-            in_flight.push_back((next_seq, Instant::now()));
-            next_seq += 1;
-        }
-        writer.write_all(&out).await?;
         loop {
-            out.clear();
+            // Fill the free slots: all of them, or as many as the pacer released.
+            let now = Instant::now();
+            while in_flight.len() < depth
+                && self.credits.as_ref().is_none_or(|c| c.beyond(next_seq))
+            {
+                self.message(&mut out, next_seq);
+                in_flight.push_back((next_seq, now));
+                next_seq += 1;
+            }
+            if !out.is_empty() {
+                writer.write_all(&out).await?;
+                out.clear();
+            }
+            let released = async {
+                match &self.credits {
+                    Some(credits) if in_flight.len() < depth => {
+                        credits.released_beyond(next_seq).await
+                    }
+                    _ => futures::future::pending().await,
+                }
+            };
             let read = select_biased! {
-                _ = stop.wait().fuse() => return Ok(true),
+                _ = stopped => return Ok(true),
                 read = reader.read(framer.read_buf()).fuse() => read?,
+                _ = released.fuse() => continue,
             };
             if read == 0 {
                 return Ok(false);
@@ -380,12 +562,6 @@ impl Connection {
                         .push(now.duration_since(sent_at).as_nanos() as u64);
                     self.replies.fetch_add(1, Ordering::Relaxed);
                 }
-                self.message(&mut out, next_seq);
-                in_flight.push_back((next_seq, now));
-                next_seq += 1;
-            }
-            if !out.is_empty() {
-                writer.write_all(&out).await?;
             }
         }
     }
@@ -437,6 +613,7 @@ mod tests {
     #[test]
     fn messages_are_unique_padded_lines() {
         let connection = Connection {
+            credits: None,
             prefix: "1f-".into(),
             config: BenchConfig {
                 addr: String::new(),
@@ -444,6 +621,7 @@ mod tests {
                 duration: Duration::from_secs(1),
                 depth: 1,
                 size: 16,
+                rate: None,
                 connect_rate: 1,
                 progress: false,
                 server_pid: None,

@@ -146,6 +146,13 @@ pub struct Cli {
     #[arg(long, default_value_t = 16, value_parser = positive_usize, help_heading = "Bench options")]
     pub size: usize,
 
+    /// Offered load, in messages per second over all connections, released
+    /// to them in turn (each still keeps at most --depth in flight), so that
+    /// servers can be compared under the very same load [default: send the
+    /// next message as soon as a reply comes back].
+    #[arg(long, value_name = "N", value_parser = positive_rate, help_heading = "Bench options")]
+    pub rate: Option<f64>,
+
     /// New connections per second while connecting, so a large --clients
     /// measures holding capacity, not a SYN burst.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Bench options")]
@@ -156,7 +163,8 @@ pub struct Cli {
     pub json: bool,
 
     /// PID of a server on this machine: report its resident memory before
-    /// connecting and with every client connected.
+    /// connecting and with every client connected, and the CPU time it ran
+    /// per reply while measuring.
     #[arg(long, value_name = "PID", help_heading = "Bench options")]
     pub server_pid: Option<u32>,
 }
@@ -254,6 +262,7 @@ impl Cli {
             duration: self.duration,
             depth: self.depth,
             size: self.size,
+            rate: self.rate,
             connect_rate: self.connect_rate,
             progress: !self.json,
             server_pid: self.server_pid,
@@ -283,6 +292,14 @@ fn positive_usize(text: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
         Err(e) => Err(format!("{e} (expected a whole number)")),
+    }
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        Ok(_) => Err("must be a positive number".into()),
+        Err(e) => Err(format!("{e} (expected messages per second)")),
     }
 }
 
@@ -343,6 +360,9 @@ mod tests {
             &["--role", "server", "--count", "3"],
             &["--role", "client", "--clients", "3"],
             &["--role", "bench", "--interval", "1s"],
+            &["--role", "bench", "--rate", "0"],
+            &["--role", "bench", "--rate", "fast"],
+            &["--role", "server", "--rate", "100"],
         ] {
             let error = parse(args).expect_err("rejected");
             assert_eq!(error.exit_code(), 2, "{args:?}: {error}");

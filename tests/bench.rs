@@ -21,6 +21,7 @@ fn config(addr: impl ToString, clients: usize, depth: usize, size: usize) -> Ben
         duration: Duration::from_millis(300),
         depth,
         size,
+        rate: None,
         connect_rate: 1000,
         progress: false,
         server_pid: None,
@@ -45,6 +46,25 @@ async fn measures_a_duplex_server_with_every_reply_checked() {
     // Every reply the server sent was counted by the bench.
     let totals = server.registry.snapshot().await.totals;
     assert!(totals.messages_out >= report.replies);
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn a_paced_run_offers_its_rate_and_no_more() {
+    let server = TestServer::start(quick_config()).await;
+    let rate = 500.0;
+    let report = run(BenchConfig {
+        rate: Some(rate),
+        ..config(server.addr, 4, 1, 16)
+    })
+    .await;
+    assert_eq!(report.errors(), 0, "{report}");
+    assert_eq!(report.offered_rate, Some(rate));
+    // Unpaced, four clients get thousands of replies in 300 ms; paced, about
+    // 150. The bound leaves room for a slow machine, not for a missing pacer.
+    let offered = rate * report.seconds;
+    assert!(report.replies > 0, "{report}");
+    assert!(report.replies as f64 <= offered * 1.5 + 4.0, "{report}");
     server.stop().await;
 }
 
@@ -129,6 +149,21 @@ fn the_bench_role_prints_one_json_summary_and_reports_server_memory() {
     assert_eq!(report["errors"], 0);
     assert!(report["rate"].as_f64().expect("rate") > 0.0);
     assert!(report["server_rss_connected_kib"].as_u64().expect("rss") > 0);
+    assert!(
+        report["server_cpu_us_per_reply"]
+            .as_f64()
+            .expect("server CPU")
+            > 0.0
+    );
+    // One figure per CPU the machine has online, each a percentage.
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as usize;
+    let busy = report["cpu_busy_pct"].as_array().expect("CPU figures");
+    assert_eq!(busy.len(), cpus, "{stdout}");
+    assert!(
+        busy.iter()
+            .all(|b| (0.0..=100.0).contains(&b.as_f64().expect("number")))
+    );
     signal(&server, libc::SIGTERM);
     assert!(wait_with_timeout(server).success());
 }
