@@ -232,6 +232,10 @@ pub enum RegistryMsg {
         line: Arc<[u8]>,
         respond_to: oneshot::Sender<BroadcastReport>,
     },
+    /// Shutdown: close every session's outbox, which tells the session to
+    /// answer what it has read, send the shutdown notice and close (sessions
+    /// admitted later get a closed outbox at once). Replies when done.
+    Drain { respond_to: oneshot::Sender<()> },
     /// Reply once exactly `clients` clients are registered.
     WaitForCount {
         clients: usize,

@@ -2,8 +2,8 @@
 //! runs the shutdown sequence.
 //!
 //! Shutdown order: the shutdown signal stops the acceptor (no new clients) →
-//! `drain` tells every session to answer what it read, send the notice and
-//! close → the server waits for the registry to count zero clients, for at
+//! the registry closes every session's outbox, which tells the session to
+//! answer what it read, send the notice and close → the server waits for the registry to count zero clients, for at
 //! most the shutdown timeout → `cut` stops any session still writing → the
 //! registry logs its final snapshot and stops.
 
@@ -128,9 +128,8 @@ impl Server {
             Ok(addr) => info!("listening", { addr: log::kv::Value::from_display(&addr) }),
             Err(e) => info!("listening", { addr_error: log::kv::Value::from_display(&e) }),
         }
-        let (drain_trigger, drain) = shutdown::channel();
         let (cut_trigger, cut) = shutdown::channel();
-        let signals = SessionSignals { drain, cut };
+        let signals = SessionSignals { cut };
         let acceptor = Acceptor::new(
             self.listener,
             self.registry.clone(),
@@ -141,7 +140,7 @@ impl Server {
 
         let at_shutdown = self.registry.snapshot().await.clients.len();
         info!("shutting down", { clients: at_shutdown });
-        drain_trigger.trigger();
+        self.registry.drain().await;
         let timeout = self.config.shutdown_timeout;
         let drained = within(timeout, self.registry.wait_for_clients(0))
             .await

@@ -11,8 +11,11 @@
 //! It is never on the per-message path: sessions count their own traffic in
 //! shared atomics, which the registry reads only when it reports.
 //!
-//! It stops on [`RegistryMsg::Stop`], after logging a final snapshot; the
-//! server sends that last, once every session has left or been cut.
+//! At shutdown, [`RegistryMsg::Drain`] closes every session's outbox, which is
+//! how sessions learn to finish up: a session waits on its outbox anyway, so
+//! it needs no separate signal. It stops on [`RegistryMsg::Stop`], after
+//! logging a final snapshot; the server sends that last, once every session
+//! has left or been cut.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -73,6 +76,8 @@ pub struct Registry {
     rejected: u64,
     notices_dropped: u64,
     waiters: Vec<(usize, oneshot::Sender<()>)>,
+    /// Shutdown has begun: outboxes are closed, new ones too.
+    draining: bool,
 }
 
 /// Whether the actor should keep running after a message.
@@ -92,6 +97,7 @@ impl Registry {
             rejected: 0,
             notices_dropped: 0,
             waiters: Vec::new(),
+            draining: false,
         }
     }
 
@@ -155,6 +161,13 @@ impl Registry {
                 // A requester that stopped waiting does not need the report.
                 let _ = respond_to.send(report);
             }
+            RegistryMsg::Drain { respond_to } => {
+                self.draining = true;
+                for entry in self.clients.values() {
+                    entry.outbox.close();
+                }
+                let _ = respond_to.send(());
+            }
             RegistryMsg::WaitForCount {
                 clients,
                 respond_to,
@@ -189,6 +202,9 @@ impl Registry {
                 reason: "server full",
             });
             return Admission::Full { max };
+        }
+        if self.draining {
+            outbox.close();
         }
         self.clients.insert(
             id,
@@ -411,6 +427,12 @@ impl RegistryHandle {
             .await
     }
 
+    /// Starts the shutdown of every session (see [`RegistryMsg::Drain`]).
+    pub async fn drain(&self) {
+        self.ask(|respond_to| RegistryMsg::Drain { respond_to })
+            .await
+    }
+
     /// Completes when exactly `clients` clients are registered.
     pub async fn wait_for_clients(&self, clients: usize) {
         self.ask(|respond_to| RegistryMsg::WaitForCount {
@@ -573,6 +595,30 @@ mod tests {
         registry.close_idle(later + Duration::from_secs(1));
         assert!(quiet.try_recv().is_err(), "told only once");
         assert!(quiet_stats.idle_for(later) >= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn drain_closes_every_outbox_after_what_it_holds_and_later_ones_at_once() {
+        let mut registry = registry(10);
+        let (_, with_notice, _) = register(&mut registry, 1);
+        let (_, empty, _) = register(&mut registry, 2);
+        let (respond_to, _) = oneshot::channel();
+        registry.handle(RegistryMsg::Broadcast {
+            line: Arc::from(&b"notice: hi\n"[..]),
+            respond_to,
+        });
+        empty.try_recv().expect("the notice");
+        let (respond_to, mut response) = oneshot::channel();
+        registry.handle(RegistryMsg::Drain { respond_to });
+        assert_eq!(response.try_recv(), Ok(Some(())));
+        // A notice already queued is still delivered; then the outbox is closed.
+        assert!(matches!(
+            with_notice.try_recv(),
+            Ok(SessionCommand::Notice { .. })
+        ));
+        assert!(with_notice.is_closed() && empty.is_closed());
+        let (_, late, _) = register(&mut registry, 3);
+        assert!(late.is_closed());
     }
 
     #[test]

@@ -11,16 +11,17 @@
 //!
 //! Stops when the client closes or fails, when a line is too long, when the
 //! registry finds the client idle (`SessionCommand::CloseIdle`), or at server
-//! shutdown (`drain`: answer what was read, send the notice, close; `cut`: stop
-//! writing at once). On every path it tells the registry why it left.
+//! shutdown: when the registry closes the outbox it answers what it has read,
+//! sends the notice and closes; `cut` stops it writing at once. On every path
+//! it tells the registry why it left.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::poll_fn;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt, select_biased};
 use kv_log_macro::{debug, warn};
 
@@ -46,11 +47,10 @@ pub struct SessionConfig {
     pub fragment_timeout: Option<Duration>,
 }
 
-/// The server-wide signals a session obeys.
+/// The server-wide signal a session obeys besides its outbox (whose closing
+/// means "finish up": answer what was read, send the shutdown notice, close).
 #[derive(Debug, Clone)]
 pub struct SessionSignals {
-    /// Finish up: answer what was read, send the shutdown notice, close.
-    pub drain: Shutdown,
     /// Stop now, even in the middle of a write.
     pub cut: Shutdown,
 }
@@ -77,7 +77,6 @@ enum Event {
     Read(io::Result<usize>),
     Command(Option<SessionCommand>),
     Deadline,
-    Drain,
 }
 
 impl Session {
@@ -159,8 +158,6 @@ impl Session {
         // alarm is only armed while a fragment waits; idle clients are found
         // by the registry, so an idle session holds no timer.
         let mut alarm = Alarm::new();
-        let drain = self.signals.drain.clone();
-        let mut drained = pin!(drain.wait().fuse());
         // Whether the last read drained the socket (it returned less than it
         // had room for): then the next read waits for the socket to become
         // readable instead of trying first, which would cost a system call
@@ -176,8 +173,7 @@ impl Session {
             let buf = self.framer.read_buf();
             let room = buf.len();
             let event = select_biased! {
-                _ = drained => Event::Drain,
-                command = self.outbox.next() => Event::Command(command),
+                command = next_command(&mut self.outbox).fuse() => Event::Command(command),
                 read = read_when_ready(&self.stream, buf, drained_socket).fuse() => Event::Read(read),
                 _ = alarm => Event::Deadline,
             };
@@ -214,8 +210,8 @@ impl Session {
                     self.flush().await?;
                     return Ok(LeaveReason::IdleTimeout);
                 }
-                // The registry dropped our outbox: the server is going away.
-                Event::Command(None) | Event::Drain => {
+                // The registry closed our outbox: the server is shutting down.
+                Event::Command(None) => {
                     self.answer_fragment();
                     self.out.extend_from_slice(wire::SHUTDOWN_NOTICE);
                     self.flush().await?;
@@ -281,6 +277,18 @@ impl Session {
             }
         }
     }
+}
+
+/// The next command, or `None` once the registry has closed the outbox.
+///
+/// Not `outbox.next()`: a closed, empty channel makes that future report
+/// itself terminated, and `select!` skips terminated futures, so the close
+/// (the shutdown) would never be seen. The receiver keeps its listener across
+/// calls either way.
+fn next_command(
+    outbox: &mut Receiver<SessionCommand>,
+) -> impl Future<Output = Option<SessionCommand>> + '_ {
+    poll_fn(move |cx| outbox.poll_next_unpin(cx))
 }
 
 /// Reads into `buf`; if `wait_first`, only once `stream` is readable.
@@ -367,7 +375,6 @@ mod tests {
                 fragment_timeout: None,
             }),
             SessionSignals {
-                drain: Shutdown::never(),
                 cut: Shutdown::never(),
             },
         );
