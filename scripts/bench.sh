@@ -9,7 +9,8 @@
 #
 #   scripts/bench.sh                  # everything: about 10 minutes
 #   DURATION=10s REPEAT=7 scripts/bench.sh
-#   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|instructions
+#   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|instructions
+#   BASELINE=/path/to/other/duplex ONLY=cost scripts/bench.sh  # also compare another build
 #
 # Prints the tables docs/performance.md quotes; every run's JSON goes to target/bench/results.jsonl.
 set -euo pipefail
@@ -17,6 +18,8 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-5s}
 REPEAT=${REPEAT:-5}
+COST_RATE=${COST_RATE:-10000} # messages/s offered to each server in the cost section
+BASELINE=${BASELINE:-}
 SCALING_REPEAT=${SCALING_REPEAT:-3}
 ONLY=${ONLY:-}
 SERVER_CPU=${SERVER_CPU:-0}
@@ -68,12 +71,14 @@ wait_for_port() {
     exit 1
 }
 
-# start NAME PORT KIND [duplex server flags...]: KIND is duplex, reference or node
+# start NAME PORT KIND [duplex server flags...]: KIND is duplex, baseline, reference or node
 start() {
     local name=$1 port=$2 kind=$3
     shift 3
     [ "$kind" != node ] || port=8000 # the original listens on 8000, always
     case $kind in
+        baseline) taskset -c "$SERVER_CPU" "$BASELINE" --role server --addr "127.0.0.1:$port" "$@" \
+                    2>"$OUT/$name.log" & ;;
         duplex) taskset -c "$SERVER_CPU" "$BIN" --role server --addr "127.0.0.1:$port" "$@" \
                     2>"$OUT/$name.log" & ;;
         reference) taskset -c "$SERVER_CPU" "$REF" "127.0.0.1:$port" 2>/dev/null & ;;
@@ -92,11 +97,12 @@ bench() {
     json=$(taskset -c "$LOAD_CPU" "$BIN" --role bench --addr "127.0.0.1:${PORT[$name]}" --json \
         --server-pid "${PID[$name]}" "$@" 2>/dev/null || true)
     [ -n "$json" ] || json='{"errors": -1, "rate": 0}'
-    echo "{\"section\": \"$section\", \"server\": \"$name\", \"result\": $json}" >> "$RESULTS"
+    echo "{\"section\": \"$section\", \"server\": \"$name\", \"round\": ${ROUND:-0}, \"result\": $json}" >> "$RESULTS"
     echo "  $section $name $*: $(echo "$json" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-print("%.0f/s p50 %.0f us p99 %.0f us errors %s" % (r.get("rate", 0), r.get("p50_us", 0), r.get("p99_us", 0), r.get("errors")))')" >&2
+cpu = "/".join("%.0f" % c for c in r.get("cpu_busy_pct", []))
+print("%.0f/s p50 %.0f us p99 %.0f us, server %.2f us CPU per reply, CPUs busy %s%%, errors %s" % (r.get("rate", 0), r.get("p50_us", 0), r.get("p99_us", 0), r.get("server_cpu_us_per_reply") or 0, cpu, r.get("errors")))')" >&2
 }
 
 # interleave SECTION RUNS "NAME..." [bench flags...]: RUNS rounds, each server once per round
@@ -108,6 +114,18 @@ interleave() {
             bench "$section" "$name" "$@"
         done
     done
+}
+
+# together SECTION "NAME..." [bench flags...]: one run against every server at once
+together() {
+    local section=$1 names=$2
+    shift 2
+    local pids=()
+    for name in $names; do
+        bench "$section" "$name" "$@" &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
 }
 
 want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
@@ -157,6 +175,28 @@ if want snapshot; then
     stop_all
 fi
 
+if want cost; then
+    # What a reply costs each server's core, measured with every server
+    # running at once on CPU 0, each loaded by its own bench on CPU 1 at the
+    # same fixed rate: whatever the machine does during a round (this VM's
+    # speed drifts), it does to all of them. Each round's ratio pairs them.
+    names="duplex reference"
+    start duplex 8130 duplex --registry-interval 0
+    start reference 8131 reference
+    if [ -n "$BASELINE" ]; then
+        start baseline 8132 baseline --registry-interval 0
+        names+=" baseline"
+    fi
+    for clients in 50 500; do
+        for ROUND in $(seq "$REPEAT"); do
+            together cost "$names" --clients "$clients" --depth 1 --size 16 --rate "$COST_RATE" \
+                --connect-rate 5000 --duration "$DURATION"
+        done
+    done
+    unset ROUND
+    stop_all
+fi
+
 if want instructions && command -v valgrind >/dev/null; then
     # User-space instructions per reply, counted by callgrind: unlike replies/s,
     # this does not drift with the machine. Counters are zeroed after a warm-up
@@ -182,11 +222,12 @@ if want instructions && command -v valgrind >/dev/null; then
     done
 fi
 
-python3 - "$RESULTS" <<'PY'
+python3 - "$RESULTS" "$SERVER_CPU" "$LOAD_CPU" <<'PY'
 import json, os, platform, statistics, sys
 runs = [json.loads(line) for line in open(sys.argv[1])]
+server_cpu, load_cpu = int(sys.argv[2]), int(sys.argv[3])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-print(f"machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}; servers on CPU 0, load on CPU 1")
+print(f"machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}; servers on CPU {server_cpu}, load on CPU {load_cpu}")
 
 def median_run(section, server, **match):
     """The run with the median rate among matching runs, with all rates attached."""
@@ -215,6 +256,34 @@ def us(x):
 def rates(r):
     return " ".join(f"{x / 1000:.0f}k" for x in r["rates"])
 
+def busy(r):
+    cpus = r.get("cpu_busy_pct") or []
+    if len(cpus) <= max(server_cpu, load_cpu):
+        return "-"
+    return f"{cpus[server_cpu]:.0f}% / {cpus[load_cpu]:.0f}%"
+
+def cost_table(clients):
+    """Per round, every server's CPU per reply; ratios against duplex."""
+    rounds = {}
+    for r in runs:
+        if r["section"] == "cost" and r["result"].get("clients") == clients:
+            rounds.setdefault(r["round"], {})[r["server"]] = r["result"]
+    names = [n for n in ("duplex", "reference", "baseline") if any(n in by for by in rounds.values())]
+    lines = []
+    for name in names:
+        found = [by[name] for by in rounds.values() if name in by]
+        costs = [r.get("server_cpu_us_per_reply") or 0 for r in found]
+        ratios = sorted(by[name]["server_cpu_us_per_reply"] / by["duplex"]["server_cpu_us_per_reply"]
+                        for by in rounds.values()
+                        if name in by and "duplex" in by and by[name].get("server_cpu_us_per_reply") and by["duplex"].get("server_cpu_us_per_reply"))
+        offered = found[0].get("offered_rate") or 0
+        kept_up = min(r.get("rate", 0) for r in found) / offered if offered else 0
+        errors = sum(r.get("errors", 0) for r in found)
+        lines.append((clients, name, f"{statistics.median(costs):.2f}",
+                      f"{statistics.median(ratios):.2f}x" if ratios else "-",
+                      " ".join(f"{x:.2f}" for x in ratios), f"{offered:.0f}", f"{kept_up:.1%}", errors))
+    return lines
+
 lines = []
 for clients in (50, 500):
     ref = median_run("throughput", "reference", clients=clients)
@@ -222,9 +291,13 @@ for clients in (50, 500):
         r = median_run("throughput", server, clients=clients)
         if r:
             ratio = f"{r['rate'] / ref['rate']:.2f}x" if ref and ref["rate"] else "-"
-            lines.append((clients, server, f"{r['rate']:.0f}", ratio, us(r["p50_us"]), us(r["p99_us"]), r["errors_all"], rates(r)))
+            lines.append((clients, server, f"{r['rate']:.0f}", ratio, us(r["p50_us"]), us(r["p99_us"]), busy(r), r["errors_all"], rates(r)))
 table("Throughput, depth 1, 16-byte messages (median of interleaved runs)",
-      ["clients", "server", "replies/s", "vs reference", "p50 us", "p99 us", "errors (all runs)", "every run, replies/s"], lines)
+      ["clients", "server", "replies/s", "vs reference", "p50 us", "p99 us", "server/load CPU busy", "errors (all runs)", "every run, replies/s"], lines)
+
+lines = cost_table(50) + cost_table(500)
+table("Server CPU time per reply at a fixed offered load, all servers at once on one core (median of rounds)",
+      ["clients", "server", "us CPU per reply", "vs duplex (median of rounds)", "every round, vs duplex", "offered/s each", "lowest rate reached", "errors (all rounds)"], lines)
 
 lines = []
 for server in ("duplex", "reference"):
