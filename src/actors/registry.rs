@@ -9,7 +9,11 @@
 //! their sessions to close: one periodic sweep instead of a timer per session.
 //!
 //! It is never on the per-message path: sessions count their own traffic in
-//! shared atomics, which the registry reads only when it reports.
+//! shared atomics, which the registry reads only when it reports. Nor does a
+//! snapshot hold up the sessions: its summary line is logged at once, but the
+//! lines per client (10 000 of them take some 50 ms to format and write) go to
+//! a small writer task, which logs a few at a time and yields in between, so
+//! sessions keep answering while a long list is written.
 //!
 //! At shutdown, [`RegistryMsg::Drain`] closes every session's outbox, which is
 //! how sessions learn to finish up: a session waits on its outbox anyway, so
@@ -30,7 +34,9 @@ use crate::messages::{
     Admission, BroadcastReport, ClientId, ClientInfo, Counts, LeaveReason, RegistryMsg,
     SessionCommand, SessionStats, Snapshot,
 };
-use crate::rt::{JoinHandle, Receiver, Sender, TrySendError, bounded, sleep_until, spawn};
+use crate::rt::{
+    JoinHandle, Receiver, Sender, TrySendError, bounded, sleep_until, spawn, yield_now,
+};
 
 /// Capacity of the registry's mailbox. Every message is a join, a leave or an
 /// operator request, so this only absorbs bursts of connects and disconnects.
@@ -78,6 +84,17 @@ pub struct Registry {
     waiters: Vec<(usize, oneshot::Sender<()>)>,
     /// Shutdown has begun: outboxes are closed, new ones too.
     draining: bool,
+    /// Client lists for the writer task (see [`write_listings`]).
+    listings: Sender<Vec<ClientInfo>>,
+}
+
+/// Where a snapshot's line per client is written from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// The writer task, a few lines at a time, so sessions keep answering.
+    Background,
+    /// This task, before returning (the final snapshot, with nothing left to serve).
+    Inline,
 }
 
 /// Whether the actor should keep running after a message.
@@ -88,7 +105,11 @@ pub enum Flow {
 }
 
 impl Registry {
+    /// The registry's state, and its client-list writer task (which ends
+    /// once the registry is dropped).
     pub fn new(config: RegistryConfig) -> Registry {
+        let (listings, queue) = bounded(LISTINGS_QUEUED);
+        drop(spawn(write_listings(queue)));
         Registry {
             config,
             clients: HashMap::new(),
@@ -98,6 +119,7 @@ impl Registry {
             notices_dropped: 0,
             waiters: Vec::new(),
             draining: false,
+            listings,
         }
     }
 
@@ -123,7 +145,7 @@ impl Registry {
                     }
                 }
                 _ = sleep_until(next_snapshot).fuse() => {
-                    self.log_snapshot();
+                    self.log_snapshot(Listing::Background);
                     next_snapshot = interval.map(|every| Instant::now() + every);
                 }
                 _ = sleep_until(next_sweep).fuse() => {
@@ -154,7 +176,7 @@ impl Registry {
                 let _ = respond_to.send(self.snapshot());
             }
             RegistryMsg::LogSnapshot => {
-                self.log_snapshot();
+                self.log_snapshot(Listing::Background);
             }
             RegistryMsg::Broadcast { line, respond_to } => {
                 let report = self.broadcast(&line);
@@ -176,7 +198,7 @@ impl Registry {
                 self.wake_waiters();
             }
             RegistryMsg::Stop { respond_to } => {
-                let snapshot = self.log_snapshot();
+                let snapshot = self.log_snapshot(Listing::Inline);
                 // The server may have stopped waiting; the snapshot is logged anyway.
                 let _ = respond_to.send(snapshot);
                 return Flow::Stop;
@@ -275,7 +297,7 @@ impl Registry {
     }
 
     /// Logs one summary line and one line per client; returns what it logged.
-    pub fn log_snapshot(&self) -> Snapshot {
+    pub fn log_snapshot(&self, listing: Listing) -> Snapshot {
         let snapshot = self.snapshot();
         let totals = snapshot.totals;
         info!("registry snapshot", {
@@ -288,15 +310,17 @@ impl Registry {
             bytes_out: totals.bytes_out,
             notices_dropped: snapshot.notices_dropped,
         });
-        for client in &snapshot.clients {
-            let connected_for = humantime::format_duration(round_ms(client.connected_for));
-            info!("registry client", {
-                client_id: client.id,
-                peer: log::kv::Value::from_display(&client.peer),
-                connected_for: log::kv::Value::from_display(&connected_for),
-                messages_in: client.counts.messages_in,
-                messages_out: client.counts.messages_out,
-            });
+        match listing {
+            Listing::Inline => log_clients(&snapshot.clients),
+            // Snapshots asked for faster than their lines can be written
+            // skip the list rather than queue up memory.
+            Listing::Background => {
+                if self.listings.try_send(snapshot.clients.clone()).is_err() {
+                    warn!(
+                        "registry snapshot: client lines skipped, earlier ones are still being written"
+                    );
+                }
+            }
         }
         snapshot
     }
@@ -352,6 +376,37 @@ impl Registry {
             // A waiter that gave up (timed out) does not need the answer.
             let _ = respond_to.send(());
         }
+    }
+}
+
+/// Client lines the writer logs between yields: about 40 us of work.
+const LISTING_CHUNK: usize = 8;
+
+/// Client lists waiting for the writer besides the one it is writing.
+const LISTINGS_QUEUED: usize = 1;
+
+/// Writes each snapshot's client lines, a chunk at a time, yielding in
+/// between; ends when the registry drops its sender.
+async fn write_listings(queue: Receiver<Vec<ClientInfo>>) {
+    while let Ok(clients) = queue.recv().await {
+        for lines in clients.chunks(LISTING_CHUNK) {
+            log_clients(lines);
+            yield_now().await;
+        }
+    }
+}
+
+/// Logs one line per client.
+fn log_clients(clients: &[ClientInfo]) {
+    for client in clients {
+        let connected_for = humantime::format_duration(round_ms(client.connected_for));
+        info!("registry client", {
+            client_id: client.id,
+            peer: log::kv::Value::from_display(&client.peer),
+            connected_for: log::kv::Value::from_display(&connected_for),
+            messages_in: client.counts.messages_in,
+            messages_out: client.counts.messages_out,
+        });
     }
 }
 

@@ -221,10 +221,13 @@ impl Session {
                     // The alarm may have been armed for an earlier deadline
                     // than the one that stands now; that is checked here.
                     let now = Instant::now();
-                    if fragment_deadline.is_some_and(|at| at <= now) {
+                    let due = fragment_deadline.is_some_and(|at| at <= now);
+                    if let Some(since) = fragment_since.filter(|_| due) {
                         let messages = u64::from(self.framer.has_fragment());
                         self.answer_fragment();
-                        self.stats.received(messages, 0, now);
+                        // The client's last input is when the fragment came,
+                        // not now: the idle timeout counts from then.
+                        self.stats.received(messages, 0, since);
                         fragment_since = None;
                         self.flush().await?;
                     }
