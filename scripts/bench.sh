@@ -291,9 +291,10 @@ for clients in (50, 500):
         r = median_run("throughput", server, clients=clients)
         if r:
             ratio = f"{r['rate'] / ref['rate']:.2f}x" if ref and ref["rate"] else "-"
-            lines.append((clients, server, f"{r['rate']:.0f}", ratio, us(r["p50_us"]), us(r["p99_us"]), busy(r), r["errors_all"], rates(r)))
+            cpu = r.get("server_cpu_us_per_reply")
+            lines.append((clients, server, f"{r['rate']:.0f}", ratio, us(r["p50_us"]), us(r["p99_us"]), busy(r), f"{cpu:.1f}" if cpu else "-", r["errors_all"], rates(r)))
 table("Throughput, depth 1, 16-byte messages (median of interleaved runs)",
-      ["clients", "server", "replies/s", "vs reference", "p50 us", "p99 us", "server/load CPU busy", "errors (all runs)", "every run, replies/s"], lines)
+      ["clients", "server", "replies/s", "vs reference", "p50 us", "p99 us", "server/load CPU busy", "server us CPU per reply", "errors (all runs)", "every run, replies/s"], lines)
 
 lines = cost_table(50) + cost_table(500)
 table("Server CPU time per reply at a fixed offered load, all servers at once on one core (median of rounds)",
