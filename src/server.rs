@@ -3,9 +3,10 @@
 //!
 //! Shutdown order: the shutdown signal stops the acceptor (no new clients) →
 //! the registry closes every session's outbox, which tells the session to
-//! answer what it read, send the notice and close → the server waits for the registry to count zero clients, for at
-//! most the shutdown timeout → `cut` stops any session still writing → the
-//! registry logs its final snapshot and stops.
+//! answer what it read, send the notice and close → the server waits for the
+//! registry to count zero clients, for at most the shutdown timeout → `cut`
+//! stops any session still writing → the registry logs its final snapshot
+//! and stops.
 
 use std::io;
 use std::net::SocketAddr;

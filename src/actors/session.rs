@@ -153,16 +153,17 @@ impl Session {
         // Written directly: an idle client's reply buffer stays unallocated.
         self.write_or_cut(wire::GREETING).await?;
         let mut fragment_since: Option<Instant> = None;
-        // These waits live across iterations, so waiting on them registers a
-        // waker once, not once per message (the outbox keeps its own). The
-        // alarm is only armed while a fragment waits; idle clients are found
-        // by the registry, so an idle session holds no timer.
+        // The alarm lives across iterations, so waiting on it registers a
+        // timer only when it is armed, not once per message (the outbox keeps
+        // its listener the same way). It is only armed while a fragment waits;
+        // idle clients are found by the registry, so an idle session holds no
+        // timer.
         let mut alarm = Alarm::new();
-        // Whether the last read drained the socket (it returned less than it
+        // Whether the last read emptied the socket (it returned less than it
         // had room for): then the next read waits for the socket to become
         // readable instead of trying first, which would cost a system call
         // that returns nothing on nearly every message.
-        let mut drained_socket = false;
+        let mut emptied = false;
         loop {
             let fragment_deadline = fragment_since
                 .zip(self.config.fragment_timeout)
@@ -174,7 +175,7 @@ impl Session {
             let room = buf.len();
             let event = select_biased! {
                 command = next_command(&mut self.outbox).fuse() => Event::Command(command),
-                read = read_when_ready(&self.stream, buf, drained_socket).fuse() => Event::Read(read),
+                read = read_when_ready(&self.stream, buf, emptied).fuse() => Event::Read(read),
                 _ = alarm => Event::Deadline,
             };
             match event {
@@ -184,7 +185,7 @@ impl Session {
                     return Ok(LeaveReason::PeerClosed);
                 }
                 Event::Read(Ok(n)) => {
-                    drained_socket = n < room;
+                    emptied = n < room;
                     let now = Instant::now();
                     self.framer.filled(n);
                     let queued_before = self.replies_queued;
