@@ -64,7 +64,7 @@ fn sigusr1_logs_a_registry_snapshot_and_sigint_stops_the_server() {
     assert!(summary.contains("clients=1"), "{summary}");
     let client = wait_for(&logs, "registry client");
     assert!(client.contains("client_id=1"), "{client}");
-    // Client lines are written by the registry's writer task; the next
+    // Client lines are written by the registry's writer thread; the next
     // snapshot's list is queued behind them, not lost.
     signal(&server, libc::SIGUSR1);
     let again = wait_for(&logs, "registry client");

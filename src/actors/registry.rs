@@ -12,8 +12,8 @@
 //! shared atomics, which the registry reads only when it reports. Nor does a
 //! snapshot hold up the sessions: its summary line is logged at once, but the
 //! lines per client (10 000 of them take some 50 ms to format and write) go to
-//! a small writer task, which logs a few at a time and yields in between, so
-//! sessions keep answering while a long list is written.
+//! a low-priority thread, so sessions keep answering while a long list is
+//! written, even if a write to the log file blocks.
 //!
 //! At shutdown, [`RegistryMsg::Drain`] closes every session's outbox, which is
 //! how sessions learn to finish up: a session waits on its outbox anyway, so
@@ -34,9 +34,7 @@ use crate::messages::{
     Admission, BroadcastReport, ClientId, ClientInfo, Counts, LeaveReason, RegistryMsg,
     SessionCommand, SessionStats, Snapshot,
 };
-use crate::rt::{
-    JoinHandle, Receiver, Sender, TrySendError, bounded, sleep_until, spawn, yield_now,
-};
+use crate::rt::{JoinHandle, Receiver, Sender, TrySendError, bounded, sleep_until, spawn};
 
 /// Capacity of the registry's mailbox. Every message is a join, a leave or an
 /// operator request, so this only absorbs bursts of connects and disconnects.
@@ -84,14 +82,14 @@ pub struct Registry {
     waiters: Vec<(usize, oneshot::Sender<()>)>,
     /// Shutdown has begun: outboxes are closed, new ones too.
     draining: bool,
-    /// Client lists for the writer task (see [`write_listings`]).
-    listings: Sender<Vec<ClientInfo>>,
+    /// Client lists for the writer thread (see [`spawn_listing_writer`]).
+    listings: std::sync::mpsc::SyncSender<Vec<ClientInfo>>,
 }
 
 /// Where a snapshot's line per client is written from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listing {
-    /// The writer task, a few lines at a time, so sessions keep answering.
+    /// The low-priority writer thread, so sessions keep answering.
     Background,
     /// This task, before returning (the final snapshot, with nothing left to serve).
     Inline,
@@ -105,11 +103,10 @@ pub enum Flow {
 }
 
 impl Registry {
-    /// The registry's state, and its client-list writer task (which ends
+    /// The registry's state, and its client-list writer thread (which ends
     /// once the registry is dropped).
     pub fn new(config: RegistryConfig) -> Registry {
-        let (listings, queue) = bounded(LISTINGS_QUEUED);
-        drop(spawn(write_listings(queue)));
+        let listings = spawn_listing_writer();
         Registry {
             config,
             clients: HashMap::new(),
@@ -379,21 +376,36 @@ impl Registry {
     }
 }
 
-/// Client lines the writer logs between yields: about 40 us of work.
-const LISTING_CHUNK: usize = 8;
-
 /// Client lists waiting for the writer besides the one it is writing.
 const LISTINGS_QUEUED: usize = 1;
 
-/// Writes each snapshot's client lines, a chunk at a time, yielding in
-/// between; ends when the registry drops its sender.
-async fn write_listings(queue: Receiver<Vec<ClientInfo>>) {
-    while let Ok(clients) = queue.recv().await {
-        for lines in clients.chunks(LISTING_CHUNK) {
-            log_clients(lines);
-            yield_now().await;
-        }
+/// Starts the thread that writes snapshots' client lines; it ends when the
+/// returned sender is dropped.
+///
+/// A thread, not a task, and at the lowest priority: formatting 10 000 lines
+/// takes some 50 ms, and a write to a log file can block on the disk, and
+/// neither may hold up the executor that runs the sessions. When the thread
+/// cannot get the CPU, lists queue up to [`LISTINGS_QUEUED`] and then are
+/// skipped (with a warning), never held in memory without bound.
+fn spawn_listing_writer() -> std::sync::mpsc::SyncSender<Vec<ClientInfo>> {
+    let (listings, queue) = std::sync::mpsc::sync_channel::<Vec<ClientInfo>>(LISTINGS_QUEUED);
+    let spawned = std::thread::Builder::new()
+        .name("duplex-listing".into())
+        .spawn(move || {
+            // On Linux the nice value belongs to the calling thread. If it
+            // cannot be lowered, the lines are written all the same.
+            // SAFETY: setpriority has no memory-safety preconditions.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+            for clients in queue {
+                log_clients(&clients);
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("no thread for snapshot client lines; they will be skipped", {
+            error: log::kv::Value::from_display(&e),
+        });
     }
+    listings
 }
 
 /// Logs one line per client.
