@@ -28,7 +28,7 @@ use futures::future::poll_fn;
 use futures::task::AtomicWaker;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, select_biased};
 
-use crate::rt::{TcpStream, ToSocketAddrs, bounded, sleep, spawn, within};
+use crate::rt::{TcpStream, ToSocketAddrs, bounded, sleep, sleep_until, spawn, within};
 use crate::shutdown::{self, Shutdown};
 use crate::wire::{self, Framer};
 
@@ -386,7 +386,7 @@ async fn release(credits: Vec<Arc<Credits>>, rate: f64, started: Instant, stop: 
         let next_tick = started + Duration::from_nanos((ticks * PACER_TICK.as_nanos()) as u64);
         select_biased! {
             _ = stopped => return,
-            _ = sleep(next_tick.saturating_duration_since(Instant::now())).fuse() => {}
+            _ = sleep_until(Some(next_tick)).fuse() => {}
         }
     }
 }

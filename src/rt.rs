@@ -18,7 +18,7 @@ use futures::future::{BoxFuture, FusedFuture};
 pub use async_std::channel::{Receiver, Sender, TrySendError, bounded};
 pub use async_std::future::timeout;
 pub use async_std::net::{TcpListener, TcpStream, ToSocketAddrs};
-pub use async_std::task::{JoinHandle, sleep, spawn, yield_now};
+pub use async_std::task::{JoinHandle, sleep, spawn};
 
 /// A listening socket of the server.
 pub type ServerListener = async_io::Async<std::net::TcpListener>;

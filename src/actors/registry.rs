@@ -88,7 +88,7 @@ pub struct Registry {
 
 /// Where a snapshot's line per client is written from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listing {
+enum Listing {
     /// The low-priority writer thread, so sessions keep answering.
     Background,
     /// This task, before returning (the final snapshot, with nothing left to serve).
@@ -294,7 +294,7 @@ impl Registry {
     }
 
     /// Logs one summary line and one line per client; returns what it logged.
-    pub fn log_snapshot(&self, listing: Listing) -> Snapshot {
+    fn log_snapshot(&self, listing: Listing) -> Snapshot {
         let snapshot = self.snapshot();
         let totals = snapshot.totals;
         info!("registry snapshot", {
@@ -312,10 +312,13 @@ impl Registry {
             // Snapshots asked for faster than their lines can be written
             // skip the list rather than queue up memory.
             Listing::Background => {
-                if self.listings.try_send(snapshot.clients.clone()).is_err() {
-                    warn!(
+                match self.listings.try_send(snapshot.clients.clone()) {
+                    Ok(()) => {}
+                    Err(std::sync::mpsc::TrySendError::Full(_)) => warn!(
                         "registry snapshot: client lines skipped, earlier ones are still being written"
-                    );
+                    ),
+                    // The writer thread could not be started; that was logged.
+                    Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
                 }
             }
         }
