@@ -1,18 +1,50 @@
-//! The log backend: env_logger on stderr, filtered by RUST_LOG (default
-//! `info`), as text lines or one JSON object per line.
+//! The log backend: env_logger, filtered by RUST_LOG (default `info`), as
+//! text lines or one JSON object per line, written to stderr by a thread of
+//! its own.
+//!
+//! Nothing that serves clients ever waits for stderr. A log file's write can
+//! block on the disk for hundreds of milliseconds, and a pipe whose reader
+//! stalls blocks for good; written in place, either would stop the executor
+//! and every session on it. So a log call only appends the formatted line to
+//! a bounded in-memory queue, and the writer thread copies the queue to
+//! stderr. When the queue is full the line is dropped and counted, and the
+//! writer reports the count once it catches up. (env_logger has no such
+//! target of its own; `tracing-appender` has one, but brings the `tracing`
+//! stack into a `log` codebase for what is a queue and a thread.)
 
-use std::io::Write;
+use std::io::{self, IsTerminal, Write};
+use std::mem;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use env_logger::{Builder, Env, Target};
+use env_logger::{Builder, Env, Target, WriteStyle};
+use kv_log_macro::warn;
 use log::kv::{self, Key, Value, VisitSource};
 use serde_json::{Map, Value as Json};
 
 use crate::cli::LogFormat;
 
-/// Installs the logger. Call once, before anything logs.
-pub fn init(format: LogFormat) {
+/// Formatted lines waiting for the writer thread, at most, in bytes (a line
+/// is some 100 to 300 bytes).
+const QUEUE_BYTES: usize = 1 << 20;
+
+/// How long [`LogWriter::finish`] waits for queued lines to reach stderr: a
+/// stuck stderr must not keep the program from exiting.
+const FINISH_WAIT: Duration = Duration::from_secs(2);
+
+/// Installs the logger and starts its writer thread. Call once, before
+/// anything logs, and call [`LogWriter::finish`] before exiting.
+pub fn init(format: LogFormat) -> LogWriter {
     let mut builder = Builder::from_env(Env::default().default_filter_or("info"));
-    builder.target(Target::Stderr);
+    // env_logger colours only its own stderr target; for ours, decide as it
+    // would have: colour on a terminal unless RUST_LOG_STYLE says otherwise.
+    let style = std::env::var("RUST_LOG_STYLE");
+    if matches!(style.as_deref(), Err(_) | Ok("auto")) && io::stderr().is_terminal() {
+        builder.write_style(WriteStyle::Always);
+    }
+    let (queue, writer) = LogQueue::start();
+    builder.target(Target::Pipe(Box::new(QueueWriter(queue))));
     if format == LogFormat::Json {
         builder.format(|out, record| {
             let mut fields = Map::new();
@@ -27,6 +59,173 @@ pub fn init(format: LogFormat) {
         });
     }
     builder.init();
+    writer
+}
+
+/// Waits, if the log queue is over half full, until the writer thread has
+/// taken what is queued: for code that logs many lines at once (snapshot
+/// listings) on a thread nothing else waits on, so that it neither crowds out
+/// other lines nor has its own dropped. It blocks the thread, so a task that
+/// serves clients must never call it. Returns at once when no log queue is
+/// installed.
+pub fn wait_for_room() {
+    if let Some(queue) = QUEUE.get() {
+        let mut state = queue.lock();
+        while state.bytes.len() > QUEUE_BYTES / 2 && !state.closed {
+            state = queue.taken.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The queue the installed logger writes into, for [`wait_for_room`].
+static QUEUE: OnceLock<Arc<LogQueue>> = OnceLock::new();
+
+/// Formatted lines on their way to stderr.
+struct LogQueue {
+    state: Mutex<QueueState>,
+    /// Signalled when lines arrive or the queue closes.
+    filled: Condvar,
+    /// Signalled when the writer thread takes the queued lines, and when it ends.
+    taken: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// Whole lines, in the order they were logged.
+    bytes: Vec<u8>,
+    /// Lines dropped because the queue was full, not yet reported.
+    dropped: u64,
+    /// No more lines will come; the writer thread ends once the queue is empty.
+    closed: bool,
+    /// The writer thread has ended.
+    finished: bool,
+}
+
+impl LogQueue {
+    fn new() -> LogQueue {
+        LogQueue {
+            state: Mutex::new(QueueState::default()),
+            filled: Condvar::new(),
+            taken: Condvar::new(),
+        }
+    }
+
+    fn start() -> (Arc<LogQueue>, LogWriter) {
+        let queue = Arc::new(LogQueue::new());
+        let _ = QUEUE.set(queue.clone());
+        let writer_queue = queue.clone();
+        let thread = std::thread::Builder::new()
+            .name("duplex-log".into())
+            .spawn(move || writer_queue.write_to_stderr());
+        let writer = LogWriter {
+            queue: queue.clone(),
+            // Without the thread, nothing would ever leave the queue; say so
+            // where it can still be seen.
+            thread: thread
+                .inspect_err(|e| eprintln!("no log writer thread, log lines are lost: {e}"))
+                .ok(),
+        };
+        (queue, writer)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // The lock is only held to move bytes; a panic cannot leave the state
+        // half-changed.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues one formatted line, or counts it dropped when the queue is full.
+    fn push(&self, line: &[u8]) {
+        let mut state = self.lock();
+        // A line longer than the whole queue still goes through an empty one.
+        if state.bytes.is_empty() || state.bytes.len() + line.len() <= QUEUE_BYTES {
+            state.bytes.extend_from_slice(line);
+        } else {
+            state.dropped += 1;
+        }
+        drop(state);
+        self.filled.notify_one();
+    }
+
+    /// The writer thread: takes everything queued, writes it with one call,
+    /// repeats until the queue closes and is empty.
+    fn write_to_stderr(&self) {
+        let mut batch = Vec::new();
+        loop {
+            let mut state = self.lock();
+            while state.bytes.is_empty() && state.dropped == 0 && !state.closed {
+                state = self.filled.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            if state.bytes.is_empty() && state.dropped == 0 {
+                state.finished = true;
+                drop(state);
+                self.taken.notify_all();
+                return;
+            }
+            mem::swap(&mut state.bytes, &mut batch);
+            let dropped = mem::take(&mut state.dropped);
+            drop(state);
+            self.taken.notify_all();
+            // Nowhere to report a failed write to stderr.
+            let _ = io::stderr().lock().write_all(&batch);
+            batch.clear();
+            if batch.capacity() > QUEUE_BYTES {
+                batch.shrink_to(QUEUE_BYTES);
+            }
+            if dropped > 0 {
+                warn!("log lines dropped: stderr could not keep up", { dropped: dropped });
+            }
+        }
+    }
+}
+
+/// The logger's target: hands each formatted line to the queue.
+struct QueueWriter(Arc<LogQueue>);
+
+impl Write for QueueWriter {
+    /// env_logger writes each line with one call (`write_all` of the whole
+    /// formatted record), so the queue only ever holds whole lines.
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        self.0.push(line);
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The log's writer thread, held by `main` until the program ends.
+pub struct LogWriter {
+    queue: Arc<LogQueue>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LogWriter {
+    /// Writes out what is queued and stops the writer thread, waiting at most
+    /// [`FINISH_WAIT`] for a stderr that does not take it. Nothing logged
+    /// after this reaches stderr.
+    pub fn finish(self) {
+        let Some(thread) = self.thread else { return };
+        let deadline = Instant::now() + FINISH_WAIT;
+        let mut state = self.queue.lock();
+        state.closed = true;
+        self.queue.filled.notify_one();
+        while !state.finished {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            state = self
+                .queue
+                .taken
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(state);
+        let _ = thread.join();
+    }
 }
 
 /// Copies key/values into a JSON object, keeping numbers and booleans typed.
@@ -47,5 +246,34 @@ impl<'kvs> VisitSource<'kvs> for JsonFields<'_> {
         };
         self.0.insert(key.as_str().to_owned(), json);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_whole_lines_and_counts_them() {
+        let queue = LogQueue::new();
+        let line = [b'x'; 1000];
+        let fit = QUEUE_BYTES / line.len();
+        for _ in 0..fit + 2 {
+            queue.push(&line);
+        }
+        let state = queue.lock();
+        assert_eq!(state.bytes.len(), fit * line.len());
+        assert_eq!(state.dropped, 2);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_whole_queue_still_goes_through_an_empty_one() {
+        let queue = LogQueue::new();
+        let line = vec![b'x'; QUEUE_BYTES + 1];
+        queue.push(&line);
+        queue.push(b"next\n");
+        let state = queue.lock();
+        assert_eq!(state.bytes.len(), line.len());
+        assert_eq!(state.dropped, 1);
     }
 }

@@ -13,8 +13,11 @@ use duplex::{bench, client, limits, logging, shutdown, signals};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_or_exit(std::env::args_os());
-    logging::init(cli.log_format);
-    match duplex::rt::run(run(cli)) {
+    let log = logging::init(cli.log_format);
+    let outcome = duplex::rt::run(run(cli));
+    // Queued log lines first, so that an error below is the last line.
+    log.finish();
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");

@@ -3,11 +3,13 @@
 
 mod common;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::process::Stdio;
 
 use common::process::{
-    duplex, signal, start_server, start_server_from, stderr_lines, wait_for, wait_with_timeout,
+    PATIENCE, duplex, lines_of, listening_addr, server_command, signal, start_server,
+    start_server_from, stderr_lines, wait_for, wait_with_timeout,
 };
 
 #[test]
@@ -72,6 +74,64 @@ fn sigusr1_logs_a_registry_snapshot_and_sigint_stops_the_server() {
     signal(&server, libc::SIGINT);
     assert!(wait_with_timeout(server).success());
     drop(connection);
+}
+
+#[test]
+fn a_server_whose_log_nobody_reads_keeps_serving_and_reports_the_lines_it_dropped() {
+    let mut server = server_command(&[]).spawn().expect("spawn server");
+    let mut stderr = BufReader::new(server.stderr.take().expect("stderr piped"));
+    let mut line = String::new();
+    while !line.contains("listening") {
+        line.clear();
+        assert_ne!(
+            stderr.read_line(&mut line).expect("server log"),
+            0,
+            "no listening line"
+        );
+    }
+    let addr = listening_addr(&line);
+    // From here nobody reads the log. Each client below logs two lines (some
+    // 280 bytes), so the 64 KiB pipe fills within a few hundred clients and
+    // the server's 1 MiB log queue a few thousand later.
+    let greeted = |what: &str| {
+        let mut client = TcpStream::connect(&addr).expect("connect");
+        client.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let mut hello = [0; 6];
+        client
+            .read_exact(&mut hello)
+            .unwrap_or_else(|e| panic!("{what}: no greeting while the log is blocked: {e}"));
+        assert_eq!(&hello, b"Hello\n");
+        client
+    };
+    for n in 0..6000 {
+        greeted(&format!("client {n}"));
+    }
+    let mut last = greeted("last client");
+    last.write_all(b"still here\n").expect("send");
+    let mut reply = Vec::new();
+    let mut byte = [0];
+    while byte != *b"\n" {
+        last.read_exact(&mut byte)
+            .expect("a reply while the log is blocked");
+        reply.push(byte[0]);
+    }
+    assert_eq!(
+        duplex::wire::reply_echo(&reply[..reply.len() - 1]),
+        Some(&b"still here"[..])
+    );
+
+    // Read the log again: what could not be queued is counted, not lost silently.
+    let logs = lines_of(stderr);
+    let dropped = wait_for(&logs, "log lines dropped");
+    let count: u64 = dropped
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("dropped="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {dropped:?}"));
+    assert!(count > 0, "{dropped}");
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+    wait_for(&logs, "server stopped");
 }
 
 #[test]

@@ -386,10 +386,11 @@ const LISTINGS_QUEUED: usize = 1;
 /// returned sender is dropped.
 ///
 /// A thread, not a task, and at the lowest priority: formatting 10 000 lines
-/// takes some 50 ms, and a write to a log file can block on the disk, and
-/// neither may hold up the executor that runs the sessions. When the thread
-/// cannot get the CPU, lists queue up to [`LISTINGS_QUEUED`] and then are
-/// skipped (with a warning), never held in memory without bound.
+/// takes some 50 ms, and the thread waits whenever the log's queue is half
+/// full (see [`crate::logging`]), and neither may hold up the executor that
+/// runs the sessions. When the thread falls behind, lists queue up to
+/// [`LISTINGS_QUEUED`] and then are skipped (with a warning), never held in
+/// memory without bound.
 fn spawn_listing_writer() -> std::sync::mpsc::SyncSender<Vec<ClientInfo>> {
     let (listings, queue) = std::sync::mpsc::sync_channel::<Vec<ClientInfo>>(LISTINGS_QUEUED);
     let spawned = std::thread::Builder::new()
@@ -411,9 +412,13 @@ fn spawn_listing_writer() -> std::sync::mpsc::SyncSender<Vec<ClientInfo>> {
     listings
 }
 
-/// Logs one line per client.
+/// Logs one line per client, waiting for room in the log's queue so that a
+/// 10 000-line listing neither crowds out other lines nor loses its own. So
+/// only where nothing else waits on the thread: the listing thread, and the
+/// final snapshot, when nothing is left to serve.
 fn log_clients(clients: &[ClientInfo]) {
     for client in clients {
+        crate::logging::wait_for_room();
         let connected_for = humantime::format_duration(round_ms(client.connected_for));
         info!("registry client", {
             client_id: client.id,

@@ -18,9 +18,14 @@ pub fn duplex() -> Command {
 /// Forwards a child's stderr lines to a channel, so tests can wait on them.
 pub fn stderr_lines(child: &mut Child) -> Receiver<String> {
     let stderr = child.stderr.take().expect("stderr piped");
+    lines_of(BufReader::new(stderr))
+}
+
+/// Forwards the lines `reader` yields to a channel, from a thread.
+pub fn lines_of(reader: impl BufRead + Send + 'static) -> Receiver<String> {
     let (sender, lines) = mpsc::channel();
     thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
+        for line in reader.lines() {
             let Ok(line) = line else { break };
             if sender.send(line).is_err() {
                 break;
@@ -85,16 +90,20 @@ pub fn start_server_from(mut command: Command) -> (Child, String, Receiver<Strin
     let mut server = command.spawn().expect("spawn server");
     let logs = stderr_lines(&mut server);
     let listening = wait_for(&logs, "listening");
+    (server, listening_addr(&listening), logs)
+}
+
+/// The address a server's `listening` log line names (text or JSON).
+pub fn listening_addr(listening: &str) -> String {
     let addr = if listening.starts_with('{') {
-        let object: serde_json::Value = serde_json::from_str(&listening).expect("JSON log line");
+        let object: serde_json::Value = serde_json::from_str(listening).expect("JSON log line");
         object["addr"].as_str().map(String::from)
     } else {
         listening
             .split_whitespace()
             .find_map(|field| field.strip_prefix("addr=").map(String::from))
     };
-    let addr = addr.expect("the listening line names the address");
-    (server, addr, logs)
+    addr.expect("the listening line names the address")
 }
 
 /// Resident memory of process `pid`, in KiB.
