@@ -10,6 +10,7 @@
 #   scripts/bench.sh                  # everything: about 10 minutes
 #   DURATION=10s REPEAT=7 scripts/bench.sh
 #   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|instructions
+#   (cost: CPU per reply at a fixed rate, then throughput unpaced, with all servers at once)
 #   BASELINE=/path/to/other/duplex ONLY=cost scripts/bench.sh  # also compare another build
 #
 # Prints the tables docs/performance.md quotes; every run's JSON goes to target/bench/results.jsonl.
@@ -192,6 +193,13 @@ if want cost; then
             together cost "$names" --clients "$clients" --depth 1 --size 16 --rate "$COST_RATE" \
                 --connect-rate 5000 --duration "$DURATION"
         done
+        # The same, unpaced: every server saturated at once, so each gets
+        # about an even share of the core and its replies/s shows what it
+        # makes of that share.
+        for ROUND in $(seq "$REPEAT"); do
+            together side "$names" --clients "$clients" --depth 1 --size 16 \
+                --connect-rate 5000 --duration "$DURATION"
+        done
     done
     unset ROUND
     stop_all
@@ -262,12 +270,35 @@ def busy(r):
         return "-"
     return f"{cpus[server_cpu]:.0f}% / {cpus[load_cpu]:.0f}%"
 
-def cost_table(clients):
-    """Per round, every server's CPU per reply; ratios against duplex."""
+def paired_rounds(section, clients):
+    """{round: {server: result}} for a section whose servers ran at once."""
     rounds = {}
     for r in runs:
-        if r["section"] == "cost" and r["result"].get("clients") == clients:
+        if r["section"] == section and r["result"].get("clients") == clients:
             rounds.setdefault(r["round"], {})[r["server"]] = r["result"]
+    return rounds
+
+def side_table(clients):
+    """Per round, every server's replies/s; ratios against the reference."""
+    rounds = paired_rounds("side", clients)
+    lines = []
+    for name in ("duplex", "reference", "baseline"):
+        found = [by[name] for by in rounds.values() if name in by]
+        if not found:
+            continue
+        ratios = sorted(by[name]["rate"] / by["reference"]["rate"] for by in rounds.values()
+                        if name in by and by.get("reference", {}).get("rate"))
+        cpu = [r["server_cpu_us_per_reply"] for r in found if r.get("server_cpu_us_per_reply")]
+        lines.append((clients, name, f"{statistics.median(r['rate'] for r in found):.0f}",
+                      f"{statistics.median(ratios):.2f}x" if ratios else "-",
+                      " ".join(f"{x:.2f}" for x in ratios),
+                      f"{statistics.median(cpu):.2f}" if cpu else "-",
+                      sum(r.get("errors", 0) for r in found)))
+    return lines
+
+def cost_table(clients):
+    """Per round, every server's CPU per reply; ratios against duplex."""
+    rounds = paired_rounds("cost", clients)
     names = [n for n in ("duplex", "reference", "baseline") if any(n in by for by in rounds.values())]
     lines = []
     for name in names:
@@ -299,6 +330,10 @@ table("Throughput, depth 1, 16-byte messages (median of interleaved runs)",
 lines = cost_table(50) + cost_table(500)
 table("Server CPU time per reply at a fixed offered load, all servers at once on one core (median of rounds)",
       ["clients", "server", "us CPU per reply", "vs duplex (median of rounds)", "every round, vs duplex", "offered/s each", "lowest rate reached", "errors (all rounds)"], lines)
+
+table("Throughput side by side: all servers saturated at once on one core, each by its own bench (median of rounds)",
+      ["clients", "server", "replies/s", "vs reference (median of rounds)", "every round, vs reference", "us CPU per reply", "errors (all rounds)"],
+      side_table(50) + side_table(500))
 
 lines = []
 for server in ("duplex", "reference"):
