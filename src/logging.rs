@@ -29,6 +29,9 @@ use crate::cli::LogFormat;
 /// is some 100 to 300 bytes).
 const QUEUE_BYTES: usize = 1 << 20;
 
+/// Capacity the writer thread keeps in its buffers between bursts.
+const KEPT_BYTES: usize = 64 << 10;
+
 /// How long [`LogWriter::finish`] waits for queued lines to reach stderr: a
 /// stuck stderr must not keep the program from exiting.
 const FINISH_WAIT: Duration = Duration::from_secs(2);
@@ -169,9 +172,9 @@ impl LogQueue {
             // Nowhere to report a failed write to stderr.
             let _ = io::stderr().lock().write_all(&batch);
             batch.clear();
-            if batch.capacity() > QUEUE_BYTES {
-                batch.shrink_to(QUEUE_BYTES);
-            }
+            // The two buffers take turns; after a burst, neither keeps more
+            // than a quiet log needs.
+            batch.shrink_to(KEPT_BYTES);
             if dropped > 0 {
                 warn!("log lines dropped: stderr could not keep up", { dropped: dropped });
             }

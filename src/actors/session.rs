@@ -302,7 +302,10 @@ async fn read_when_ready(
     wait_first: bool,
 ) -> io::Result<usize> {
     if wait_first {
-        stream.readable().await?;
+        // Not `readable()`: that future registers and removes a waker of its
+        // own on every wait. The read side's one waker slot, which reads use
+        // as well, costs nothing to reuse, and this task is its only user.
+        poll_fn(|cx| stream.poll_readable(cx)).await?;
     }
     let mut reader = stream;
     reader.read(buf).await
