@@ -29,6 +29,11 @@ use crate::cli::LogFormat;
 /// is some 100 to 300 bytes).
 const QUEUE_BYTES: usize = 1 << 20;
 
+/// How long the writer lets lines gather after the first one, so that a
+/// burst (a snapshot's 10 000 client lines) is written in a few large writes,
+/// not one write and one thread wake-up per line.
+const GATHER: Duration = Duration::from_millis(2);
+
 /// Capacity the writer thread keeps in its buffers between bursts.
 const KEPT_BYTES: usize = 64 << 10;
 
@@ -140,24 +145,44 @@ impl LogQueue {
     /// Queues one formatted line, or counts it dropped when the queue is full.
     fn push(&self, line: &[u8]) {
         let mut state = self.lock();
+        let was_empty = state.bytes.is_empty() && state.dropped == 0;
         // A line longer than the whole queue still goes through an empty one.
         if state.bytes.is_empty() || state.bytes.len() + line.len() <= QUEUE_BYTES {
             state.bytes.extend_from_slice(line);
         } else {
             state.dropped += 1;
         }
+        let half_full = state.bytes.len() > QUEUE_BYTES / 2;
         drop(state);
-        self.filled.notify_one();
+        // The writer waits for a first line, then lets more gather; only
+        // those two moments need it woken (a wake is a system call).
+        if was_empty || half_full {
+            self.filled.notify_one();
+        }
     }
 
-    /// The writer thread: takes everything queued, writes it with one call,
-    /// repeats until the queue closes and is empty.
+    /// The writer thread: waits for a line, lets more gather for [`GATHER`]
+    /// (less when the queue is half full or closing), takes everything
+    /// queued and writes it with one call; repeats until the queue closes and
+    /// is empty.
     fn write_to_stderr(&self) {
         let mut batch = Vec::new();
         loop {
             let mut state = self.lock();
             while state.bytes.is_empty() && state.dropped == 0 && !state.closed {
                 state = self.filled.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            let gathered = Instant::now() + GATHER;
+            while state.bytes.len() <= QUEUE_BYTES / 2 && !state.closed {
+                let left = gathered.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                state = self
+                    .filled
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
             if state.bytes.is_empty() && state.dropped == 0 {
                 state.finished = true;
