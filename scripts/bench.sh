@@ -22,6 +22,10 @@ REPEAT=${REPEAT:-5}
 COST_RATE=${COST_RATE:-10000} # messages/s offered to each server in the cost section
 BASELINE=${BASELINE:-}
 SCALING_REPEAT=${SCALING_REPEAT:-3}
+# One client's round trip drifts by ±20 % within a minute here, and a run is
+# cheap (one connection), so latency gets more, shorter runs.
+LATENCY_REPEAT=${LATENCY_REPEAT:-11}
+LATENCY_DURATION=${LATENCY_DURATION:-3s}
 ONLY=${ONLY:-}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -153,7 +157,7 @@ if want throughput || want latency || want scaling; then
         done
     fi
     if want latency; then
-        interleave latency "$REPEAT" "duplex reference" --clients 1 --depth 1 --size 16 --duration "$DURATION"
+        interleave latency "$LATENCY_REPEAT" "duplex reference" --clients 1 --depth 1 --size 16 --duration "$LATENCY_DURATION"
     fi
     if want scaling; then
         for clients in 1 10 100 1000 10000; do
