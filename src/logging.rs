@@ -2,9 +2,9 @@
 //! text lines or one JSON object per line, written to stderr by a thread of
 //! its own.
 //!
-//! Nothing that serves clients ever waits for stderr. A log file's write can
-//! block on the disk for hundreds of milliseconds, and a pipe whose reader
-//! stalls blocks for good; written in place, either would stop the executor
+//! Nothing that serves clients ever waits for stderr. A write to a log file
+//! can wait on the disk, and a write to a pipe whose reader has stalled waits
+//! for good; written in place, either would stop the executor
 //! and every session on it. So a log call only appends the formatted line to
 //! a bounded in-memory queue, and the writer thread copies the queue to
 //! stderr. When the queue is full the line is dropped and counted, and the
@@ -146,17 +146,19 @@ impl LogQueue {
     fn push(&self, line: &[u8]) {
         let mut state = self.lock();
         let was_empty = state.bytes.is_empty() && state.dropped == 0;
+        let was_half_full = state.bytes.len() > QUEUE_BYTES / 2;
         // A line longer than the whole queue still goes through an empty one.
         if state.bytes.is_empty() || state.bytes.len() + line.len() <= QUEUE_BYTES {
             state.bytes.extend_from_slice(line);
         } else {
             state.dropped += 1;
         }
-        let half_full = state.bytes.len() > QUEUE_BYTES / 2;
+        let became_half_full = !was_half_full && state.bytes.len() > QUEUE_BYTES / 2;
         drop(state);
-        // The writer waits for a first line, then lets more gather; only
-        // those two moments need it woken (a wake is a system call).
-        if was_empty || half_full {
+        // The writer waits for a first line, then lets more gather until the
+        // queue is half full; only those two moments need it woken (a wake
+        // is a system call).
+        if was_empty || became_half_full {
             self.filled.notify_one();
         }
     }
