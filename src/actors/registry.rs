@@ -389,9 +389,9 @@ const LISTINGS_QUEUED: usize = 1;
 /// A thread, not a task, and at the lowest priority (`SCHED_IDLE`): logging
 /// 10 000 lines takes some 35 ms of CPU, and the thread waits whenever the
 /// log's queue is half full (see [`crate::logging`]), and neither may hold up
-/// the executor that runs the sessions. When the thread falls behind, lists queue up to
-/// [`LISTINGS_QUEUED`] and then are skipped (with a warning), never held in
-/// memory without bound.
+/// the executor that runs the sessions. When the thread falls behind, lists
+/// queue up to [`LISTINGS_QUEUED`] and then are skipped (with a warning),
+/// never held in memory without bound.
 fn spawn_listing_writer() -> std::sync::mpsc::SyncSender<Vec<ClientInfo>> {
     let (listings, queue) = std::sync::mpsc::sync_channel::<Vec<ClientInfo>>(LISTINGS_QUEUED);
     let spawned = std::thread::Builder::new()
