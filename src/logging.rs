@@ -225,7 +225,9 @@ impl Write for QueueWriter {
     }
 }
 
-/// The log's writer thread, held by `main` until the program ends.
+/// The log's writer thread, held by `main` until the program ends. Dropping
+/// it (also when `main` unwinds from a panic) does what [`LogWriter::finish`]
+/// does.
 pub struct LogWriter {
     queue: Arc<LogQueue>,
     thread: Option<JoinHandle<()>>,
@@ -236,7 +238,15 @@ impl LogWriter {
     /// [`FINISH_WAIT`] for a stderr that does not take it. Nothing logged
     /// after this reaches stderr.
     pub fn finish(self) {
-        let Some(thread) = self.thread else { return };
+        drop(self);
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
         let deadline = Instant::now() + FINISH_WAIT;
         let mut state = self.queue.lock();
         state.closed = true;
