@@ -87,15 +87,6 @@ pub struct Registry {
     listings: std::sync::mpsc::SyncSender<Vec<ClientInfo>>,
 }
 
-/// Where a snapshot's line per client is written from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Listing {
-    /// The low-priority writer thread, so sessions keep answering.
-    Background,
-    /// This task, before returning (the final snapshot, with nothing left to serve).
-    Inline,
-}
-
 /// Whether the actor should keep running after a message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flow {
@@ -143,7 +134,7 @@ impl Registry {
                     }
                 }
                 _ = sleep_until(next_snapshot).fuse() => {
-                    self.log_snapshot(Listing::Background);
+                    self.log_snapshot();
                     next_snapshot = interval.map(|every| Instant::now() + every);
                 }
                 _ = sleep_until(next_sweep).fuse() => {
@@ -174,7 +165,7 @@ impl Registry {
                 let _ = respond_to.send(self.snapshot());
             }
             RegistryMsg::LogSnapshot => {
-                self.log_snapshot(Listing::Background);
+                self.log_snapshot();
             }
             RegistryMsg::Broadcast { line, respond_to } => {
                 let report = self.broadcast(&line);
@@ -196,7 +187,10 @@ impl Registry {
                 self.wake_waiters();
             }
             RegistryMsg::Stop { respond_to } => {
-                let snapshot = self.log_snapshot(Listing::Inline);
+                // The final snapshot: nothing is left to serve, so its client
+                // lines are written here, in full.
+                let snapshot = self.log_summary();
+                log_clients(&snapshot.clients);
                 // The server may have stopped waiting; the snapshot is logged anyway.
                 let _ = respond_to.send(snapshot);
                 return Flow::Stop;
@@ -294,8 +288,24 @@ impl Registry {
         }
     }
 
-    /// Logs one summary line and one line per client; returns what it logged.
-    fn log_snapshot(&self, listing: Listing) -> Snapshot {
+    /// Logs the summary line, and hands the client list to the low-priority
+    /// writer thread for its line per client, so sessions keep answering.
+    fn log_snapshot(&self) {
+        let clients = self.log_summary().clients;
+        // Snapshots asked for faster than their lines can be written skip the
+        // list rather than queue up memory.
+        match self.listings.try_send(clients) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(_)) => warn!(
+                "registry snapshot: client lines skipped, earlier ones are still being written"
+            ),
+            // The writer thread could not be started; that was logged.
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Logs a snapshot's summary line; returns the snapshot.
+    fn log_summary(&self) -> Snapshot {
         let snapshot = self.snapshot();
         let totals = snapshot.totals;
         info!("registry snapshot", {
@@ -308,21 +318,6 @@ impl Registry {
             bytes_out: totals.bytes_out,
             notices_dropped: snapshot.notices_dropped,
         });
-        match listing {
-            Listing::Inline => log_clients(&snapshot.clients),
-            // Snapshots asked for faster than their lines can be written
-            // skip the list rather than queue up memory.
-            Listing::Background => {
-                match self.listings.try_send(snapshot.clients.clone()) {
-                    Ok(()) => {}
-                    Err(std::sync::mpsc::TrySendError::Full(_)) => warn!(
-                        "registry snapshot: client lines skipped, earlier ones are still being written"
-                    ),
-                    // The writer thread could not be started; that was logged.
-                    Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
-                }
-            }
-        }
         snapshot
     }
 
