@@ -2,18 +2,22 @@
 //! nowhere else, so moving to smol (same executor and reactor underneath) is a
 //! change to this one file.
 //!
-//! The server's own sockets are async-io's `Async` (the reactor async-std runs
-//! on, which smol re-exports as `smol::Async`), because a session waits for
-//! readiness: after a short read the socket is known to be empty, so the next
-//! read would only return `WouldBlock`. async-std's `TcpStream` is the same
-//! `Async` in an `Arc`, but it can only try that read first.
+//! The server's sockets and the bench's are async-io's `Async` (the reactor
+//! async-std runs on, which smol re-exports as `smol::Async`), because their
+//! message loops wait for readiness: after a short read the socket is known
+//! to be empty, so the next read would only return `WouldBlock`. async-std's
+//! `TcpStream` is the same `Async` in an `Arc`, but it can only try that read
+//! first. [`read_when_ready`] is that wait, and it lives here because it is
+//! shaped by how the reactor reports readiness.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::future::{BoxFuture, FusedFuture};
+use futures::AsyncReadExt;
+use futures::future::{BoxFuture, FusedFuture, poll_fn};
 
 pub use async_std::channel::{Receiver, Sender, TrySendError, bounded};
 pub use async_std::future::timeout;
@@ -22,8 +26,9 @@ pub use async_std::task::{JoinHandle, sleep, spawn};
 
 /// A listening socket of the server.
 pub type ServerListener = async_io::Async<std::net::TcpListener>;
-/// A client's connection, on the server side.
-pub type ServerStream = async_io::Async<std::net::TcpStream>;
+/// A TCP connection on the reactor itself: a client's, on the server side,
+/// and each of the bench's. Read it with [`read_when_ready`].
+pub type Socket = async_io::Async<std::net::TcpStream>;
 
 /// Runs `future` as a task on the executor and parks the calling thread until
 /// it is done: the program's entry point.
@@ -118,4 +123,57 @@ impl FusedFuture for Alarm {
     fn is_terminated(&self) -> bool {
         false
     }
+}
+
+/// Reads into `buf`; if `wait_first` (the last read emptied the socket), only
+/// once the socket may be readable, which spares a read that would return
+/// nothing on nearly every message.
+pub async fn read_when_ready(
+    socket: &Socket,
+    buf: &mut [u8],
+    wait_first: bool,
+) -> io::Result<usize> {
+    if wait_first {
+        wait_for_input(socket).await?;
+    }
+    let mut reader = socket;
+    reader.read(buf).await
+}
+
+/// Registers interest in `socket`'s input, then finishes at the next wake-up,
+/// whatever caused it: the read that follows is what tells whether input came
+/// (if not, it waits again inside async-io's own read loop).
+///
+/// Why not `poll_readable` until it reports ready: the reactor's `epoll_wait`
+/// often runs on one thread while a task runs on another, and an event from a
+/// wait that began before the interest was registered counts as stale to
+/// `poll_readable`. The task is woken, but told "not yet", and registers
+/// again; the socket, still holding the message, is reported again at once.
+/// That cost a second `epoll_ctl`, event and wake-up per message whenever the
+/// two threads overlapped (`strace -f` showed up to three registrations
+/// between two reads of one client).
+///
+/// Not `readable()` either: that future registers and removes a waker of its
+/// own on every wait. The read side's one waker slot, which reads use as well,
+/// costs nothing to reuse, and the caller's task is its only user.
+fn wait_for_input(socket: &Socket) -> impl Future<Output = io::Result<()>> + '_ {
+    let mut registered = false;
+    poll_fn(move |cx| {
+        if registered {
+            return Poll::Ready(Ok(()));
+        }
+        // The first answer may still be the event that the last read, made
+        // without a look at readiness, consumed; the second registers.
+        for _ in 0..2 {
+            match socket.poll_readable(cx) {
+                Poll::Pending => {
+                    registered = true;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+        }
+        Poll::Ready(Ok(()))
+    })
 }

@@ -20,7 +20,7 @@ use crate::actors::session::{
     OUTBOX_CAPACITY, Session, SessionConfig, SessionSignals, linger_close,
 };
 use crate::messages::{Admission, ClientId, SessionStats};
-use crate::rt::{ServerListener, ServerStream, bounded, sleep, spawn, within};
+use crate::rt::{ServerListener, Socket, bounded, sleep, spawn, within};
 use crate::shutdown::Shutdown;
 use crate::wire;
 
@@ -97,7 +97,7 @@ impl Acceptor {
         self.next_id - 1
     }
 
-    async fn admit(&mut self, stream: ServerStream, peer: SocketAddr) {
+    async fn admit(&mut self, stream: Socket, peer: SocketAddr) {
         let id = ClientId(self.next_id);
         self.next_id += 1;
         let (outbox, mailbox) = bounded(OUTBOX_CAPACITY);
@@ -146,7 +146,7 @@ impl Acceptor {
 
 /// Tells a client the server is full, then closes it. The registry already
 /// logged the rejection.
-async fn turn_away(stream: ServerStream, max: usize) {
+async fn turn_away(stream: Socket, max: usize) {
     let line = wire::server_full_error(max);
     // The client may already be gone, or never read: either way we close it.
     if let Some(Ok(())) = within(REJECT_WRITE_TIMEOUT, (&stream).write_all(&line)).await {

@@ -27,7 +27,7 @@ use kv_log_macro::{debug, warn};
 
 use crate::actors::registry::RegistryHandle;
 use crate::messages::{ClientId, LeaveReason, SessionCommand, SessionStats};
-use crate::rt::{Alarm, Receiver, ServerStream, within};
+use crate::rt::{Alarm, Receiver, Socket, read_when_ready, within};
 use crate::shutdown::Shutdown;
 use crate::wire::{self, Framer, ReplyFormatter};
 
@@ -59,7 +59,7 @@ pub struct SessionSignals {
 pub struct Session {
     id: ClientId,
     peer: SocketAddr,
-    stream: ServerStream,
+    stream: Socket,
     framer: Framer,
     /// Replies and notices waiting for the next write.
     out: Vec<u8>,
@@ -84,7 +84,7 @@ impl Session {
     pub fn new(
         id: ClientId,
         peer: SocketAddr,
-        stream: ServerStream,
+        stream: Socket,
         stats: Arc<SessionStats>,
         outbox: Receiver<SessionCommand>,
         registry: RegistryHandle,
@@ -295,22 +295,6 @@ fn next_command(
     poll_fn(move |cx| outbox.poll_next_unpin(cx))
 }
 
-/// Reads into `buf`; if `wait_first`, only once `stream` is readable.
-async fn read_when_ready(
-    stream: &ServerStream,
-    buf: &mut [u8],
-    wait_first: bool,
-) -> io::Result<usize> {
-    if wait_first {
-        // Not `readable()`: that future registers and removes a waker of its
-        // own on every wait. The read side's one waker slot, which reads use
-        // as well, costs nothing to reuse, and this task is its only user.
-        poll_fn(|cx| stream.poll_readable(cx)).await?;
-    }
-    let mut reader = stream;
-    reader.read(buf).await
-}
-
 /// A lingering close waits at most this long for the client's side to go quiet.
 const LINGER_QUIET: Duration = Duration::from_millis(100);
 /// ... and never longer than this in all,
@@ -323,7 +307,7 @@ const LINGER_MAX_BYTES: usize = 1024 * 1024;
 /// it goes quiet, closes, or a bound is hit. Closing with unread input instead
 /// would make the kernel send a reset, which can destroy the last line before
 /// the client reads it.
-pub async fn linger_close(stream: &ServerStream) {
+pub async fn linger_close(stream: &Socket) {
     if stream
         .get_ref()
         .shutdown(std::net::Shutdown::Write)
@@ -367,8 +351,8 @@ mod tests {
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("bound");
-        let stream = ServerStream::new(std::net::TcpStream::connect(addr).expect("connect"))
-            .expect("register");
+        let stream =
+            Socket::new(std::net::TcpStream::connect(addr).expect("connect")).expect("register");
         let (_outbox, mailbox) = crate::rt::bounded(OUTBOX_CAPACITY);
         let session = Session::new(
             ClientId(1),
