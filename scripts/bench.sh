@@ -9,8 +9,9 @@
 #
 #   scripts/bench.sh                  # everything: about 10 minutes
 #   DURATION=10s REPEAT=7 scripts/bench.sh
-#   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|instructions
-#   (cost: CPU per reply at a fixed rate, then throughput unpaced, with all servers at once)
+#   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|syscalls|instructions
+#   (cost: CPU per reply at a fixed rate, then throughput unpaced, with all servers at once;
+#   syscalls: system calls per reply of each server and each bench, with perf)
 #   BASELINE=/path/to/other/duplex ONLY=cost scripts/bench.sh  # also compare another build
 #
 # Prints the tables docs/performance.md quotes; every run's JSON goes to target/bench/results.jsonl.
@@ -209,6 +210,56 @@ if want cost; then
     stop_all
 fi
 
+if want syscalls && perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1; then
+    # System calls per reply, counted by the kernel (perf's tracepoints) over
+    # 3 s in the middle of a fixed-rate run: every server at once on CPU 0,
+    # each loaded by its own bench on CPU 1, as in the cost section, and each
+    # bench process counted too. At depth 1 a reply is one sendto, so every
+    # count is divided by the sendto count.
+    names="duplex reference"
+    start duplex 8140 duplex --registry-interval 0
+    start reference 8141 reference
+    if [ -n "$BASELINE" ]; then
+        start baseline 8142 baseline --registry-interval 0
+        names+=" baseline"
+    fi
+    events=task-clock,context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_epoll_pwait
+    for clients in 50 500; do
+        declare -A LOAD=()
+        for name in $names; do
+            taskset -c "$LOAD_CPU" "$BIN" --role bench --addr "127.0.0.1:${PORT[$name]}" --clients "$clients" \
+                --depth 1 --size 16 --rate "$COST_RATE" --connect-rate 5000 --duration 6s >/dev/null 2>&1 &
+            LOAD[$name]=$!
+        done
+        sleep 2 # connected and warmed up
+        counters=()
+        for name in $names; do
+            perf stat -x, -e "$events" -p "${PID[$name]}" -- sleep 3 2>"$OUT/perf.$name.server.csv" &
+            counters+=($!)
+            perf stat -x, -e "$events" -p "${LOAD[$name]}" -- sleep 3 2>"$OUT/perf.$name.bench.csv" &
+            counters+=($!)
+        done
+        wait "${counters[@]}" "${LOAD[@]}"
+        for name in $names; do
+            for side in server bench; do
+                python3 - "$OUT/perf.$name.$side.csv" "$name" "$side" "$clients" >> "$RESULTS" <<'PY'
+import json, sys
+counts = {}
+for line in open(sys.argv[1]):
+    fields = line.strip().split(",")
+    if len(fields) > 3 and fields[0].replace(".", "", 1).isdigit():
+        event = fields[2].split(":")[-1]
+        counts["syscalls" if event == "sys_enter" else event.replace("sys_enter_", "")] = float(fields[0])
+print(json.dumps({"section": "syscalls", "server": sys.argv[2], "side": sys.argv[3],
+                  "result": {"clients": int(sys.argv[4]), "counts": counts}}))
+PY
+            done
+        done
+        echo "  syscalls $clients clients: counted" >&2
+    done
+    stop_all
+fi
+
 if want instructions && command -v valgrind >/dev/null; then
     # User-space instructions per reply, counted by callgrind: unlike replies/s,
     # this does not drift with the machine. Counters are zeroed after a warm-up
@@ -338,6 +389,20 @@ table("Server CPU time per reply at a fixed offered load, all servers at once on
 table("Throughput side by side: all servers saturated at once on one core, each by its own bench (median of rounds)",
       ["clients", "server", "replies/s", "vs reference (median of rounds)", "every round, vs reference", "us CPU per reply", "errors (all rounds)"],
       side_table(50) + side_table(500))
+
+lines = []
+for row in runs:
+    if row["section"] == "syscalls":
+        c = row["result"]["counts"]
+        replies = c.get("sendto") or 0
+        if replies:
+            per = lambda key: f"{c.get(key, 0) / replies:.2f}"
+            process = row["server"] if row["side"] == "server" else f"bench loading {row['server']}"
+            lines.append((row["result"]["clients"], process, per("syscalls"), per("recvfrom"), per("sendto"),
+                          per("epoll_ctl"), per("epoll_pwait"), per("context-switches"),
+                          f"{c.get('task-clock', 0) * 1000 / replies:.2f}"))
+table(f"System calls per reply at a fixed offered load, all servers at once on one core, each bench on the other (perf stat, 3 s)",
+      ["clients", "process", "system calls", "recvfrom", "sendto", "epoll_ctl", "epoll_pwait", "context switches", "us CPU"], lines)
 
 lines = []
 for server in ("duplex", "reference"):

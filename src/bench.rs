@@ -536,10 +536,12 @@ impl Connection {
             };
             let buf = framer.read_buf();
             let room = buf.len();
+            // The pacer's release comes before the read: a read polled at a
+            // wake-up that was the pacer's would find nothing.
             let read = select_biased! {
                 _ = stopped => return Ok(true),
-                read = read_when_ready(stream, buf, emptied).fuse() => read?,
                 _ = released.fuse() => continue,
+                read = read_when_ready(stream, buf, emptied).fuse() => read?,
             };
             if read == 0 {
                 return Ok(false);
