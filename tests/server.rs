@@ -270,5 +270,10 @@ async fn a_registry_notice_reaches_every_client_after_its_replies() {
     assert_eq!(report.delivered, 2);
     assert_eq!(a.line().await, b"notice: maintenance at noon\n");
     assert_eq!(b.line().await, b"notice: maintenance at noon\n");
+    // The notice woke sessions that were waiting for input; they still are.
+    for (peer, message) in [(&mut a, &b"after"[..]), (&mut b, &b"and b"[..])] {
+        peer.send(&[message, b"\n"].concat()).await;
+        assert_eq!(peer.reply().await, message);
+    }
     server.stop().await;
 }
