@@ -7,7 +7,7 @@
 # measured one after the other: they run side by side, and each repetition
 # measures every server back to back; each table cell is the median run.
 #
-#   scripts/bench.sh                  # everything: about 10 minutes
+#   scripts/bench.sh                  # everything: about 20 minutes
 #   DURATION=10s REPEAT=7 scripts/bench.sh
 #   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|syscalls|instructions
 #   (cost: CPU per reply at a fixed rate, then throughput unpaced, with all servers at once;
@@ -26,6 +26,10 @@ SCALING_REPEAT=${SCALING_REPEAT:-3}
 # One client's round trip drifts by ±20 % within a minute here, and a run is
 # cheap (one connection), so latency gets more, shorter runs.
 LATENCY_REPEAT=${LATENCY_REPEAT:-11}
+# Closed-loop throughput drifts by ±20 % over minutes too, so it also gets
+# more, shorter rounds, and its table pairs each round's runs.
+THROUGHPUT_REPEAT=${THROUGHPUT_REPEAT:-11}
+THROUGHPUT_DURATION=${THROUGHPUT_DURATION:-3s}
 LATENCY_DURATION=${LATENCY_DURATION:-3s}
 ONLY=${ONLY:-}
 SERVER_CPU=${SERVER_CPU:-0}
@@ -115,11 +119,12 @@ print("%.0f/s p50 %.0f us p99 %.0f us, server %.2f us CPU per reply, CPUs busy %
 interleave() {
     local section=$1 runs=$2 names=$3
     shift 3
-    for _ in $(seq "$runs"); do
+    for ROUND in $(seq "$runs"); do
         for name in $names; do
             bench "$section" "$name" "$@"
         done
     done
+    unset ROUND
 }
 
 # together SECTION "NAME..." [bench flags...]: one run against every server at once
@@ -154,7 +159,7 @@ if want throughput || want latency || want scaling; then
     [ -z "$NODE_DIR" ] || start node 8000 node
     if want throughput; then
         for clients in 50 500; do
-            interleave throughput "$REPEAT" "$all" --clients "$clients" --depth 1 --size 16 --duration "$DURATION"
+            interleave throughput "$THROUGHPUT_REPEAT" "$all" --clients "$clients" --depth 1 --size 16 --duration "$THROUGHPUT_DURATION"
         done
     fi
     if want latency; then
@@ -378,9 +383,12 @@ for clients in (50, 500):
         if r:
             ratio = f"{r['rate'] / ref['rate']:.2f}x" if ref and ref["rate"] else "-"
             cpu = r.get("server_cpu_us_per_reply")
-            lines.append((clients, server, f"{r['rate']:.0f}", ratio, us(r["p50_us"]), us(r["p99_us"]), busy(r), f"{cpu:.1f}" if cpu else "-", r["errors_all"], rates(r)))
+            rounds = [by[server]["rate"] / by["reference"]["rate"] for by in paired_rounds("throughput", clients).values()
+                      if by.get(server, {}).get("rate") and by.get("reference", {}).get("rate")]
+            paired = f"{statistics.median(rounds):.2f}x, {sum(x > 1 for x in rounds)} of {len(rounds)}" if rounds else "-"
+            lines.append((clients, server, f"{r['rate']:.0f}", ratio, paired, us(r["p50_us"]), us(r["p99_us"]), busy(r), f"{cpu:.1f}" if cpu else "-", r["errors_all"], rates(r)))
 table("Throughput, depth 1, 16-byte messages (median of interleaved runs)",
-      ["clients", "server", "replies/s", "vs reference", "p50 us", "p99 us", "server/load CPU busy", "server us CPU per reply", "errors (all runs)", "every run, replies/s"], lines)
+      ["clients", "server", "replies/s", "vs reference", "each round vs the reference run beside it: median, rounds above 1", "p50 us", "p99 us", "server/load CPU busy", "server us CPU per reply", "errors (all runs)", "every run, replies/s"], lines)
 
 lines = cost_table(50) + cost_table(500)
 table("Server CPU time per reply at a fixed offered load, all servers at once on one core (median of rounds)",
