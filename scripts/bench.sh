@@ -99,6 +99,18 @@ start() {
     wait_for_port "$port"
 }
 
+# start_compared PORT: duplex on PORT, the reference on PORT+1 and, with
+# BASELINE, that build on PORT+2; sets `names` to the servers it started
+start_compared() {
+    names="duplex reference"
+    start duplex "$1" duplex --registry-interval 0
+    start reference $(($1 + 1)) reference
+    if [ -n "$BASELINE" ]; then
+        start baseline $(($1 + 2)) baseline --registry-interval 0
+        names+=" baseline"
+    fi
+}
+
 # bench SECTION NAME [bench flags...]: one run against server NAME
 bench() {
     local section=$1 name=$2
@@ -191,13 +203,7 @@ if want cost; then
     # running at once on CPU 0, each loaded by its own bench on CPU 1 at the
     # same fixed rate: whatever the machine does during a round (this VM's
     # speed drifts), it does to all of them. Each round's ratio pairs them.
-    names="duplex reference"
-    start duplex 8130 duplex --registry-interval 0
-    start reference 8131 reference
-    if [ -n "$BASELINE" ]; then
-        start baseline 8132 baseline --registry-interval 0
-        names+=" baseline"
-    fi
+    start_compared 8130
     for clients in 50 500; do
         for ROUND in $(seq "$REPEAT"); do
             together cost "$names" --clients "$clients" --depth 1 --size 16 --rate "$COST_RATE" \
@@ -221,13 +227,7 @@ if want syscalls && perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1; th
     # each loaded by its own bench on CPU 1, as in the cost section, and each
     # bench process counted too. At depth 1 a reply is one sendto, so every
     # count is divided by the sendto count.
-    names="duplex reference"
-    start duplex 8140 duplex --registry-interval 0
-    start reference 8141 reference
-    if [ -n "$BASELINE" ]; then
-        start baseline 8142 baseline --registry-interval 0
-        names+=" baseline"
-    fi
+    start_compared 8140
     events=task-clock,context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_epoll_pwait
     for clients in 50 500; do
         declare -A LOAD=()
