@@ -7,12 +7,14 @@
 # measured one after the other: they run side by side, and each repetition
 # measures every server back to back; each table cell is the median run.
 #
-#   scripts/bench.sh                  # everything: about 20 minutes
-#   DURATION=10s REPEAT=7 scripts/bench.sh
+#   scripts/bench.sh                  # everything: about 16 minutes
+#   DURATION=10s REPEAT=7 scripts/bench.sh  # cost, scaling and snapshot runs: longer, more rounds
+#   THROUGHPUT_REPEAT=21 ONLY=throughput scripts/bench.sh  # (and LATENCY_REPEAT, SCALING_REPEAT)
 #   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|syscalls|instructions
 #   (cost: CPU per reply at a fixed rate, then throughput unpaced, with all servers at once;
 #   syscalls: system calls per reply of each server and each bench, with perf)
-#   BASELINE=/path/to/other/duplex ONLY=cost scripts/bench.sh  # also compare another build
+#   BASELINE=/path/to/other/duplex ONLY=cost scripts/bench.sh  # also compare another build (cost, syscalls)
+#   scripts/pool_rounds.py run1.jsonl run2.jsonl  # pool the throughput rounds of saved runs
 #
 # Prints the tables docs/performance.md quotes; every run's JSON goes to target/bench/results.jsonl.
 set -euo pipefail
@@ -26,11 +28,11 @@ SCALING_REPEAT=${SCALING_REPEAT:-3}
 # One client's round trip drifts by ±20 % within a minute here, and a run is
 # cheap (one connection), so latency gets more, shorter runs.
 LATENCY_REPEAT=${LATENCY_REPEAT:-11}
+LATENCY_DURATION=${LATENCY_DURATION:-3s}
 # Closed-loop throughput drifts by ±20 % over minutes too, so it also gets
 # more, shorter rounds, and its table pairs each round's runs.
 THROUGHPUT_REPEAT=${THROUGHPUT_REPEAT:-11}
 THROUGHPUT_DURATION=${THROUGHPUT_DURATION:-3s}
-LATENCY_DURATION=${LATENCY_DURATION:-3s}
 ONLY=${ONLY:-}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
