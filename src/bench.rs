@@ -28,9 +28,7 @@ use futures::future::poll_fn;
 use futures::task::AtomicWaker;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, select_biased};
 
-use crate::rt::{
-    Socket, ToSocketAddrs, bounded, read_when_ready, sleep, sleep_until, spawn, within,
-};
+use crate::rt::{ReadLoop, Socket, ToSocketAddrs, bounded, sleep, sleep_until, spawn, within};
 use crate::shutdown::{self, Shutdown};
 use crate::wire::{self, Framer};
 
@@ -507,11 +505,11 @@ impl Connection {
         let mut expected = Vec::new();
         let mut next_seq = 0;
         let mut writer = stream;
-        // Whether the last read emptied the socket: then the next one waits
-        // for input first, as a session does. The bench must cost less per
-        // message than the server it measures, and trying first cost it two
-        // reads that returned nothing per message, of five system calls.
-        let mut emptied = false;
+        // Reads wait for input after emptying the socket, as a session's do:
+        // the bench must cost less per message than the server it measures,
+        // and trying first cost it two reads that returned nothing per
+        // message, of five system calls.
+        let mut reads = ReadLoop::default();
         loop {
             // Fill the free slots: all of them, or as many as the pacer released.
             let now = Instant::now();
@@ -534,19 +532,16 @@ impl Connection {
                     _ => futures::future::pending().await,
                 }
             };
-            let buf = framer.read_buf();
-            let room = buf.len();
             // The pacer's release comes before the read: a read polled at a
             // wake-up that was the pacer's would find nothing.
             let read = select_biased! {
                 _ = stopped => return Ok(true),
                 _ = released.fuse() => continue,
-                read = read_when_ready(stream, buf, emptied).fuse() => read?,
+                read = reads.read(stream, framer.read_buf()).fuse() => read?,
             };
             if read == 0 {
                 return Ok(false);
             }
-            emptied = read < room;
             framer.filled(read);
             let now = Instant::now();
             while let Some(line) = framer.next_line() {

@@ -7,8 +7,8 @@
 //! message loops wait for readiness: after a short read the socket is known
 //! to be empty, so the next read would only return `WouldBlock`. async-std's
 //! `TcpStream` is the same `Async` in an `Arc`, but it can only try that read
-//! first. [`read_when_ready`] is that wait, and it lives here because it is
-//! shaped by how the reactor reports readiness.
+//! first. [`ReadLoop`] is that wait, and it lives here because it is shaped
+//! by how the reactor reports readiness.
 
 use std::future::Future;
 use std::io;
@@ -27,7 +27,7 @@ pub use async_std::task::{JoinHandle, sleep, spawn};
 /// A listening socket of the server.
 pub type ServerListener = async_io::Async<std::net::TcpListener>;
 /// A TCP connection on the reactor itself: a client's, on the server side,
-/// and each of the bench's. Read it with [`read_when_ready`].
+/// and each of the bench's. Read it through a [`ReadLoop`].
 pub type Socket = async_io::Async<std::net::TcpStream>;
 
 /// Runs `future` as a task on the executor and parks the calling thread until
@@ -125,19 +125,28 @@ impl FusedFuture for Alarm {
     }
 }
 
-/// Reads into `buf`; if `wait_first` (the last read emptied the socket), only
-/// once the socket may be readable, which spares a read that would return
-/// nothing on nearly every message.
-pub async fn read_when_ready(
-    socket: &Socket,
-    buf: &mut [u8],
-    wait_first: bool,
-) -> io::Result<usize> {
-    if wait_first {
-        wait_for_input(socket).await?;
+/// The reads of a message loop on a [`Socket`]: after a read that emptied the
+/// socket (it returned less than it had room for), the next one waits until
+/// the socket may be readable instead of trying first, which would cost a
+/// system call that returns nothing on nearly every message. A read that
+/// fills its buffer reads on at once.
+#[derive(Debug, Default)]
+pub struct ReadLoop {
+    emptied: bool,
+}
+
+impl ReadLoop {
+    /// Reads into `buf`, waiting first if the last read emptied the socket.
+    /// Dropped before it completes, it leaves the loop as it was.
+    pub async fn read(&mut self, socket: &Socket, buf: &mut [u8]) -> io::Result<usize> {
+        if self.emptied {
+            wait_for_input(socket).await?;
+        }
+        let mut reader = socket;
+        let n = reader.read(buf).await?;
+        self.emptied = n < buf.len();
+        Ok(n)
     }
-    let mut reader = socket;
-    reader.read(buf).await
 }
 
 /// Registers interest in `socket`'s input, then finishes at the next wake-up,

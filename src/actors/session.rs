@@ -27,7 +27,7 @@ use kv_log_macro::{debug, warn};
 
 use crate::actors::registry::RegistryHandle;
 use crate::messages::{ClientId, LeaveReason, SessionCommand, SessionStats};
-use crate::rt::{Alarm, Receiver, Socket, read_when_ready, within};
+use crate::rt::{Alarm, ReadLoop, Receiver, Socket, within};
 use crate::shutdown::Shutdown;
 use crate::wire::{self, Framer, ReplyFormatter};
 
@@ -159,11 +159,7 @@ impl Session {
         // idle clients are found by the registry, so an idle session holds no
         // timer.
         let mut alarm = Alarm::new();
-        // Whether the last read emptied the socket (it returned less than it
-        // had room for): then the next read waits for the socket to become
-        // readable instead of trying first, which would cost a system call
-        // that returns nothing on nearly every message.
-        let mut emptied = false;
+        let mut reads = ReadLoop::default();
         loop {
             let fragment_deadline = fragment_since
                 .zip(self.config.fragment_timeout)
@@ -171,11 +167,9 @@ impl Session {
             if let Some(deadline) = fragment_deadline {
                 alarm.arm_by(deadline);
             }
-            let buf = self.framer.read_buf();
-            let room = buf.len();
             let event = select_biased! {
                 command = next_command(&mut self.outbox).fuse() => Event::Command(command),
-                read = read_when_ready(&self.stream, buf, emptied).fuse() => Event::Read(read),
+                read = reads.read(&self.stream, self.framer.read_buf()).fuse() => Event::Read(read),
                 _ = alarm => Event::Deadline,
             };
             match event {
@@ -185,7 +179,6 @@ impl Session {
                     return Ok(LeaveReason::PeerClosed);
                 }
                 Event::Read(Ok(n)) => {
-                    emptied = n < room;
                     let now = Instant::now();
                     self.framer.filled(n);
                     let queued_before = self.replies_queued;
