@@ -1,4 +1,6 @@
-//! The command line: one binary, two roles.
+//! The command line: one binary, three roles. Every default here is the
+//! library's own (`ServerConfig::default()` and the like); a test holds the
+//! two together.
 
 use std::time::Duration;
 
@@ -6,18 +8,18 @@ use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
-use crate::actors::session::SessionConfig;
-use crate::bench::BenchConfig;
-use crate::client::ClientConfig;
-use crate::server::ServerConfig;
+use duplex::bench::BenchConfig;
+use duplex::client::{ClientConfig, ConnectionConfig, SupervisorConfig};
+use duplex::logging::LogFormat;
+use duplex::server::{RegistryConfig, ServerConfig, SessionConfig};
 
 /// Where the server listens when `--addr` is not given: loopback only.
-pub const DEFAULT_SERVER_ADDR: &str = "127.0.0.1:8000";
+const DEFAULT_SERVER_ADDR: &str = "127.0.0.1:8000";
 /// Where the client connects when `--addr` is not given.
-pub const DEFAULT_CLIENT_ADDR: &str = "localhost:8000";
+const DEFAULT_CLIENT_ADDR: &str = "localhost:8000";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Role {
+pub(crate) enum Role {
     /// Accept clients, greet each with "Hello", answer every line with a timestamped echo.
     Server,
     /// Connect, send a random hex string every interval, print what the server sends.
@@ -25,14 +27,6 @@ pub enum Role {
     /// Load-test a server: many connections, messages in flight, checked replies,
     /// throughput and latency.
     Bench,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines: time, level, module, message, key=value pairs.
-    Text,
-    /// One JSON object per line, with the key/values as fields.
-    Json,
 }
 
 /// A TCP two-way messaging server and self-healing client.
@@ -48,125 +42,125 @@ pub enum LogFormat {
 /// registry snapshot.
 #[derive(Debug, Parser)]
 #[command(name = "duplex", version, max_term_width = 100)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Run as the server or as a client.
     #[arg(long, value_enum)]
-    pub role: Role,
+    pub(crate) role: Role,
 
     /// Server: address to listen on [default: 127.0.0.1:8000; use 0.0.0.0:8000
     /// to accept other hosts]. Client: host:port to connect to, every resolved
     /// address tried in turn [default: localhost:8000]. Bench: the server to
     /// load [default: 127.0.0.1:8000].
     #[arg(long, value_name = "HOST:PORT")]
-    pub addr: Option<String>,
+    addr: Option<String>,
 
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 
     /// Longest message accepted, in bytes; a longer line gets an error and the
     /// connection is closed.
     #[arg(long, default_value_t = 65536, value_parser = positive_usize, help_heading = "Server options")]
-    pub max_line: usize,
+    max_line: usize,
 
     /// Bytes left without a newline for this long are taken as one message
     /// (for peers that do not end their messages with "\n"); 0 turns this off.
     #[arg(long, default_value = "200ms", value_parser = duration, value_name = "DURATION", help_heading = "Server options")]
-    pub fragment_timeout: Duration,
+    fragment_timeout: Duration,
 
     /// Clients connected at once; one more gets an error and is closed.
     #[arg(long, default_value_t = 10_000, value_parser = positive_usize, help_heading = "Server options")]
-    pub max_clients: usize,
+    max_clients: usize,
 
     /// A client that sends nothing for this long is closed; 0 turns this off.
     #[arg(long, default_value = "5m", value_parser = duration, value_name = "DURATION", help_heading = "Server options")]
-    pub idle_timeout: Duration,
+    idle_timeout: Duration,
 
     /// How often the registry logs its client list; 0 turns this off
     /// (SIGUSR1 still logs it on demand).
     #[arg(long, default_value = "30s", value_parser = duration, value_name = "DURATION", help_heading = "Server options")]
-    pub registry_interval: Duration,
+    registry_interval: Duration,
 
     /// On Ctrl-C/SIGTERM, how long clients get to receive their last replies
     /// before they are cut off.
     #[arg(long, default_value = "5s", value_parser = duration, value_name = "DURATION", help_heading = "Server options")]
-    pub shutdown_timeout: Duration,
+    shutdown_timeout: Duration,
 
     /// Time between messages.
     #[arg(long, default_value = "2s", value_parser = positive_duration, value_name = "DURATION", help_heading = "Client options")]
-    pub interval: Duration,
+    interval: Duration,
 
     /// Wait before reconnecting after a connection ends.
     #[arg(long, default_value = "1s", value_parser = duration, value_name = "DURATION", help_heading = "Client options")]
-    pub backoff: Duration,
+    backoff: Duration,
 
     /// Turns on exponential backoff: each failed reconnect doubles the wait,
     /// up to this, with ±20% jitter; a reply resets it [default: off, fixed backoff].
     #[arg(long, value_parser = duration, value_name = "DURATION", help_heading = "Client options")]
-    pub backoff_max: Option<Duration>,
+    backoff_max: Option<Duration>,
 
     /// Limit for lookup, connect and writes; with messages unanswered, a
     /// connection silent this long is declared dead and restarted.
     #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DURATION", help_heading = "Client options")]
-    pub timeout: Duration,
+    timeout: Duration,
 
     /// Exit with code 0 after this many replies [default: run until stopped].
     #[arg(long, value_name = "N", help_heading = "Client options")]
-    pub count: Option<u64>,
+    count: Option<u64>,
 
     /// Unanswered messages kept for resending after a reconnect; when full the
     /// oldest is dropped.
     #[arg(long, default_value_t = 1000, value_parser = positive_usize, help_heading = "Client options")]
-    pub max_pending: usize,
+    max_pending: usize,
 
     /// Exit with code 1 after more than N restarts within --restart-window
     /// [default: retry forever].
     #[arg(long, value_name = "N", help_heading = "Client options")]
-    pub max_restarts: Option<u32>,
+    max_restarts: Option<u32>,
 
     /// The window --max-restarts counts restarts in.
     #[arg(long, default_value = "60s", value_parser = positive_duration, value_name = "DURATION", help_heading = "Client options")]
-    pub restart_window: Duration,
+    restart_window: Duration,
 
     /// Connections to open.
     #[arg(long, default_value_t = 50, value_parser = positive_usize, help_heading = "Bench options")]
-    pub clients: usize,
+    clients: usize,
 
     /// How long to measure, once every connection is greeted.
     #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DURATION", help_heading = "Bench options")]
-    pub duration: Duration,
+    duration: Duration,
 
     /// Messages in flight per connection; 0 holds the connections idle (to
     /// measure the server's memory per connection).
     #[arg(long, default_value_t = 1, help_heading = "Bench options")]
-    pub depth: usize,
+    depth: usize,
 
     /// Bytes per message, without the newline (a message is never shorter than
     /// its unique id, about 8 bytes).
     #[arg(long, default_value_t = 16, value_parser = positive_usize, help_heading = "Bench options")]
-    pub size: usize,
+    size: usize,
 
     /// Offered load, in messages per second over all connections, released
     /// to them in turn (each still keeps at most --depth in flight), so that
     /// servers can be compared under the very same load [default: send the
     /// next message as soon as a reply comes back].
     #[arg(long, value_name = "N", value_parser = positive_rate, help_heading = "Bench options")]
-    pub rate: Option<f64>,
+    rate: Option<f64>,
 
     /// New connections per second while connecting, so a large --clients
     /// measures holding capacity, not a SYN burst.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Bench options")]
-    pub connect_rate: u32,
+    connect_rate: u32,
 
     /// Print one JSON object instead of the text report.
     #[arg(long, help_heading = "Bench options")]
-    pub json: bool,
+    pub(crate) json: bool,
 
     /// PID of a server on this machine: report its resident memory before
     /// connecting and with every client connected, and the CPU time it ran
     /// per reply while measuring.
     #[arg(long, value_name = "PID", help_heading = "Bench options")]
-    pub server_pid: Option<u32>,
+    server_pid: Option<u32>,
 }
 
 /// Each role's own flags are listed under this help heading, which is also
@@ -180,7 +174,7 @@ const ROLE_HEADINGS: [(Role, &str); 3] = [
 impl Cli {
     /// Parses `args` (program name first); on error or `--help`, prints and
     /// exits (code 2 for errors), as clap does.
-    pub fn parse_or_exit<I, T>(args: I) -> Cli
+    pub(crate) fn parse_or_exit<I, T>(args: I) -> Cli
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
@@ -189,7 +183,7 @@ impl Cli {
     }
 
     /// Parses `args`, rejecting flags given for the other role.
-    pub fn try_parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    fn try_parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
@@ -218,7 +212,7 @@ impl Cli {
     }
 
     /// The address to listen on or connect to.
-    pub fn addr(&self) -> &str {
+    pub(crate) fn addr(&self) -> &str {
         match (&self.addr, self.role) {
             (Some(addr), _) => addr,
             (None, Role::Server | Role::Bench) => DEFAULT_SERVER_ADDR,
@@ -226,36 +220,43 @@ impl Cli {
         }
     }
 
-    pub fn server_config(&self) -> ServerConfig {
+    /// The server's flags.
+    pub(crate) fn server_config(&self) -> ServerConfig {
         ServerConfig {
             session: SessionConfig {
                 max_line: self.max_line,
                 fragment_timeout: nonzero(self.fragment_timeout),
             },
-            idle_timeout: nonzero(self.idle_timeout),
-            max_clients: self.max_clients,
-            registry_interval: nonzero(self.registry_interval),
+            registry: RegistryConfig {
+                max_clients: self.max_clients,
+                snapshot_interval: nonzero(self.registry_interval),
+                idle_timeout: nonzero(self.idle_timeout),
+            },
             shutdown_timeout: self.shutdown_timeout,
         }
     }
 
-    pub fn client_config(&self) -> ClientConfig {
+    /// The client's flags.
+    pub(crate) fn client_config(&self) -> ClientConfig {
         ClientConfig {
-            addr: self.addr().to_string(),
-            interval: self.interval,
-            backoff: self.backoff,
-            backoff_max: self.backoff_max,
-            timeout: self.timeout,
-            max_pending: self.max_pending,
-            count: self.count,
-            max_restarts: self.max_restarts,
-            restart_window: self.restart_window,
+            connection: ConnectionConfig {
+                addr: self.addr().to_string(),
+                timeout: self.timeout,
+            },
+            supervisor: SupervisorConfig {
+                interval: self.interval,
+                backoff: self.backoff,
+                backoff_max: self.backoff_max,
+                max_restarts: self.max_restarts,
+                restart_window: self.restart_window,
+                max_pending: self.max_pending,
+                count: self.count,
+            },
         }
     }
-}
 
-impl Cli {
-    pub fn bench_config(&self) -> BenchConfig {
+    /// The bench's flags.
+    pub(crate) fn bench_config(&self) -> BenchConfig {
         BenchConfig {
             addr: self.addr().to_string(),
             clients: self.clients,
@@ -312,19 +313,27 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_the_documented_ones() {
+    fn the_flags_defaults_are_the_librarys() {
         let server = parse(&["--role", "server"]).expect("valid");
         assert_eq!(server.addr(), "127.0.0.1:8000");
-        let config = server.server_config();
+        assert_eq!(server.server_config(), ServerConfig::default());
+        let client = parse(&["--role", "client"]).expect("valid");
+        assert_eq!(client.client_config(), ClientConfig::new("localhost:8000"));
+        let bench = parse(&["--role", "bench"]).expect("valid");
+        assert_eq!(bench.bench_config(), BenchConfig::new("127.0.0.1:8000"));
+        // And the library's are the ones the help text promises.
+        let config = ServerConfig::default();
         assert_eq!(config.session.max_line, 65536);
         assert_eq!(
             config.session.fragment_timeout,
             Some(Duration::from_millis(200))
         );
-        assert_eq!(config.idle_timeout, Some(Duration::from_secs(300)));
-        assert_eq!(config.registry_interval, Some(Duration::from_secs(30)));
-        let client = parse(&["--role", "client"]).expect("valid").client_config();
-        assert_eq!(client.addr, "localhost:8000");
+        assert_eq!(config.registry.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(
+            config.registry.snapshot_interval,
+            Some(Duration::from_secs(30))
+        );
+        let client = ClientConfig::new("localhost:8000").supervisor;
         assert_eq!(client.interval, Duration::from_secs(2));
         assert_eq!(client.backoff, Duration::from_secs(1));
         assert_eq!(client.backoff_max, None);
@@ -343,7 +352,7 @@ mod tests {
         .expect("valid");
         let config = cli.server_config();
         assert_eq!(config.session.fragment_timeout, None);
-        assert_eq!(config.idle_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(config.registry.idle_timeout, Some(Duration::from_secs(90)));
         let cli = parse(&["--role", "client", "--interval", "500ms"]).expect("valid");
         assert_eq!(cli.interval, Duration::from_millis(500));
     }

@@ -4,18 +4,28 @@
 //! Server: [`server::Server`] runs an acceptor actor that spawns one session
 //! actor per client and registers it with a registry actor. Client:
 //! [`client::run`] runs a supervisor actor that restarts a connection actor
-//! after a backoff. See `docs/architecture.md`.
+//! after a backoff. [`bench::run`] load-tests any server that speaks the
+//! protocol, which [`wire`] defines. See `docs/architecture.md` for the whole
+//! picture.
+//!
+//! A program runs one of these inside [`block_on`], after
+//! [`logging::init`], and stops it with a [`shutdown`] signal.
 
-pub mod actors;
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+
+mod actors;
+mod messages;
+mod net;
+mod pending;
+mod rt;
+mod snapshot;
+
 pub mod bench;
-pub mod cli;
 pub mod client;
-pub mod limits;
 pub mod logging;
-pub mod messages;
-pub mod pending;
-pub mod rt;
 pub mod server;
 pub mod shutdown;
-pub mod signals;
 pub mod wire;
+
+pub use rt::run as block_on;

@@ -4,7 +4,7 @@ use kv_log_macro::{info, warn};
 
 /// Raises the soft open-files limit to the hard limit and logs both, so 10 000
 /// clients work without the user tuning `ulimit -n`.
-pub fn raise_open_files() {
+pub(crate) fn raise_open_files() {
     let before = rlimit::Resource::NOFILE.get().ok();
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(soft) => {

@@ -1,20 +1,27 @@
 //! The `duplex` binary: parse the command line, start logging, run the chosen
 //! role from the library, turn the outcome into an exit code.
+//!
+//! The command line, signals and process limits are the binary's own
+//! business, so their modules live here and not in the library.
+
+mod cli;
+mod limits;
+mod signals;
 
 use std::error::Error;
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use duplex::actors::supervisor::Outcome;
-use duplex::cli::{Cli, Role};
-use duplex::server::{self, Server};
-use duplex::{bench, client, limits, logging, shutdown, signals};
+use cli::{Cli, Role};
+use duplex::client::{self, Outcome};
+use duplex::server::Server;
+use duplex::{bench, logging, shutdown};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_or_exit(std::env::args_os());
     let log = logging::init(cli.log_format);
-    let outcome = duplex::rt::run(run(cli));
+    let outcome = duplex::block_on(run(cli));
     // Queued log lines first, so that an error below is the last line.
     log.finish();
     match outcome {
@@ -32,9 +39,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error + Send + Sync>> {
         Role::Server => {
             let addr = cli.addr();
             limits::raise_open_files();
-            let listener =
-                server::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            let server = Server::new(listener, cli.server_config());
+            let server = Server::bind(addr, cli.server_config())
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             signals::install(trigger, Some(server.registry()))?;
             server.run(shutdown).await;
             Ok(ExitCode::SUCCESS)

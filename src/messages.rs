@@ -2,15 +2,14 @@
 //! every conversation in the system.
 //!
 //! Server side: the acceptor and sessions talk to the registry
-//! ([`RegistryMsg`]); the registry talks to sessions through their outboxes
-//! ([`SessionCommand`]). Client side: the supervisor hands each connection a
+//! ([`RegistryMsg`]); the registry talks to sessions through their inboxes
+//! ([`SessionCommand`]), and closes those inboxes to start the shutdown. Client side: the supervisor hands each connection a
 //! [`ConnectionStart`], feeds it [`ConnectionMsg`]s, and gets a
 //! [`ConnectionExit`] back when it ends.
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ use crate::shutdown::Shutdown;
 
 /// Identifies one accepted client for the life of the server process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientId(pub u64);
+pub struct ClientId(pub(crate) u64);
 
 impl fmt::Display for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -40,12 +39,12 @@ impl log::kv::ToValue for ClientId {
 }
 
 /// Counters a session bumps itself, once per batch of lines; the registry only
-/// reads them. This is what keeps the registry off the per-message path.
+/// reads them (an `Arc` of them travels in [`RegistryMsg::Register`]). This is what keeps the registry off the per-message path.
 ///
 /// They also record when the client last sent anything, which is how the
 /// registry finds idle clients without a timer per session.
 #[derive(Debug)]
-pub struct SessionStats {
+pub(crate) struct SessionStats {
     messages_in: AtomicU64,
     messages_out: AtomicU64,
     bytes_in: AtomicU64,
@@ -76,18 +75,22 @@ impl Default for SessionStats {
     }
 }
 
-/// A copy of [`SessionStats`] at one instant.
+/// One client's traffic (or the sum over clients) at one instant.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
+    /// Messages received.
     pub messages_in: u64,
+    /// Replies sent.
     pub messages_out: u64,
+    /// Bytes received.
     pub bytes_in: u64,
+    /// Bytes sent.
     pub bytes_out: u64,
 }
 
 impl SessionStats {
     /// Records bytes read at `at` and the messages framed from them.
-    pub fn received(&self, messages: u64, bytes: u64, at: Instant) {
+    pub(crate) fn received(&self, messages: u64, bytes: u64, at: Instant) {
         self.messages_in.fetch_add(messages, Ordering::Relaxed);
         self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
         self.last_input_ms
@@ -95,19 +98,19 @@ impl SessionStats {
     }
 
     /// How long before `now` the client last sent anything (or connected).
-    pub fn idle_for(&self, now: Instant) -> Duration {
+    pub(crate) fn idle_for(&self, now: Instant) -> Duration {
         let last = self.last_input_ms.load(Ordering::Relaxed);
         Duration::from_millis(millis_since_epoch(now).saturating_sub(last))
     }
 
     /// Records replies written and their bytes.
-    pub fn sent(&self, messages: u64, bytes: u64) {
+    pub(crate) fn sent(&self, messages: u64, bytes: u64) {
         self.messages_out.fetch_add(messages, Ordering::Relaxed);
         self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// The counters now.
-    pub fn counts(&self) -> Counts {
+    pub(crate) fn counts(&self) -> Counts {
         Counts {
             messages_in: self.messages_in.load(Ordering::Relaxed),
             messages_out: self.messages_out.load(Ordering::Relaxed),
@@ -126,19 +129,17 @@ impl std::ops::AddAssign for Counts {
     }
 }
 
-/// What the registry (or anyone holding a session's outbox) can ask of a session.
+/// What the registry can ask of a session, through the session's inbox.
+/// (Closing the inbox asks it to finish up at shutdown.)
 #[derive(Debug, Clone)]
-pub enum SessionCommand {
-    /// Write this complete line (ending in `\n`) to the client, after any
-    /// replies already queued.
-    Notice { line: Arc<[u8]> },
+pub(crate) enum SessionCommand {
     /// The client has sent nothing for the idle timeout: tell it and close.
     CloseIdle,
 }
 
 /// Why a session ended. Logged as `reason` when the client leaves.
 #[derive(Debug)]
-pub enum LeaveReason {
+pub(crate) enum LeaveReason {
     /// The client closed its side (EOF) and got its last replies.
     PeerClosed,
     /// Reading or writing the socket failed (reset, broken pipe, ...).
@@ -168,7 +169,7 @@ impl fmt::Display for LeaveReason {
 
 /// The registry's answer to [`RegistryMsg::Register`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// Registered; `clients` is the count including this one.
     Admitted { clients: usize },
     /// Turned away: `max` clients are already connected.
@@ -178,15 +179,20 @@ pub enum Admission {
 /// One client as the registry sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientInfo {
+    /// Its id, unique for the life of the server process.
     pub id: ClientId,
+    /// Its address.
     pub peer: SocketAddr,
+    /// How long it has been connected.
     pub connected_for: Duration,
+    /// Its traffic so far.
     pub counts: Counts,
 }
 
 /// The client list at one instant, ordered by id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
+    /// Every connected client.
     pub clients: Vec<ClientInfo>,
     /// Counters summed over every client since the server started,
     /// including those that have left.
@@ -195,27 +201,18 @@ pub struct Snapshot {
     pub admitted: u64,
     /// Clients turned away because the server was full.
     pub rejected: u64,
-    /// Notices dropped because a session's outbox was full.
-    pub notices_dropped: u64,
 }
 
-/// How a [`RegistryMsg::Broadcast`] went.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BroadcastReport {
-    pub delivered: usize,
-    pub dropped: usize,
-}
-
-/// The registry actor's mailbox.
+/// What the registry actor's inbox carries.
 #[derive(Debug)]
-pub enum RegistryMsg {
+pub(crate) enum RegistryMsg {
     /// Admit a client (or refuse it when full). On admission the registry logs
-    /// the join and keeps the outbox and the stats handle.
+    /// the join and keeps the session's inbox and its stats.
     Register {
         id: ClientId,
         peer: SocketAddr,
-        outbox: Sender<SessionCommand>,
-        stats: Arc<SessionStats>,
+        inbox: Sender<SessionCommand>,
+        stats: std::sync::Arc<SessionStats>,
         respond_to: oneshot::Sender<Admission>,
     },
     /// A session ended; the registry logs the leave with `reason`.
@@ -226,15 +223,9 @@ pub enum RegistryMsg {
     },
     /// Log a snapshot (the SIGUSR1 path).
     LogSnapshot,
-    /// Queue `line` in every session's outbox without waiting; full outboxes
-    /// miss it and are counted.
-    Broadcast {
-        line: Arc<[u8]>,
-        respond_to: oneshot::Sender<BroadcastReport>,
-    },
-    /// Shutdown: close every session's outbox, which tells the session to
+    /// Shutdown: close every session's inbox, which tells the session to
     /// answer what it has read, send the shutdown notice and close (sessions
-    /// admitted later get a closed outbox at once). Replies when done.
+    /// admitted later get a closed inbox at once). Replies when done.
     Drain { respond_to: oneshot::Sender<()> },
     /// Reply once exactly `clients` clients are registered.
     WaitForCount {
@@ -251,27 +242,27 @@ pub enum RegistryMsg {
 
 /// What the supervisor sends a running connection.
 #[derive(Debug)]
-pub enum ConnectionMsg {
+pub(crate) enum ConnectionMsg {
     /// A new message to send (and to keep pending until a reply echoes it).
     Send { text: String },
 }
 
 /// Everything a new connection actor starts with.
 #[derive(Debug)]
-pub struct ConnectionStart {
+pub(crate) struct ConnectionStart {
     /// Unacknowledged messages, oldest first; the connection resends them.
-    pub pending: PendingQueue,
+    pub(crate) pending: PendingQueue,
     /// New messages from the supervisor.
-    pub inbox: Receiver<ConnectionMsg>,
+    pub(crate) inbox: Receiver<ConnectionMsg>,
     /// Stop with [`ConnectionEnd::CountReached`] after this many replies.
-    pub replies_wanted: Option<u64>,
+    pub(crate) replies_wanted: Option<u64>,
     /// Client-wide stop signal (Ctrl-C).
-    pub shutdown: Shutdown,
+    pub(crate) shutdown: Shutdown,
 }
 
 /// Why a connection actor ended.
 #[derive(Debug)]
-pub enum ConnectionEnd {
+pub(crate) enum ConnectionEnd {
     /// The host name did not resolve.
     Lookup(io::Error),
     /// No resolved address accepted the connection.
@@ -307,10 +298,11 @@ impl fmt::Display for ConnectionEnd {
 
 /// What a connection hands back to its supervisor when it ends.
 #[derive(Debug)]
-pub struct ConnectionExit {
-    pub end: ConnectionEnd,
+pub(crate) struct ConnectionExit {
+    /// Why it ended.
+    pub(crate) end: ConnectionEnd,
     /// Still unacknowledged, oldest first.
-    pub pending: PendingQueue,
+    pub(crate) pending: PendingQueue,
     /// Replies received on this connection.
-    pub replied: u64,
+    pub(crate) replied: u64,
 }

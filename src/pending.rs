@@ -11,30 +11,30 @@ use std::collections::VecDeque;
 
 /// One message waiting for its reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pending {
-    pub text: String,
+pub(crate) struct Pending {
+    pub(crate) text: String,
     /// Whether it has been written to some connection already; writing it
     /// again counts as a resend.
-    pub written: bool,
+    pub(crate) written: bool,
 }
 
 /// A bounded FIFO of [`Pending`] messages that drops its oldest when full,
 /// and counts what it sends, resends and drops.
 #[derive(Debug)]
-pub struct PendingQueue {
+pub(crate) struct PendingQueue {
     items: VecDeque<Pending>,
     max: usize,
     /// First writes of a message.
-    pub sent: u64,
+    pub(crate) sent: u64,
     /// Writes of a message that had been written before.
-    pub resent: u64,
+    pub(crate) resent: u64,
     /// Messages dropped, oldest first, because the queue was full.
-    pub dropped: u64,
+    pub(crate) dropped: u64,
 }
 
 impl PendingQueue {
     /// An empty queue holding at most `max` (at least 1) messages.
-    pub fn new(max: usize) -> PendingQueue {
+    pub(crate) fn new(max: usize) -> PendingQueue {
         PendingQueue {
             items: VecDeque::new(),
             max: max.max(1),
@@ -46,7 +46,7 @@ impl PendingQueue {
 
     /// Queues a new message; drops (and logs) the oldest to make room when
     /// full, and returns it.
-    pub fn push(&mut self, text: String) -> Option<Pending> {
+    pub(crate) fn push(&mut self, text: String) -> Option<Pending> {
         let dropped = if self.items.len() >= self.max {
             self.dropped += 1;
             self.items.pop_front()
@@ -67,7 +67,7 @@ impl PendingQueue {
     }
 
     /// Removes the oldest message whose text is `echo`; whether one was found.
-    pub fn acknowledge(&mut self, echo: &[u8]) -> bool {
+    pub(crate) fn acknowledge(&mut self, echo: &[u8]) -> bool {
         match self.items.iter().position(|p| p.text.as_bytes() == echo) {
             Some(index) => {
                 self.items.remove(index);
@@ -79,7 +79,7 @@ impl PendingQueue {
 
     /// Marks every queued message written, counting those that already were as
     /// resends, and returns them oldest first, for writing out.
-    pub fn write_all(&mut self) -> impl Iterator<Item = &str> {
+    pub(crate) fn write_all(&mut self) -> impl Iterator<Item = &str> {
         for item in &mut self.items {
             if item.written {
                 self.resent += 1;
@@ -92,23 +92,24 @@ impl PendingQueue {
     }
 
     /// Marks the newest message written (it was just sent).
-    pub fn mark_newest_written(&mut self) {
+    pub(crate) fn mark_newest_written(&mut self) {
         if let Some(item) = self.items.back_mut().filter(|item| !item.written) {
             item.written = true;
             self.sent += 1;
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.items.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 
     /// The queued texts, oldest first.
-    pub fn texts(&self) -> impl Iterator<Item = &str> {
+    #[cfg(test)]
+    pub(crate) fn texts(&self) -> impl Iterator<Item = &str> {
         self.items.iter().map(|p| p.text.as_str())
     }
 }

@@ -2,13 +2,13 @@
 //! nowhere else, so moving to smol (same executor and reactor underneath) is a
 //! change to this one file.
 //!
-//! The server's sockets and the bench's are async-io's `Async` (the reactor
-//! async-std runs on, which smol re-exports as `smol::Async`), because their
-//! message loops wait for readiness: after a short read the socket is known
-//! to be empty, so the next read would only return `WouldBlock`. async-std's
-//! `TcpStream` is the same `Async` in an `Arc`, but it can only try that read
-//! first. [`ReadLoop`] is that wait, and it lives here because it is shaped
-//! by how the reactor reports readiness.
+//! Sockets are async-io's `Async` (the reactor async-std runs on, which smol
+//! re-exports as `smol::Async`), because every message loop waits for
+//! readiness: after a short read the socket is known to be empty, so the next
+//! read would only return `WouldBlock`. async-std's `TcpStream` is the same
+//! `Async` in an `Arc`, but it can only try that read first. [`ReadLoop`] is
+//! that wait, and it lives here because it is shaped by how the reactor
+//! reports readiness.
 
 use std::future::Future;
 use std::io;
@@ -19,19 +19,18 @@ use std::time::{Duration, Instant};
 use futures::AsyncReadExt;
 use futures::future::{BoxFuture, FusedFuture, poll_fn};
 
-pub use async_std::channel::{Receiver, Sender, TrySendError, bounded};
-pub use async_std::future::timeout;
-pub use async_std::net::{TcpListener, TcpStream, ToSocketAddrs};
-pub use async_std::task::{JoinHandle, sleep, spawn};
+pub(crate) use async_std::channel::{Receiver, Sender, TrySendError, bounded};
+pub(crate) use async_std::net::ToSocketAddrs;
+pub(crate) use async_std::task::{JoinHandle, sleep, spawn};
 
-/// A listening socket of the server.
-pub type ServerListener = async_io::Async<std::net::TcpListener>;
-/// A TCP connection on the reactor itself: a client's, on the server side,
-/// and each of the bench's. Read it through a [`ReadLoop`].
-pub type Socket = async_io::Async<std::net::TcpStream>;
+/// A listening socket on the reactor.
+pub(crate) type Listener = async_io::Async<std::net::TcpListener>;
+/// A TCP connection on the reactor itself. Read it through a [`ReadLoop`].
+pub(crate) type Socket = async_io::Async<std::net::TcpStream>;
 
 /// Runs `future` as a task on the executor and parks the calling thread until
-/// it is done: the program's entry point.
+/// it is done: a program's entry point, for the server, the client or the
+/// bench.
 ///
 /// Not `async_std::task::block_on`: a thread blocked in that also takes turns
 /// driving the reactor, and every socket event it picks up must then wake an
@@ -50,7 +49,7 @@ where
 ///
 /// Actors race this against their mailboxes and sockets, so a missing deadline
 /// must simply never win the race.
-pub async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => sleep(at.saturating_duration_since(Instant::now())).await,
         None => futures::future::pending().await,
@@ -58,8 +57,8 @@ pub async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Runs `fut` to completion unless it takes longer than `limit`.
-pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
-    timeout(limit, fut).await.ok()
+pub(crate) async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    async_std::future::timeout(limit, fut).await.ok()
 }
 
 /// A reusable timer: completes once the earliest deadline it was armed with
@@ -69,14 +68,14 @@ pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
 /// with "idle since the last read" on every read at no cost: the timer keeps
 /// its old (earlier) deadline, and when that fires the actor checks the real
 /// one and re-arms. This keeps timer registrations off the per-message path.
-pub struct Alarm {
+pub(crate) struct Alarm {
     at: Option<Instant>,
     sleep: Option<BoxFuture<'static, ()>>,
 }
 
 impl Alarm {
     /// A disarmed alarm: it never completes until armed.
-    pub fn new() -> Alarm {
+    pub(crate) fn new() -> Alarm {
         Alarm {
             at: None,
             sleep: None,
@@ -84,19 +83,13 @@ impl Alarm {
     }
 
     /// Makes the alarm complete no later than `deadline`.
-    pub fn arm_by(&mut self, deadline: Instant) {
+    pub(crate) fn arm_by(&mut self, deadline: Instant) {
         if self.at.is_none_or(|at| deadline < at) {
             self.at = Some(deadline);
             self.sleep = Some(Box::pin(sleep(
                 deadline.saturating_duration_since(Instant::now()),
             )));
         }
-    }
-}
-
-impl Default for Alarm {
-    fn default() -> Alarm {
-        Alarm::new()
     }
 }
 
@@ -131,14 +124,14 @@ impl FusedFuture for Alarm {
 /// system call that returns nothing on nearly every message. A read that
 /// fills its buffer reads on at once.
 #[derive(Debug, Default)]
-pub struct ReadLoop {
+pub(crate) struct ReadLoop {
     emptied: bool,
 }
 
 impl ReadLoop {
     /// Reads into `buf`, waiting first if the last read emptied the socket.
     /// Dropped before it completes, it leaves the loop as it was.
-    pub async fn read(&mut self, socket: &Socket, buf: &mut [u8]) -> io::Result<usize> {
+    pub(crate) async fn read(&mut self, socket: &Socket, buf: &mut [u8]) -> io::Result<usize> {
         if self.emptied {
             wait_for_input(socket).await?;
         }
@@ -157,10 +150,9 @@ impl ReadLoop {
 /// often runs on one thread while a task runs on another, and an event from a
 /// wait that began before the interest was registered counts as stale to
 /// `poll_readable`. The task is woken, but told "not yet", and registers
-/// again; the socket, still holding the message, is reported again at once.
-/// That cost a second `epoll_ctl`, event and wake-up per message whenever the
-/// two threads overlapped (`strace -f` showed up to three registrations
-/// between two reads of one client).
+/// again; the socket, still holding the message, is reported again at once:
+/// a second `epoll_ctl`, event and wake-up per message whenever the two
+/// threads overlap (`docs/performance.md` counts them).
 ///
 /// Not `readable()` either: that future registers and removes a waker of its
 /// own on every wait. The read side's one waker slot, which reads use as well,

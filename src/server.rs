@@ -2,7 +2,7 @@
 //! runs the shutdown sequence.
 //!
 //! Shutdown order: the shutdown signal stops the acceptor (no new clients) →
-//! the registry closes every session's outbox, which tells the session to
+//! the registry closes every session's inbox, which tells the session to
 //! answer what it read, send the notice and close → the server waits for the
 //! registry to count zero clients, for at most the shutdown timeout → `cut`
 //! stops any session still writing → the registry logs its final snapshot
@@ -16,63 +16,35 @@ use std::time::Duration;
 use kv_log_macro::{info, warn};
 
 use crate::actors::acceptor::Acceptor;
-use crate::actors::registry::{Registry, RegistryConfig, RegistryHandle};
-use crate::actors::session::{SessionConfig, SessionSignals};
-use crate::messages::Snapshot;
-use crate::rt::{JoinHandle, ServerListener, within};
+use crate::actors::registry::Registry;
+use crate::actors::session::SessionContext;
+use crate::rt::{JoinHandle, Listener, within};
 use crate::shutdown::{self, Shutdown};
 
-/// Connections the kernel queues for the acceptor; it caps this at
-/// `net.core.somaxconn`. std's fixed 128 drops SYNs under a burst of connects,
-/// which clients only retry after a second.
-const LISTEN_BACKLOG: i32 = 4096;
-
-/// Binds a listener on `addr` (resolved now; the first address that binds wins),
-/// with address reuse and a deep accept backlog.
-pub fn bind(addr: &str) -> io::Result<ServerListener> {
-    use socket2::{Domain, Socket, Type};
-    use std::net::ToSocketAddrs;
-    let mut last_error = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
-    for addr in addr.to_socket_addrs()? {
-        let bound = Socket::new(Domain::for_address(addr), Type::STREAM, None).and_then(|socket| {
-            socket.set_reuse_address(true)?;
-            socket.bind(&addr.into())?;
-            socket.listen(LISTEN_BACKLOG)?;
-            ServerListener::new(std::net::TcpListener::from(socket))
-        });
-        match bound {
-            Ok(listener) => return Ok(listener),
-            Err(e) => last_error = e,
-        }
-    }
-    Err(last_error)
-}
+pub use crate::actors::registry::{RegistryConfig, RegistryHandle};
+pub use crate::actors::session::SessionConfig;
+pub use crate::messages::{ClientId, ClientInfo, Counts, Snapshot};
 
 /// How long cut sessions get to report to the registry before it stops anyway.
 const CUT_GRACE: Duration = Duration::from_millis(100);
 
-/// Everything a server can be tuned with; `Default` gives the CLI defaults.
-#[derive(Debug, Clone)]
+/// Everything a server can be tuned with; `Default` gives the CLI's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
+    /// What each session is tuned with.
     pub session: SessionConfig,
-    pub max_clients: usize,
-    /// Close clients that send nothing for this long; `None` never.
-    pub idle_timeout: Option<Duration>,
-    /// `None` turns the periodic snapshot off.
-    pub registry_interval: Option<Duration>,
+    /// What the registry is tuned with.
+    pub registry: RegistryConfig,
+    /// On shutdown, how long clients get to receive their last replies
+    /// before they are cut off (`--shutdown-timeout`).
     pub shutdown_timeout: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
-            session: SessionConfig {
-                max_line: 64 * 1024,
-                fragment_timeout: Some(Duration::from_millis(200)),
-            },
-            idle_timeout: Some(Duration::from_secs(300)),
-            max_clients: 10_000,
-            registry_interval: Some(Duration::from_secs(30)),
+            session: SessionConfig::default(),
+            registry: RegistryConfig::default(),
             shutdown_timeout: Duration::from_secs(5),
         }
     }
@@ -81,6 +53,7 @@ impl Default for ServerConfig {
 /// How a server run ended.
 #[derive(Debug)]
 pub struct ServerSummary {
+    /// Connections accepted, admitted or not.
     pub accepted: u64,
     /// Clients connected when shutdown began.
     pub at_shutdown: usize,
@@ -92,28 +65,28 @@ pub struct ServerSummary {
 
 /// A server bound to its listener, with its registry running.
 pub struct Server {
-    listener: ServerListener,
+    listener: Listener,
     config: ServerConfig,
     registry: RegistryHandle,
     registry_task: JoinHandle<()>,
 }
 
 impl Server {
-    /// Starts the registry; the server accepts once [`run`](Server::run) is awaited.
-    pub fn new(listener: ServerListener, config: ServerConfig) -> Server {
-        let (registry, registry_task) = Registry::spawn(RegistryConfig {
-            max_clients: config.max_clients,
-            snapshot_interval: config.registry_interval,
-            idle_timeout: config.idle_timeout,
-        });
-        Server {
+    /// Binds `addr` (`host:port`, resolved now; the first address that binds
+    /// wins) and starts the registry; the server accepts once
+    /// [`run`](Server::run) is awaited.
+    pub fn bind(addr: &str, config: ServerConfig) -> io::Result<Server> {
+        let listener = crate::net::bind(addr)?;
+        let (registry, registry_task) = Registry::spawn(config.registry.clone());
+        Ok(Server {
             listener,
             config,
             registry,
             registry_task,
-        }
+        })
     }
 
+    /// The address the server listens on (the real port, when bound to port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.get_ref().local_addr()
     }
@@ -130,14 +103,12 @@ impl Server {
             Err(e) => info!("listening", { addr_error: log::kv::Value::from_display(&e) }),
         }
         let (cut_trigger, cut) = shutdown::channel();
-        let signals = SessionSignals { cut };
-        let acceptor = Acceptor::new(
-            self.listener,
-            self.registry.clone(),
-            Arc::new(self.config.session.clone()),
-            signals,
-        );
-        let accepted = acceptor.run(shutdown).await;
+        let sessions = Arc::new(SessionContext {
+            registry: self.registry.clone(),
+            config: self.config.session.clone(),
+            cut,
+        });
+        let accepted = Acceptor::new(self.listener, sessions).run(shutdown).await;
 
         let at_shutdown = self.registry.snapshot().await.clients.len();
         info!("shutting down", { clients: at_shutdown });

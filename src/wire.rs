@@ -1,5 +1,5 @@
 //! The wire format, all in one place: the greeting, how bytes become messages
-//! (the [`Framer`]), the reply line, and every error or notice line the server
+//! (the framer), the reply line, and every error or notice line the server
 //! can send. `docs/protocol.md` describes the same rules for humans.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -42,7 +42,7 @@ const SHRINK_ABOVE: usize = 16 * 1024;
 
 /// Why a byte stream could not be framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     /// A message grew past the limit before its terminating `\n`.
     LineTooLong {
         /// The limit, in bytes.
@@ -69,7 +69,7 @@ impl std::error::Error for FrameError {}
 /// them with [`take_fragment`](Framer::take_fragment). The buffer never holds
 /// more than `max_line` + 1 unterminated bytes plus one read.
 #[derive(Debug)]
-pub struct Framer {
+pub(crate) struct Framer {
     buf: Vec<u8>,
     /// First byte not yet handed out.
     start: usize,
@@ -82,7 +82,7 @@ pub struct Framer {
 
 impl Framer {
     /// A framer that rejects messages longer than `max_line` bytes.
-    pub fn new(max_line: usize) -> Framer {
+    pub(crate) fn new(max_line: usize) -> Framer {
         Framer {
             buf: Vec::new(),
             start: 0,
@@ -93,7 +93,7 @@ impl Framer {
     }
 
     /// Free space to read into; pass the byte count read to [`filled`](Framer::filled).
-    pub fn read_buf(&mut self) -> &mut [u8] {
+    pub(crate) fn read_buf(&mut self) -> &mut [u8] {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -123,15 +123,16 @@ impl Framer {
     }
 
     /// Records that `n` bytes were read into the slice from [`read_buf`](Framer::read_buf).
-    pub fn filled(&mut self, n: usize) {
+    pub(crate) fn filled(&mut self, n: usize) {
         self.end += n;
         debug_assert!(self.end <= self.buf.len());
     }
 
     /// Appends as much of `bytes` as fits, as if it had been read; returns how
-    /// many bytes were taken. (For tests and in-memory callers: like a real
-    /// read, it stops when the buffer is full until lines are taken out.)
-    pub fn push(&mut self, bytes: &[u8]) -> usize {
+    /// many bytes were taken. Like a real read, it stops when the buffer is
+    /// full until lines are taken out.
+    #[cfg(test)]
+    fn push(&mut self, bytes: &[u8]) -> usize {
         let mut taken = 0;
         while taken < bytes.len() {
             let spare = self.read_buf();
@@ -150,7 +151,7 @@ impl Framer {
     ///
     /// `None` means no complete message is buffered. An error is final: the
     /// stream cannot be framed any further.
-    pub fn next_line(&mut self) -> Option<Result<&[u8], FrameError>> {
+    pub(crate) fn next_line(&mut self) -> Option<Result<&[u8], FrameError>> {
         match memchr::memchr(b'\n', &self.buf[self.scanned..self.end]) {
             Some(offset) => {
                 let newline = self.scanned + offset;
@@ -182,14 +183,14 @@ impl Framer {
     }
 
     /// Whether unterminated bytes are buffered.
-    pub fn has_fragment(&self) -> bool {
+    pub(crate) fn has_fragment(&self) -> bool {
         self.start < self.end
     }
 
     /// Hands out the unterminated bytes, verbatim, as one message.
     ///
     /// Call it only after [`next_line`](Framer::next_line) returned `None`.
-    pub fn take_fragment(&mut self) -> Option<&[u8]> {
+    pub(crate) fn take_fragment(&mut self) -> Option<&[u8]> {
         if !self.has_fragment() {
             return None;
         }
@@ -200,7 +201,8 @@ impl Framer {
     }
 
     /// Bytes of memory the buffer holds (for tests of the memory bound).
-    pub fn capacity(&self) -> usize {
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
         self.buf.capacity()
     }
 }
@@ -210,7 +212,7 @@ impl Framer {
 /// Each session owns one, so formatting costs a clock read and a copy per
 /// message, and a time-zone lookup once per second.
 #[derive(Debug, Default)]
-pub struct ReplyFormatter {
+pub(crate) struct ReplyFormatter {
     /// Unix second the cached prefix belongs to.
     second: Option<u64>,
     /// `H:M:S - server reply: ` for that second.
@@ -218,13 +220,8 @@ pub struct ReplyFormatter {
 }
 
 impl ReplyFormatter {
-    /// A formatter with nothing cached yet.
-    pub fn new() -> ReplyFormatter {
-        ReplyFormatter::default()
-    }
-
     /// Appends `H:M:S - server reply: <message>\n` (local time, now) to `out`.
-    pub fn write_reply(&mut self, out: &mut Vec<u8>, message: &[u8]) {
+    pub(crate) fn write_reply(&mut self, out: &mut Vec<u8>, message: &[u8]) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -387,7 +384,7 @@ mod tests {
     fn a_reply_echoes_the_message_after_the_local_time() {
         let before = Local::now();
         let mut out = Vec::new();
-        ReplyFormatter::new().write_reply(&mut out, b"\xffabc");
+        ReplyFormatter::default().write_reply(&mut out, b"\xffabc");
         let after = Local::now();
         let expected = |t: chrono::DateTime<Local>| {
             let mut line = Vec::new();

@@ -6,10 +6,11 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use async_std::net::TcpListener;
+use async_std::task::spawn;
 use common::process::{duplex, signal, start_server, wait_with_timeout};
-use common::{PATIENCE, TestServer, quick_config};
+use common::{PATIENCE, TestServer, quick_config, within};
 use duplex::bench::{self, BenchConfig};
-use duplex::rt::{TcpListener, spawn, within};
 use duplex::shutdown::Shutdown;
 use futures::io::BufReader;
 use futures::{AsyncBufReadExt, AsyncWriteExt};

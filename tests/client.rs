@@ -5,16 +5,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, TestClient, TestServer, quick_config};
-use duplex::actors::supervisor::Outcome;
-use duplex::client::ClientConfig;
-use duplex::rt::{TcpListener, within};
+use async_std::net::TcpListener;
+use common::{PATIENCE, TestClient, TestServer, quick_config, within};
+use duplex::client::{ClientConfig, Outcome};
 
 fn config(addr: impl ToString) -> ClientConfig {
     let mut config = ClientConfig::new(addr.to_string());
-    config.interval = Duration::from_millis(20);
-    config.backoff = Duration::from_millis(100);
-    config.timeout = Duration::from_secs(5);
+    config.supervisor.interval = Duration::from_millis(20);
+    config.supervisor.backoff = Duration::from_millis(100);
+    config.connection.timeout = Duration::from_secs(5);
     config
 }
 
@@ -22,7 +21,7 @@ fn config(addr: impl ToString) -> ClientConfig {
 async fn prints_the_greeting_and_replies_and_stops_at_the_count() {
     let server = TestServer::start(quick_config()).await;
     let mut config = config(server.addr);
-    config.count = Some(3);
+    config.supervisor.count = Some(3);
     let client = TestClient::start(config);
     assert_eq!(client.line().await, b"Hello");
     let mut echoes = Vec::new();
@@ -47,7 +46,7 @@ async fn reconnects_within_the_backoff_after_the_server_restarts_on_the_same_por
     let server = TestServer::start(quick_config()).await;
     let addr = server.addr;
     let config = config(addr);
-    let backoff = config.backoff;
+    let backoff = config.supervisor.backoff;
     let client = TestClient::start(config);
     client.reply().await;
     server.stop().await;
@@ -71,7 +70,7 @@ async fn reconnects_within_the_backoff_after_the_server_restarts_on_the_same_por
 async fn a_silent_server_is_declared_dead_and_the_connection_restarted() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let mut config = config(listener.local_addr().expect("bound"));
-    config.timeout = Duration::from_millis(200);
+    config.connection.timeout = Duration::from_millis(200);
     let client = TestClient::start(config);
     // Accept and hold connections, never answering.
     let (first, _) = within(PATIENCE, listener.accept())

@@ -4,13 +4,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, Peer, TestClient, TestServer, quick_config};
-use duplex::actors::supervisor::Outcome;
-use duplex::client::ClientConfig;
-use duplex::rt::{TcpListener, TcpStream, spawn, within};
+use async_std::net::{TcpListener, TcpStream};
+use async_std::task::spawn;
+use common::{PATIENCE, Peer, TestClient, TestServer, quick_config, within};
+use duplex::client::{ClientConfig, Outcome};
 use futures::io::BufReader;
 use futures::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use rand::Rng;
@@ -58,25 +57,11 @@ async fn a_client_that_never_reads_is_held_back_and_costs_others_nothing() {
         assert_eq!(other.reply().await, message.as_bytes());
     }
 
-    // Notices to the stuck session's full outbox are dropped and counted; the
-    // registry answers at once instead of waiting on it.
-    let line: Arc<[u8]> = Arc::from(&b"notice: test\n"[..]);
-    let (mut delivered, mut dropped) = (0, 0);
-    for _ in 0..20 {
-        let report = within(PATIENCE, server.registry.broadcast(line.clone()))
-            .await
-            .expect("the registry never blocks on an outbox");
-        delivered += report.delivered;
-        dropped += report.dropped;
-    }
-    // Every notice was either queued or counted as dropped (which client's
-    // outbox was full when is up to scheduling; the registry's unit tests pin
-    // that down exactly).
-    assert_eq!(delivered + dropped, 40);
-    assert_eq!(
-        server.registry.snapshot().await.notices_dropped,
-        dropped as u64
-    );
+    // The registry answers at once, never waiting on the stuck session.
+    let snapshot = within(PATIENCE, server.registry.snapshot())
+        .await
+        .expect("the registry never blocks on a session");
+    assert_eq!(snapshot.clients.len(), 2);
 
     // At shutdown the responsive client drains; the stuck one is cut at the
     // timeout, unless TCP frees room for its last replies first.
@@ -88,16 +73,6 @@ async fn a_client_that_never_reads_is_held_back_and_costs_others_nothing() {
     assert!(summary.cut <= 1);
     assert!(summary.last.clients.is_empty());
     let rest = other.rest().await;
-    let notices = rest
-        .split(|&b| b == b'\n')
-        .filter(|l| *l == b"notice: test")
-        .count();
-    // The first notice found both outboxes empty; beyond that, what the
-    // responsive client got was delivered, never invented.
-    assert!(
-        (1..=delivered).contains(&notices),
-        "{notices} of {delivered}"
-    );
     assert!(rest.ends_with(b"notice: server shutting down\n"));
     within(PATIENCE, pusher)
         .await
@@ -109,7 +84,7 @@ async fn after_thousands_of_connects_closes_and_resets_the_registry_is_empty() {
     const CONNECTIONS: usize = 2000;
     const CONCURRENT: usize = 200;
     let mut config = quick_config();
-    config.max_clients = CONNECTIONS + 1;
+    config.registry.max_clients = CONNECTIONS + 1;
     let server = TestServer::start(config).await;
     let addr = server.addr;
     for wave in 0..CONNECTIONS / CONCURRENT {
@@ -184,8 +159,8 @@ async fn a_message_swallowed_by_a_dying_server_is_resent_and_answered() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("bound");
     let mut config = ClientConfig::new(addr.to_string());
-    config.interval = Duration::from_millis(20);
-    config.backoff = Duration::from_millis(100);
+    config.supervisor.interval = Duration::from_millis(20);
+    config.supervisor.backoff = Duration::from_millis(100);
     let TestClient {
         lines,
         trigger,
@@ -254,8 +229,8 @@ async fn exponential_backoff_doubles_the_wait_between_failed_connections() {
     // A server that accepts and hangs up at once, recording when.
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let mut config = ClientConfig::new(listener.local_addr().expect("bound").to_string());
-    config.backoff = Duration::from_millis(40);
-    config.backoff_max = Some(Duration::from_secs(5));
+    config.supervisor.backoff = Duration::from_millis(40);
+    config.supervisor.backoff_max = Some(Duration::from_secs(5));
     let client = TestClient::start(config);
     let mut accepted_at = Vec::new();
     for _ in 0..5 {
@@ -282,9 +257,9 @@ async fn while_the_server_is_down_a_full_pending_queue_drops_its_oldest() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("bound");
     let mut config = ClientConfig::new(addr.to_string());
-    config.interval = Duration::from_millis(10);
-    config.backoff = Duration::from_millis(300);
-    config.max_pending = 3;
+    config.supervisor.interval = Duration::from_millis(10);
+    config.supervisor.backoff = Duration::from_millis(300);
+    config.supervisor.max_pending = 3;
     let client = TestClient::start(config);
     // The first connection is hung up on at once; during the 300 ms backoff
     // about 30 messages are made for a queue of 3.

@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
+use async_std::task::spawn;
 use chrono::{Local, Timelike};
-use common::{PATIENCE, Peer, TestServer, quick_config};
-use duplex::rt::{spawn, within};
+use common::{PATIENCE, Peer, TestServer, quick_config, within};
 use duplex::shutdown;
 
 #[async_std::test]
@@ -192,7 +192,7 @@ async fn a_line_over_the_limit_gets_an_error_and_only_that_client_is_closed() {
 #[async_std::test]
 async fn one_client_over_the_cap_is_turned_away_and_the_others_are_untouched() {
     let mut config = quick_config();
-    config.max_clients = 2;
+    config.registry.max_clients = 2;
     let server = TestServer::start(config).await;
     let mut first = Peer::greeted(server.addr).await;
     let _second = Peer::greeted(server.addr).await;
@@ -208,7 +208,7 @@ async fn one_client_over_the_cap_is_turned_away_and_the_others_are_untouched() {
 #[async_std::test]
 async fn an_idle_client_is_told_and_closed() {
     let mut config = quick_config();
-    config.idle_timeout = Some(Duration::from_millis(100));
+    config.registry.idle_timeout = Some(Duration::from_millis(100));
     let server = TestServer::start(config).await;
     let mut peer = Peer::greeted(server.addr).await;
     assert_eq!(peer.line().await, b"error: idle timeout\n");
@@ -251,26 +251,25 @@ async fn shutdown_sends_the_notice_closes_everyone_and_stops_accepting() {
         assert_eq!(peer.rest().await, b"notice: server shutting down\n");
     }
     assert!(
-        duplex::rt::TcpStream::connect(addr).await.is_err(),
+        async_std::net::TcpStream::connect(addr).await.is_err(),
         "the listener is closed"
     );
 }
 
 #[async_std::test]
-async fn a_registry_notice_reaches_every_client_after_its_replies() {
+async fn a_session_woken_while_waiting_for_input_still_reads_the_next_message() {
     let server = TestServer::start(quick_config()).await;
     let mut a = Peer::greeted(server.addr).await;
     let mut b = Peer::greeted(server.addr).await;
     a.send(b"before\n").await;
     assert_eq!(a.reply().await, b"before");
-    let report = server
-        .registry
-        .broadcast(std::sync::Arc::from(&b"notice: maintenance at noon\n"[..]))
-        .await;
-    assert_eq!(report.delivered, 2);
-    assert_eq!(a.line().await, b"notice: maintenance at noon\n");
-    assert_eq!(b.line().await, b"notice: maintenance at noon\n");
-    // The notice woke sessions that were waiting for input; they still are.
+    // Unterminated bytes: the fragment deadline, not input, wakes each session
+    // while it waits for input, and it answers them.
+    for (peer, fragment) in [(&mut a, &b"frag a"[..]), (&mut b, &b"frag b"[..])] {
+        peer.send(fragment).await;
+        assert_eq!(peer.reply().await, fragment);
+    }
+    // Woken that way, they still read and answer what comes next.
     for (peer, message) in [(&mut a, &b"after"[..]), (&mut b, &b"and b"[..])] {
         peer.send(&[message, b"\n"].concat()).await;
         assert_eq!(peer.reply().await, message);

@@ -12,15 +12,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{AsyncWriteExt, FutureExt, select_biased};
+use futures::{FutureExt, select_biased};
 use kv_log_macro::{debug, info, warn};
 
-use crate::actors::registry::RegistryHandle;
-use crate::actors::session::{
-    OUTBOX_CAPACITY, Session, SessionConfig, SessionSignals, linger_close,
-};
+use crate::actors::session::{INBOX_CAPACITY, Session, SessionContext};
 use crate::messages::{Admission, ClientId, SessionStats};
-use crate::rt::{ServerListener, Socket, bounded, sleep, spawn, within};
+use crate::net::LineSocket;
+use crate::rt::{Listener, Socket, bounded, sleep, spawn, within};
 use crate::shutdown::Shutdown;
 use crate::wire;
 
@@ -34,11 +32,10 @@ const EXHAUSTED_WARN_EVERY: Duration = Duration::from_secs(5);
 const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The acceptor's state.
-pub struct Acceptor {
-    listener: ServerListener,
-    registry: RegistryHandle,
-    session_config: Arc<SessionConfig>,
-    signals: SessionSignals,
+pub(crate) struct Acceptor {
+    listener: Listener,
+    /// What every session it spawns shares, the registry among it.
+    sessions: Arc<SessionContext>,
     next_id: u64,
     /// Pause before the next accept while resources are exhausted.
     pause: Option<Duration>,
@@ -47,17 +44,10 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    pub fn new(
-        listener: ServerListener,
-        registry: RegistryHandle,
-        session_config: Arc<SessionConfig>,
-        signals: SessionSignals,
-    ) -> Acceptor {
+    pub(crate) fn new(listener: Listener, sessions: Arc<SessionContext>) -> Acceptor {
         Acceptor {
             listener,
-            registry,
-            session_config,
-            signals,
+            sessions,
             next_id: 1,
             pause: None,
             last_warning: None,
@@ -66,7 +56,7 @@ impl Acceptor {
     }
 
     /// Accepts until `shutdown` fires; returns how many clients it accepted.
-    pub async fn run(mut self, shutdown: Shutdown) -> u64 {
+    pub(crate) async fn run(mut self, shutdown: Shutdown) -> u64 {
         loop {
             let accepted = select_biased! {
                 _ = shutdown.wait().fuse() => break,
@@ -100,28 +90,19 @@ impl Acceptor {
     async fn admit(&mut self, stream: Socket, peer: SocketAddr) {
         let id = ClientId(self.next_id);
         self.next_id += 1;
-        let (outbox, mailbox) = bounded(OUTBOX_CAPACITY);
+        let socket = LineSocket::new(stream, self.sessions.config.max_line);
+        let (sender, inbox) = bounded(INBOX_CAPACITY);
         let stats = Arc::new(SessionStats::default());
-        match self
-            .registry
-            .register(id, peer, outbox, stats.clone())
-            .await
-        {
+        let admission = (self.sessions.registry)
+            .register(id, peer, sender, stats.clone())
+            .await;
+        match admission {
             Admission::Admitted { .. } => {
-                let session = Session::new(
-                    id,
-                    peer,
-                    stream,
-                    stats,
-                    mailbox,
-                    self.registry.clone(),
-                    self.session_config.clone(),
-                    self.signals.clone(),
-                );
+                let session = Session::new(id, peer, socket, stats, inbox, self.sessions.clone());
                 spawn(session.run());
             }
             Admission::Full { max } => {
-                spawn(turn_away(stream, max));
+                spawn(turn_away(socket, max));
             }
         }
     }
@@ -146,11 +127,11 @@ impl Acceptor {
 
 /// Tells a client the server is full, then closes it. The registry already
 /// logged the rejection.
-async fn turn_away(stream: Socket, max: usize) {
+async fn turn_away(socket: LineSocket, max: usize) {
     let line = wire::server_full_error(max);
     // The client may already be gone, or never read: either way we close it.
-    if let Some(Ok(())) = within(REJECT_WRITE_TIMEOUT, (&stream).write_all(&line)).await {
-        linger_close(&stream).await;
+    if let Some(Ok(())) = within(REJECT_WRITE_TIMEOUT, socket.write_all(&line)).await {
+        socket.linger_close().await;
     }
 }
 

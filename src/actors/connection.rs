@@ -13,18 +13,20 @@
 //! Lifecycle events are logged under the original client's names: `lookup`,
 //! `connect`, `data` (debug), `end`, `timeout`, `error`, `close`.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, select_biased};
+use futures::{FutureExt, select_biased};
 use kv_log_macro::{debug, info, warn};
 use log::kv::Value;
 
 use crate::messages::{ConnectionEnd, ConnectionExit, ConnectionMsg, ConnectionStart};
-use crate::rt::{TcpStream, ToSocketAddrs, sleep_until, within};
-use crate::wire::{self, Framer};
+use crate::net::LineSocket;
+use crate::rt::{ToSocketAddrs, sleep_until, within};
+use crate::wire;
 
 /// Where the client's output goes: called once per line the server sends,
 /// without its `\n`. The binary prints to stdout; tests collect.
@@ -32,38 +34,43 @@ pub type LineSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 /// Longest line, in bytes, the client accepts from a server. Replies echo our
 /// own short messages, so anything near this is a misbehaving server.
-pub const MAX_SERVER_LINE: usize = 1024 * 1024;
+const MAX_SERVER_LINE: usize = 1024 * 1024;
 
-/// Settings shared by every connection of one client.
-#[derive(Clone)]
+/// The connection's part of the client's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionConfig {
-    /// `host:port` to resolve and connect to.
+    /// `host:port` to resolve and connect to; every address it resolves to
+    /// is tried in turn (`--addr`).
     pub addr: String,
-    /// Limit for lookup, connect, each write, and silence while replies are owed.
+    /// Limit for lookup, connect, each write, and silence while replies are
+    /// owed (`--timeout`).
     pub timeout: Duration,
-    pub sink: LineSink,
 }
 
 /// One connection's actor. Build with [`Connection::new`], then `run` it.
-pub struct Connection {
+pub(crate) struct Connection {
     config: Arc<ConnectionConfig>,
+    sink: LineSink,
     start: ConnectionStart,
-    framer: Framer,
     replied: u64,
 }
 
 impl Connection {
-    pub fn new(config: Arc<ConnectionConfig>, start: ConnectionStart) -> Connection {
+    pub(crate) fn new(
+        config: Arc<ConnectionConfig>,
+        sink: LineSink,
+        start: ConnectionStart,
+    ) -> Connection {
         Connection {
             config,
+            sink,
             start,
-            framer: Framer::new(MAX_SERVER_LINE),
             replied: 0,
         }
     }
 
     /// Runs the connection to its end and hands back what is still pending.
-    pub async fn run(mut self) -> ConnectionExit {
+    pub(crate) async fn run(mut self) -> ConnectionExit {
         let shutdown = self.start.shutdown.clone();
         let end = select_biased! {
             _ = shutdown.wait().fuse() => ConnectionEnd::Shutdown,
@@ -93,16 +100,15 @@ impl Connection {
     }
 
     async fn connect_and_serve(&mut self) -> ConnectionEnd {
-        let stream = match self.connect().await {
-            Ok(stream) => stream,
+        let mut socket = match self.connect().await {
+            Ok(socket) => socket,
             Err(end) => return end,
         };
-        match self.serve(&stream).await {
-            Ok(end) | Err(end) => end,
-        }
+        let Err(end) = self.serve(&mut socket).await;
+        end
     }
 
-    async fn connect(&self) -> Result<TcpStream, ConnectionEnd> {
+    async fn connect(&self) -> Result<LineSocket, ConnectionEnd> {
         let timeout = self.config.timeout;
         let addr = self.config.addr.as_str();
         let addrs: Vec<SocketAddr> = match within(timeout, addr.to_socket_addrs()).await {
@@ -116,17 +122,16 @@ impl Connection {
         });
         let mut last_error = io::Error::new(io::ErrorKind::NotFound, "no address resolved");
         for peer in addrs {
-            match within(timeout, TcpStream::connect(peer)).await {
-                Some(Ok(stream)) => {
-                    let local = stream
-                        .local_addr()
+            match within(timeout, LineSocket::connect(peer, MAX_SERVER_LINE)).await {
+                Some(Ok(socket)) => {
+                    let local = (socket.tcp().local_addr())
                         .map(|a| a.to_string())
                         .unwrap_or_default();
                     info!("connect", { peer: Value::from_display(&peer), local: local });
-                    if let Err(e) = set_keepalive(&stream) {
+                    if let Err(e) = socket2::SockRef::from(socket.tcp()).set_keepalive(true) {
                         debug!("keepalive not set", { error: Value::from_display(&e) });
                     }
-                    return Ok(stream);
+                    return Ok(socket);
                 }
                 Some(Err(e)) => {
                     debug!("connect attempt failed", {
@@ -142,17 +147,16 @@ impl Connection {
     }
 
     /// Resends what is pending, then sends new messages and reads lines until
-    /// the connection ends. `Err` carries ends detected mid-write.
-    async fn serve(&mut self, stream: &TcpStream) -> Result<ConnectionEnd, ConnectionEnd> {
+    /// the connection ends, which it only ever does with a [`ConnectionEnd`].
+    async fn serve(&mut self, socket: &mut LineSocket) -> Result<Infallible, ConnectionEnd> {
         let mut out = Vec::new();
         for text in self.start.pending.write_all() {
             out.extend_from_slice(text.as_bytes());
             out.push(b'\n');
         }
-        self.write(stream, &mut out).await?;
+        self.write(socket, &mut out).await?;
         // Silence counts only while replies are owed, from when they became owed.
         let mut quiet_since = Instant::now();
-        let mut reader = stream;
         loop {
             let deadline =
                 (!self.start.pending.is_empty()).then(|| quiet_since + self.config.timeout);
@@ -160,7 +164,7 @@ impl Connection {
                 msg = self.start.inbox.recv().fuse() => {
                     // The supervisor dropped the inbox: it is shutting down.
                     let Ok(ConnectionMsg::Send { text }) = msg else {
-                        return Ok(ConnectionEnd::Shutdown);
+                        return Err(ConnectionEnd::Shutdown);
                     };
                     if self.start.pending.is_empty() {
                         quiet_since = Instant::now();
@@ -169,56 +173,52 @@ impl Connection {
                     out.push(b'\n');
                     self.start.pending.push(text);
                     self.start.pending.mark_newest_written();
-                    self.write(stream, &mut out).await?;
+                    self.write(socket, &mut out).await?;
                 }
-                read = reader.read(self.framer.read_buf()).fuse() => {
+                read = socket.read().fuse() => {
                     let n = read.map_err(ConnectionEnd::Io)?;
                     if n == 0 {
                         info!("end", { replied: self.replied });
-                        return Ok(ConnectionEnd::ServerClosed);
+                        return Err(ConnectionEnd::ServerClosed);
                     }
                     quiet_since = Instant::now();
                     debug!("data", { bytes: n });
-                    self.framer.filled(n);
-                    if let Some(end) = self.take_lines() {
-                        return Ok(end);
-                    }
+                    self.take_lines(socket)?;
                 }
                 _ = sleep_until(deadline).fuse() => {
                     info!("timeout", {
                         pending: self.start.pending.len(),
                         silent_for_ms: quiet_since.elapsed().as_millis() as u64,
                     });
-                    return Ok(ConnectionEnd::Timeout);
+                    return Err(ConnectionEnd::Timeout);
                 }
             }
         }
     }
 
     /// Prints every complete line and acknowledges replies; an end if one is due.
-    fn take_lines(&mut self) -> Option<ConnectionEnd> {
-        while let Some(line) = self.framer.next_line() {
+    fn take_lines(&mut self, socket: &mut LineSocket) -> Result<(), ConnectionEnd> {
+        while let Some(line) = socket.next_line() {
             let Ok(line) = line else {
-                return Some(ConnectionEnd::LineTooLong);
+                return Err(ConnectionEnd::LineTooLong);
             };
-            (self.config.sink)(line);
+            (self.sink)(line);
             if let Some(echo) = wire::reply_echo(line) {
                 self.replied += 1;
                 self.start.pending.acknowledge(echo);
                 if self.start.replies_wanted == Some(self.replied) {
-                    return Some(ConnectionEnd::CountReached);
+                    return Err(ConnectionEnd::CountReached);
                 }
             }
         }
-        None
+        Ok(())
     }
 
-    async fn write(&self, stream: &TcpStream, out: &mut Vec<u8>) -> Result<(), ConnectionEnd> {
+    async fn write(&self, socket: &LineSocket, out: &mut Vec<u8>) -> Result<(), ConnectionEnd> {
         if out.is_empty() {
             return Ok(());
         }
-        let mut writer = stream;
-        let written = within(self.config.timeout, writer.write_all(out)).await;
+        let written = within(self.config.timeout, socket.write_all(out)).await;
         out.clear();
         match written {
             Some(Ok(())) => Ok(()),
@@ -229,15 +229,6 @@ impl Connection {
             }
         }
     }
-}
-
-/// Turns on TCP keepalive, so a silently vanished server is noticed even
-/// when no replies are owed.
-fn set_keepalive(stream: &TcpStream) -> io::Result<()> {
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    // SAFETY: the descriptor belongs to `stream`, which outlives this borrow.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
-    socket2::SockRef::from(&fd).set_keepalive(true)
 }
 
 fn timed_out(what: &str) -> io::Error {

@@ -2,8 +2,8 @@
 //! [`registry`]. Client side: [`supervisor`], [`connection`].
 //! Every message between them is defined in [`crate::messages`].
 
-pub mod acceptor;
-pub mod connection;
-pub mod registry;
-pub mod session;
-pub mod supervisor;
+pub(crate) mod acceptor;
+pub(crate) mod connection;
+pub(crate) mod registry;
+pub(crate) mod session;
+pub(crate) mod supervisor;

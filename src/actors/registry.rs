@@ -1,23 +1,19 @@
-//! The registry actor: the server's client list.
+//! The registry actor: the server's client table, and what follows from it.
 //!
-//! Owns, per client: id, peer address, connection time, the session's outbox
-//! and a handle to the counters the session bumps itself. The acceptor asks it
-//! to admit each new client (the client cap lives here, beside the count);
-//! sessions tell it when they leave. It logs every join and leave, and a
-//! snapshot every `--registry-interval` and on request (SIGUSR1). It also
-//! finds idle clients, from the last-input time in their counters, and tells
-//! their sessions to close: one periodic sweep instead of a timer per session.
+//! Owns, per client: id, peer address, connection time, the sender of the
+//! session's inbox and the counters the session bumps itself. The acceptor
+//! asks it to admit each new client (the client cap lives here, beside the
+//! count); sessions tell it when they leave. It logs every join and leave, and
+//! a snapshot every `--registry-interval` and on request (SIGUSR1), through
+//! [`crate::snapshot`]. It also finds idle clients, from the last-input time
+//! in their counters, and tells their sessions to close: one periodic sweep
+//! instead of a timer per session.
 //!
 //! It is never on the per-message path: sessions count their own traffic in
-//! shared atomics, which the registry reads only when it reports. Nor does a
-//! snapshot hold up the sessions: its summary line is logged at once, but the
-//! lines per client (10 000 of them take some 35 ms of CPU to log) are
-//! formatted by a thread at the lowest priority, so sessions keep answering
-//! while a long list is written; and no log line is written to stderr by the
-//! executor (see [`crate::logging`]).
+//! shared atomics, which the registry reads only when it reports.
 //!
-//! At shutdown, [`RegistryMsg::Drain`] closes every session's outbox, which is
-//! how sessions learn to finish up: a session waits on its outbox anyway, so
+//! At shutdown, [`RegistryMsg::Drain`] closes every session's inbox, which is
+//! how sessions learn to finish up: a session waits on its inbox anyway, so
 //! it needs no separate signal. It stops on [`RegistryMsg::Stop`], after
 //! logging a final snapshot; the server sends that last, once every session
 //! has left or been cut.
@@ -30,26 +26,45 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 use futures::{FutureExt, select_biased};
 use kv_log_macro::{info, warn};
+use log::kv::Value;
 
 use crate::messages::{
-    Admission, BroadcastReport, ClientId, ClientInfo, Counts, LeaveReason, RegistryMsg,
-    SessionCommand, SessionStats, Snapshot,
+    Admission, ClientId, ClientInfo, Counts, LeaveReason, RegistryMsg, SessionCommand,
+    SessionStats, Snapshot,
 };
 use crate::rt::{JoinHandle, Receiver, Sender, TrySendError, bounded, sleep_until, spawn};
+use crate::snapshot::{self, round_ms};
 
-/// Capacity of the registry's mailbox. Every message is a join, a leave or an
+/// The log target of every line about the client table, snapshots included,
+/// so that `RUST_LOG=duplex::actors::registry=...` selects them all.
+pub(crate) const LOG_TARGET: &str = module_path!();
+
+/// Capacity of the registry's inbox. Every message is a join, a leave or an
 /// operator request, so this only absorbs bursts of connects and disconnects.
-pub const MAILBOX_CAPACITY: usize = 1024;
+const INBOX_CAPACITY: usize = 1024;
 
-/// What the registry needs to know from the server's configuration.
-#[derive(Debug, Clone)]
+/// The registry's part of the server's configuration; `Default` gives the
+/// CLI's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryConfig {
-    /// Clients admitted at once; one more is turned away.
+    /// Clients admitted at once; one more is turned away (`--max-clients`).
     pub max_clients: usize,
-    /// How often to log a snapshot; `None` turns the timer off.
+    /// How often to log a snapshot; `None` turns the timer off
+    /// (`--registry-interval`).
     pub snapshot_interval: Option<Duration>,
-    /// Close clients that send nothing for this long; `None` never.
+    /// Close clients that send nothing for this long; `None` never
+    /// (`--idle-timeout`).
     pub idle_timeout: Option<Duration>,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> RegistryConfig {
+        RegistryConfig {
+            max_clients: 10_000,
+            snapshot_interval: Some(Duration::from_secs(30)),
+            idle_timeout: Some(Duration::from_secs(300)),
+        }
+    }
 }
 
 impl RegistryConfig {
@@ -65,76 +80,68 @@ impl RegistryConfig {
 struct Entry {
     peer: SocketAddr,
     connected_at: Instant,
-    outbox: Sender<SessionCommand>,
+    inbox: Sender<SessionCommand>,
     stats: Arc<SessionStats>,
     /// The session has been told to close for idleness.
     closing_idle: bool,
 }
 
 /// The actor's state. Its logic is the synchronous [`Registry::handle`].
-pub struct Registry {
+pub(crate) struct Registry {
     config: RegistryConfig,
     clients: HashMap<ClientId, Entry>,
     /// Counts of clients that have left.
     departed: Counts,
     admitted: u64,
     rejected: u64,
-    notices_dropped: u64,
     waiters: Vec<(usize, oneshot::Sender<()>)>,
-    /// Shutdown has begun: outboxes are closed, new ones too.
+    /// Shutdown has begun: inboxes are closed, new ones too.
     draining: bool,
-    /// Client lists for the writer thread (see [`spawn_listing_writer`]).
-    listings: std::sync::mpsc::SyncSender<Vec<ClientInfo>>,
 }
 
 /// Whether the actor should keep running after a message.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Flow {
+pub(crate) enum Flow {
     Continue,
     Stop,
 }
 
 impl Registry {
-    /// The registry's state, and its client-list writer thread (which ends
-    /// once the registry is dropped).
-    pub fn new(config: RegistryConfig) -> Registry {
-        let listings = spawn_listing_writer();
+    fn new(config: RegistryConfig) -> Registry {
         Registry {
             config,
             clients: HashMap::new(),
             departed: Counts::default(),
             admitted: 0,
             rejected: 0,
-            notices_dropped: 0,
             waiters: Vec::new(),
             draining: false,
-            listings,
         }
     }
 
     /// Starts the actor; returns its handle and its task (which ends after
     /// [`RegistryHandle::stop`]).
-    pub fn spawn(config: RegistryConfig) -> (RegistryHandle, JoinHandle<()>) {
-        let (sender, mailbox) = bounded(MAILBOX_CAPACITY);
-        let task = spawn(Registry::new(config).run(mailbox));
-        (RegistryHandle { sender }, task)
+    pub(crate) fn spawn(config: RegistryConfig) -> (RegistryHandle, JoinHandle<()>) {
+        let (sender, inbox) = bounded(INBOX_CAPACITY);
+        let task = spawn(Registry::new(config).run(inbox));
+        (RegistryHandle { inbox: sender }, task)
     }
 
-    async fn run(mut self, mailbox: Receiver<RegistryMsg>) {
+    async fn run(mut self, inbox: Receiver<RegistryMsg>) {
         let interval = self.config.snapshot_interval;
         let mut next_snapshot = interval.map(|every| Instant::now() + every);
         let sweep_every = self.config.idle_sweep_interval();
         let mut next_sweep = sweep_every.map(|every| Instant::now() + every);
         loop {
             select_biased! {
-                msg = mailbox.recv().fuse() => {
+                msg = inbox.recv().fuse() => {
                     let Ok(msg) = msg else { break };
                     if self.handle(msg) == Flow::Stop {
                         break;
                     }
                 }
                 _ = sleep_until(next_snapshot).fuse() => {
-                    self.log_snapshot();
+                    snapshot::log(self.snapshot());
                     next_snapshot = interval.map(|every| Instant::now() + every);
                 }
                 _ = sleep_until(next_sweep).fuse() => {
@@ -146,16 +153,16 @@ impl Registry {
     }
 
     /// Handles one message.
-    pub fn handle(&mut self, msg: RegistryMsg) -> Flow {
+    pub(crate) fn handle(&mut self, msg: RegistryMsg) -> Flow {
         match msg {
             RegistryMsg::Register {
                 id,
                 peer,
-                outbox,
+                inbox,
                 stats,
                 respond_to,
             } => {
-                let admission = self.register(id, peer, outbox, stats);
+                let admission = self.register(id, peer, inbox, stats);
                 // The acceptor may have given up on this client; nothing to do.
                 let _ = respond_to.send(admission);
             }
@@ -164,19 +171,13 @@ impl Registry {
                 // A requester that stopped waiting does not need the answer.
                 let _ = respond_to.send(self.snapshot());
             }
-            RegistryMsg::LogSnapshot => {
-                self.log_snapshot();
-            }
-            RegistryMsg::Broadcast { line, respond_to } => {
-                let report = self.broadcast(&line);
-                // A requester that stopped waiting does not need the report.
-                let _ = respond_to.send(report);
-            }
+            RegistryMsg::LogSnapshot => snapshot::log(self.snapshot()),
             RegistryMsg::Drain { respond_to } => {
                 self.draining = true;
                 for entry in self.clients.values() {
-                    entry.outbox.close();
+                    entry.inbox.close();
                 }
+                // The server waits for this answer; if it stopped, no matter.
                 let _ = respond_to.send(());
             }
             RegistryMsg::WaitForCount {
@@ -187,10 +188,8 @@ impl Registry {
                 self.wake_waiters();
             }
             RegistryMsg::Stop { respond_to } => {
-                // The final snapshot: nothing is left to serve, so its client
-                // lines are written here, in full.
-                let snapshot = self.log_summary();
-                log_clients(&snapshot.clients);
+                let snapshot = self.snapshot();
+                snapshot::log_final(&snapshot);
                 // The server may have stopped waiting; the snapshot is logged anyway.
                 let _ = respond_to.send(snapshot);
                 return Flow::Stop;
@@ -203,7 +202,7 @@ impl Registry {
         &mut self,
         id: ClientId,
         peer: SocketAddr,
-        outbox: Sender<SessionCommand>,
+        inbox: Sender<SessionCommand>,
         stats: Arc<SessionStats>,
     ) -> Admission {
         let max = self.config.max_clients;
@@ -211,21 +210,21 @@ impl Registry {
             self.rejected += 1;
             warn!("client rejected", {
                 client_id: id,
-                peer: log::kv::Value::from_display(&peer),
+                peer: Value::from_display(&peer),
                 clients: self.clients.len(),
                 reason: "server full",
             });
             return Admission::Full { max };
         }
         if self.draining {
-            outbox.close();
+            inbox.close();
         }
         self.clients.insert(
             id,
             Entry {
                 peer,
                 connected_at: Instant::now(),
-                outbox,
+                inbox,
                 stats,
                 closing_idle: false,
             },
@@ -234,7 +233,7 @@ impl Registry {
         let clients = self.clients.len();
         info!("client joined", {
             client_id: id,
-            peer: log::kv::Value::from_display(&peer),
+            peer: Value::from_display(&peer),
             clients: clients,
         });
         self.wake_waiters();
@@ -251,10 +250,10 @@ impl Registry {
         let connected_for = humantime::format_duration(round_ms(entry.connected_at.elapsed()));
         info!("client left", {
             client_id: id,
-            peer: log::kv::Value::from_display(&entry.peer),
+            peer: Value::from_display(&entry.peer),
             clients: self.clients.len(),
-            reason: log::kv::Value::from_display(reason),
-            connected_for: log::kv::Value::from_display(&connected_for),
+            reason: Value::from_display(reason),
+            connected_for: Value::from_display(&connected_for),
             messages_in: counts.messages_in,
             messages_out: counts.messages_out,
         });
@@ -262,7 +261,7 @@ impl Registry {
     }
 
     /// The client list now, ordered by id.
-    pub fn snapshot(&self) -> Snapshot {
+    fn snapshot(&self) -> Snapshot {
         let mut totals = self.departed;
         let mut clients: Vec<ClientInfo> = self
             .clients
@@ -284,64 +283,12 @@ impl Registry {
             totals,
             admitted: self.admitted,
             rejected: self.rejected,
-            notices_dropped: self.notices_dropped,
         }
-    }
-
-    /// Logs the summary line, and hands the client list to the low-priority
-    /// writer thread for its line per client, so sessions keep answering.
-    fn log_snapshot(&self) {
-        let clients = self.log_summary().clients;
-        // Snapshots asked for faster than their lines can be written skip the
-        // list rather than queue up memory.
-        match self.listings.try_send(clients) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(_)) => warn!(
-                "registry snapshot: client lines skipped, earlier ones are still being written"
-            ),
-            // The writer thread could not be started; that was logged.
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
-        }
-    }
-
-    /// Logs a snapshot's summary line; returns the snapshot.
-    fn log_summary(&self) -> Snapshot {
-        let snapshot = self.snapshot();
-        let totals = snapshot.totals;
-        info!("registry snapshot", {
-            clients: snapshot.clients.len(),
-            admitted: snapshot.admitted,
-            rejected: snapshot.rejected,
-            messages_in: totals.messages_in,
-            messages_out: totals.messages_out,
-            bytes_in: totals.bytes_in,
-            bytes_out: totals.bytes_out,
-            notices_dropped: snapshot.notices_dropped,
-        });
-        snapshot
-    }
-
-    fn broadcast(&mut self, line: &Arc<[u8]>) -> BroadcastReport {
-        let mut report = BroadcastReport::default();
-        for (id, entry) in &self.clients {
-            let notice = SessionCommand::Notice { line: line.clone() };
-            match entry.outbox.try_send(notice) {
-                Ok(()) => report.delivered += 1,
-                // A closed outbox belongs to a session whose leave is on its way.
-                Err(TrySendError::Closed(_)) => {}
-                Err(TrySendError::Full(_)) => {
-                    report.dropped += 1;
-                    warn!("notice dropped: outbox full", { client_id: *id });
-                }
-            }
-        }
-        self.notices_dropped += report.dropped as u64;
-        report
     }
 
     /// Tells every client idle for the timeout (as of `now`) to close.
-    /// A full outbox is tried again at the next sweep.
-    pub fn close_idle(&mut self, now: Instant) {
+    /// A full inbox is tried again at the next sweep.
+    fn close_idle(&mut self, now: Instant) {
         let Some(idle_timeout) = self.config.idle_timeout else {
             return;
         };
@@ -349,7 +296,7 @@ impl Registry {
             if entry.closing_idle || entry.stats.idle_for(now) < idle_timeout {
                 continue;
             }
-            match entry.outbox.try_send(SessionCommand::CloseIdle) {
+            match entry.inbox.try_send(SessionCommand::CloseIdle) {
                 Ok(()) => {
                     entry.closing_idle = true;
                     info!("closing idle client", {
@@ -375,75 +322,14 @@ impl Registry {
     }
 }
 
-/// Client lists waiting for the writer besides the one it is writing.
-const LISTINGS_QUEUED: usize = 1;
-
-/// Starts the thread that writes snapshots' client lines; it ends when the
-/// returned sender is dropped.
+/// The way into a server's registry: the acceptor, the sessions and the
+/// server use it, and so can a program that runs a [`Server`], to read the
+/// client list or wait for a count.
 ///
-/// A thread, not a task, and at the lowest priority (`SCHED_IDLE`): logging
-/// 10 000 lines takes some 35 ms of CPU, and the thread waits whenever the
-/// log's queue is half full (see [`crate::logging`]), and neither may hold up
-/// the executor that runs the sessions. When the thread falls behind, lists
-/// queue up to [`LISTINGS_QUEUED`] and then are skipped (with a warning),
-/// never held in memory without bound.
-fn spawn_listing_writer() -> std::sync::mpsc::SyncSender<Vec<ClientInfo>> {
-    let (listings, queue) = std::sync::mpsc::sync_channel::<Vec<ClientInfo>>(LISTINGS_QUEUED);
-    let spawned = std::thread::Builder::new()
-        .name("duplex-listing".into())
-        .spawn(move || {
-            // SCHED_IDLE: the scheduler hands the core to any other thread
-            // that wakes (the executor, on a socket event) at once, where a
-            // nice value only shrinks this thread's share. Failing that, the
-            // lowest nice value. On Linux both apply to the calling thread;
-            // if neither can be set, the lines are written all the same.
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: plain system calls on the calling thread; `param`
-            // outlives the call.
-            unsafe {
-                if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-                    libc::setpriority(libc::PRIO_PROCESS, 0, 19);
-                }
-            }
-            for clients in queue {
-                log_clients(&clients);
-            }
-        });
-    if let Err(e) = spawned {
-        warn!("no thread for snapshot client lines; they will be skipped", {
-            error: log::kv::Value::from_display(&e),
-        });
-    }
-    listings
-}
-
-/// Logs one line per client, waiting for room in the log's queue so that a
-/// 10 000-line listing neither crowds out other lines nor loses its own. So
-/// only where nothing else waits on the thread: the listing thread, and the
-/// final snapshot, when nothing is left to serve.
-fn log_clients(clients: &[ClientInfo]) {
-    for client in clients {
-        crate::logging::wait_for_room();
-        let connected_for = humantime::format_duration(round_ms(client.connected_for));
-        info!("registry client", {
-            client_id: client.id,
-            peer: log::kv::Value::from_display(&client.peer),
-            connected_for: log::kv::Value::from_display(&connected_for),
-            messages_in: client.counts.messages_in,
-            messages_out: client.counts.messages_out,
-        });
-    }
-}
-
-/// Whole milliseconds, so logged durations read `1m 3s 52ms`, not nanoseconds.
-fn round_ms(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))
-}
-
-/// The way other actors talk to the registry.
+/// [`Server`]: crate::server::Server
 #[derive(Clone, Debug)]
 pub struct RegistryHandle {
-    sender: Sender<RegistryMsg>,
+    inbox: Sender<RegistryMsg>,
 }
 
 /// The registry's task ends only after [`RegistryHandle::stop`], which the
@@ -452,7 +338,7 @@ const REGISTRY_GONE: &str = "registry actor stopped before its last user";
 
 impl RegistryHandle {
     async fn send(&self, msg: RegistryMsg) {
-        self.sender.send(msg).await.expect(REGISTRY_GONE);
+        self.inbox.send(msg).await.expect(REGISTRY_GONE);
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> RegistryMsg) -> T {
@@ -462,17 +348,17 @@ impl RegistryHandle {
     }
 
     /// Asks to admit a new client.
-    pub async fn register(
+    pub(crate) async fn register(
         &self,
         id: ClientId,
         peer: SocketAddr,
-        outbox: Sender<SessionCommand>,
+        inbox: Sender<SessionCommand>,
         stats: Arc<SessionStats>,
     ) -> Admission {
         self.ask(|respond_to| RegistryMsg::Register {
             id,
             peer,
-            outbox,
+            inbox,
             stats,
             respond_to,
         })
@@ -480,11 +366,11 @@ impl RegistryHandle {
     }
 
     /// Reports that a session ended.
-    pub async fn unregister(&self, id: ClientId, reason: LeaveReason) {
+    pub(crate) async fn unregister(&self, id: ClientId, reason: LeaveReason) {
         // A session cut at shutdown may report after the registry stopped;
         // its leave is already counted in the final snapshot as a cut.
         let _ = self
-            .sender
+            .inbox
             .send(RegistryMsg::Unregister { id, reason })
             .await;
     }
@@ -496,19 +382,13 @@ impl RegistryHandle {
     }
 
     /// Asks the registry to log a snapshot. Never waits for the registry:
-    /// when its mailbox is full the request is dropped, and the caller told.
+    /// when its inbox is full the request is dropped, and `false` returned.
     pub fn log_snapshot(&self) -> bool {
-        self.sender.try_send(RegistryMsg::LogSnapshot).is_ok()
-    }
-
-    /// Queues `line` for every connected client; see [`RegistryMsg::Broadcast`].
-    pub async fn broadcast(&self, line: Arc<[u8]>) -> BroadcastReport {
-        self.ask(|respond_to| RegistryMsg::Broadcast { line, respond_to })
-            .await
+        self.inbox.try_send(RegistryMsg::LogSnapshot).is_ok()
     }
 
     /// Starts the shutdown of every session (see [`RegistryMsg::Drain`]).
-    pub async fn drain(&self) {
+    pub(crate) async fn drain(&self) {
         self.ask(|respond_to| RegistryMsg::Drain { respond_to })
             .await
     }
@@ -523,7 +403,7 @@ impl RegistryHandle {
     }
 
     /// Logs a final snapshot, returns it, and stops the actor.
-    pub async fn stop(&self) -> Snapshot {
+    pub(crate) async fn stop(&self) -> Snapshot {
         self.ask(|respond_to| RegistryMsg::Stop { respond_to })
             .await
     }
@@ -545,18 +425,18 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
-    /// Registers client `id` and returns the admission, its outbox and its stats.
+    /// Registers client `id` and returns the admission, its inbox and its stats.
     fn register(
         registry: &mut Registry,
         id: u64,
     ) -> (Admission, Receiver<SessionCommand>, Arc<SessionStats>) {
-        let (outbox, inbox) = bounded(1);
+        let (sender, inbox) = bounded(1);
         let stats = Arc::new(SessionStats::default());
         let (respond_to, mut response) = oneshot::channel();
         registry.handle(RegistryMsg::Register {
             id: ClientId(id),
             peer: peer(40000 + id as u16),
-            outbox,
+            inbox: sender,
             stats: stats.clone(),
             respond_to,
         });
@@ -621,34 +501,6 @@ mod tests {
     }
 
     #[test]
-    fn a_broadcast_skips_full_outboxes_and_counts_them() {
-        let mut registry = registry(10);
-        let (_, inbox1, _) = register(&mut registry, 1);
-        let (_, _inbox2, _) = register(&mut registry, 2);
-        let line: Arc<[u8]> = Arc::from(&b"notice: hi\n"[..]);
-        let (respond_to, mut response) = oneshot::channel();
-        registry.handle(RegistryMsg::Broadcast {
-            line: line.clone(),
-            respond_to,
-        });
-        let first = response.try_recv().expect("answered").expect("at once");
-        assert_eq!(first.delivered, 2);
-        // Outboxes hold one notice: client 1 reads its own, client 2 does not.
-        inbox1.try_recv().expect("delivered");
-        let (respond_to, mut response) = oneshot::channel();
-        registry.handle(RegistryMsg::Broadcast { line, respond_to });
-        let second = response.try_recv().expect("answered").expect("at once");
-        assert_eq!(
-            second,
-            BroadcastReport {
-                delivered: 1,
-                dropped: 1
-            }
-        );
-        assert_eq!(registry.snapshot().notices_dropped, 1);
-    }
-
-    #[test]
     fn a_count_waiter_is_answered_when_the_count_is_reached() {
         let mut registry = registry(10);
         register(&mut registry, 1);
@@ -678,25 +530,20 @@ mod tests {
     }
 
     #[test]
-    fn drain_closes_every_outbox_after_what_it_holds_and_later_ones_at_once() {
+    fn drain_closes_every_inbox_after_what_it_holds_and_later_ones_at_once() {
         let mut registry = registry(10);
-        let (_, with_notice, _) = register(&mut registry, 1);
-        let (_, empty, _) = register(&mut registry, 2);
-        let (respond_to, _) = oneshot::channel();
-        registry.handle(RegistryMsg::Broadcast {
-            line: Arc::from(&b"notice: hi\n"[..]),
-            respond_to,
-        });
-        empty.try_recv().expect("the notice");
+        let (_, idle, _) = register(&mut registry, 1);
+        // Client 2 has just sent something, so only client 1 is idle.
+        let later = Instant::now() + Duration::from_secs(61);
+        let (_, busy, busy_stats) = register(&mut registry, 2);
+        busy_stats.received(1, 2, later);
+        registry.close_idle(later);
         let (respond_to, mut response) = oneshot::channel();
         registry.handle(RegistryMsg::Drain { respond_to });
         assert_eq!(response.try_recv(), Ok(Some(())));
-        // A notice already queued is still delivered; then the outbox is closed.
-        assert!(matches!(
-            with_notice.try_recv(),
-            Ok(SessionCommand::Notice { .. })
-        ));
-        assert!(with_notice.is_closed() && empty.is_closed());
+        // A command already queued is still delivered; then the inbox is closed.
+        assert!(matches!(idle.try_recv(), Ok(SessionCommand::CloseIdle)));
+        assert!(idle.is_closed() && busy.is_closed());
         let (_, late, _) = register(&mut registry, 3);
         assert!(late.is_closed());
     }
@@ -721,9 +568,9 @@ mod tests {
             snapshot_interval: Some(Duration::from_millis(1)),
             idle_timeout: Some(Duration::from_millis(1)),
         });
-        let (outbox, _inbox) = bounded(1);
+        let (sender, _inbox) = bounded(1);
         let stats = Arc::new(SessionStats::default());
-        let admission = handle.register(ClientId(1), peer(1), outbox, stats).await;
+        let admission = handle.register(ClientId(1), peer(1), sender, stats).await;
         assert_eq!(admission, Admission::Admitted { clients: 1 });
         handle
             .unregister(ClientId(1), LeaveReason::PeerClosed)

@@ -1,17 +1,18 @@
 //! The session actor: one per client, for the life of its connection.
 //!
-//! Owns the client's socket, its [`Framer`] (read buffer), its reply buffer and
-//! its counters. One task does both directions: read, frame lines, format one
-//! reply per line into the reply buffer, then one write per batch. That task is
-//! the only writer of the socket; the registry reaches the client through the
-//! session's bounded outbox ([`SessionCommand`]), which the same task drains.
+//! Owns the client's [`LineSocket`] (socket and read buffer), its reply
+//! buffer and its counters. One task does both directions: read, frame lines,
+//! format one reply per line into the reply buffer, then one write per batch.
+//! That task is the only writer of the socket; the registry reaches the
+//! client through the session's bounded inbox ([`SessionCommand`]), which the
+//! same task drains.
 //!
 //! A slow reader stalls only its own session: while a write waits for the
 //! socket, the session reads nothing more from that client (backpressure).
 //!
 //! Stops when the client closes or fails, when a line is too long, when the
 //! registry finds the client idle (`SessionCommand::CloseIdle`), or at server
-//! shutdown: when the registry closes the outbox it answers what it has read,
+//! shutdown: when the registry closes the inbox it answers what it has read,
 //! sends the notice and closes; `cut` stops it writing at once. On every path
 //! it tells the registry why it left.
 
@@ -22,55 +23,65 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::poll_fn;
-use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt, select_biased};
+use futures::{FutureExt, StreamExt, select_biased};
 use kv_log_macro::{debug, warn};
 
 use crate::actors::registry::RegistryHandle;
 use crate::messages::{ClientId, LeaveReason, SessionCommand, SessionStats};
-use crate::rt::{Alarm, ReadLoop, Receiver, Socket, within};
+use crate::net::LineSocket;
+use crate::rt::{Alarm, Receiver};
 use crate::shutdown::Shutdown;
-use crate::wire::{self, Framer, ReplyFormatter};
+use crate::wire::{self, ReplyFormatter};
 
-/// Capacity of a session's outbox, in notices. Only the registry writes to it,
-/// and it never waits: a notice to a full outbox is dropped and counted.
-/// Notices are rare, so one is enough; and a one-slot channel is a fraction
-/// of the size of a larger one, which matters with 10 000 idle clients.
-pub const OUTBOX_CAPACITY: usize = 1;
+/// Capacity of a session's inbox, in commands. Only the registry writes to
+/// it, and it never waits: a command that finds the inbox full is tried again
+/// at the next sweep. Commands are rare, so one slot is enough; and a
+/// one-slot channel is a fraction of the size of a larger one, which matters
+/// with many idle clients.
+pub(crate) const INBOX_CAPACITY: usize = 1;
 
-/// The per-session settings, shared by every session of a server.
-#[derive(Debug, Clone)]
+/// The per-session part of the server's configuration; `Default` gives the
+/// CLI's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionConfig {
-    /// Longest accepted message, in bytes.
+    /// Longest accepted message, in bytes (`--max-line`).
     pub max_line: usize,
     /// How long unterminated bytes wait before being taken as one message;
-    /// `None` waits for the newline forever.
+    /// `None` waits for the newline forever (`--fragment-timeout`).
     pub fragment_timeout: Option<Duration>,
 }
 
-/// The server-wide signal a session obeys besides its outbox (whose closing
-/// means "finish up": answer what was read, send the shutdown notice, close).
-#[derive(Debug, Clone)]
-pub struct SessionSignals {
-    /// Stop now, even in the middle of a write.
-    pub cut: Shutdown,
+impl Default for SessionConfig {
+    fn default() -> SessionConfig {
+        SessionConfig {
+            max_line: 64 * 1024,
+            fragment_timeout: Some(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// What every session of one server shares.
+#[derive(Debug)]
+pub(crate) struct SessionContext {
+    pub(crate) registry: RegistryHandle,
+    pub(crate) config: SessionConfig,
+    /// Stop now, even in the middle of a write (the shutdown timeout ran out).
+    pub(crate) cut: Shutdown,
 }
 
 /// One client's actor. Build with [`Session::new`], then `run` it in its own task.
-pub struct Session {
+pub(crate) struct Session {
     id: ClientId,
     peer: SocketAddr,
-    stream: Socket,
-    framer: Framer,
+    socket: LineSocket,
     /// Replies and notices waiting for the next write.
     out: Vec<u8>,
     /// Replies in `out`.
     replies_queued: u64,
     formatter: ReplyFormatter,
     stats: Arc<SessionStats>,
-    outbox: Receiver<SessionCommand>,
-    registry: RegistryHandle,
-    config: Arc<SessionConfig>,
-    signals: SessionSignals,
+    inbox: Receiver<SessionCommand>,
+    context: Arc<SessionContext>,
 }
 
 enum Event {
@@ -80,30 +91,24 @@ enum Event {
 }
 
 impl Session {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         id: ClientId,
         peer: SocketAddr,
-        stream: Socket,
+        socket: LineSocket,
         stats: Arc<SessionStats>,
-        outbox: Receiver<SessionCommand>,
-        registry: RegistryHandle,
-        config: Arc<SessionConfig>,
-        signals: SessionSignals,
+        inbox: Receiver<SessionCommand>,
+        context: Arc<SessionContext>,
     ) -> Session {
         Session {
             id,
             peer,
-            stream,
-            framer: Framer::new(config.max_line),
+            socket,
             out: Vec::new(),
             replies_queued: 0,
-            formatter: ReplyFormatter::new(),
+            formatter: ReplyFormatter::default(),
             stats,
-            outbox,
-            registry,
-            config,
-            signals,
+            inbox,
+            context,
         }
     }
 
@@ -112,7 +117,7 @@ impl Session {
     // the argument, once as the local it is moved into; rust-lang/rust#62958),
     // and this future is most of what an idle client costs.
     #[allow(clippy::manual_async_fn)]
-    pub fn run(mut self) -> impl Future<Output = ()> + Send {
+    pub(crate) fn run(mut self) -> impl Future<Output = ()> + Send {
         async move {
             let served = self.serve().await;
             // What follows runs once per connection, so it is boxed: inline,
@@ -123,17 +128,18 @@ impl Session {
 
     /// Closes the connection as its end requires and tells the registry why.
     async fn leave(self, served: io::Result<LeaveReason>) {
+        let cut = &self.context.cut;
         let reason = match served {
             Ok(reason) => {
                 if !matches!(reason, LeaveReason::PeerClosed) {
                     select_biased! {
-                        _ = self.signals.cut.wait().fuse() => {}
-                        _ = linger_close(&self.stream).fuse() => {}
+                        _ = cut.wait().fuse() => {}
+                        _ = self.socket.linger_close().fuse() => {}
                     }
                 }
                 reason
             }
-            Err(e) if self.signals.cut.is_triggered() => {
+            Err(e) if cut.is_triggered() => {
                 debug!("session cut", { client_id: self.id, error: log::kv::Value::from_display(&e) });
                 LeaveReason::Cut
             }
@@ -146,7 +152,7 @@ impl Session {
                 error: log::kv::Value::from_display(e),
             });
         }
-        self.registry.unregister(self.id, reason).await;
+        self.context.registry.unregister(self.id, reason).await;
     }
 
     async fn serve(&mut self) -> io::Result<LeaveReason> {
@@ -154,22 +160,21 @@ impl Session {
         self.write_or_cut(wire::GREETING).await?;
         let mut fragment_since: Option<Instant> = None;
         // The alarm lives across iterations, so waiting on it registers a
-        // timer only when it is armed, not once per message (the outbox keeps
+        // timer only when it is armed, not once per message (the inbox keeps
         // its listener the same way). It is only armed while a fragment waits;
         // idle clients are found by the registry, so an idle session holds no
         // timer.
         let mut alarm = Alarm::new();
-        let mut reads = ReadLoop::default();
         loop {
             let fragment_deadline = fragment_since
-                .zip(self.config.fragment_timeout)
+                .zip(self.context.config.fragment_timeout)
                 .map(|(since, wait)| since + wait);
             if let Some(deadline) = fragment_deadline {
                 alarm.arm_by(deadline);
             }
             let event = select_biased! {
-                command = next_command(&mut self.outbox).fuse() => Event::Command(command),
-                read = reads.read(&self.stream, self.framer.read_buf()).fuse() => Event::Read(read),
+                command = next_command(&mut self.inbox).fuse() => Event::Command(command),
+                read = self.socket.read().fuse() => Event::Read(read),
                 _ = alarm => Event::Deadline,
             };
             match event {
@@ -180,7 +185,6 @@ impl Session {
                 }
                 Event::Read(Ok(n)) => {
                     let now = Instant::now();
-                    self.framer.filled(n);
                     let queued_before = self.replies_queued;
                     let framed = self.answer_lines();
                     self.stats
@@ -191,20 +195,16 @@ impl Session {
                         warn!("line too long", { client_id: self.id, max_line: max });
                         return Ok(LeaveReason::LineTooLong);
                     }
-                    fragment_since = self.framer.has_fragment().then_some(now);
+                    fragment_since = self.socket.has_fragment().then_some(now);
                     self.flush().await?;
                 }
                 Event::Read(Err(e)) => return Err(e),
-                Event::Command(Some(SessionCommand::Notice { line })) => {
-                    self.out.extend_from_slice(&line);
-                    self.flush().await?;
-                }
                 Event::Command(Some(SessionCommand::CloseIdle)) => {
                     self.out.extend_from_slice(wire::IDLE_TIMEOUT_ERROR);
                     self.flush().await?;
                     return Ok(LeaveReason::IdleTimeout);
                 }
-                // The registry closed our outbox: the server is shutting down.
+                // The registry closed our inbox: the server is shutting down.
                 Event::Command(None) => {
                     self.answer_fragment();
                     self.out.extend_from_slice(wire::SHUTDOWN_NOTICE);
@@ -217,7 +217,7 @@ impl Session {
                     let now = Instant::now();
                     let due = fragment_deadline.is_some_and(|at| at <= now);
                     if let Some(since) = fragment_since.filter(|_| due) {
-                        let messages = u64::from(self.framer.has_fragment());
+                        let messages = u64::from(self.socket.has_fragment());
                         self.answer_fragment();
                         // The client's last input is when the fragment came,
                         // not now: the idle timeout counts from then.
@@ -232,7 +232,7 @@ impl Session {
 
     /// Formats a reply for every complete line buffered.
     fn answer_lines(&mut self) -> Result<(), wire::FrameError> {
-        while let Some(line) = self.framer.next_line() {
+        while let Some(line) = self.socket.next_line() {
             self.formatter.write_reply(&mut self.out, line?);
             self.replies_queued += 1;
         }
@@ -241,7 +241,7 @@ impl Session {
 
     /// Takes buffered unterminated bytes as one message and formats its reply.
     fn answer_fragment(&mut self) {
-        if let Some(fragment) = self.framer.take_fragment() {
+        if let Some(fragment) = self.socket.take_fragment() {
             self.formatter.write_reply(&mut self.out, fragment);
             self.replies_queued += 1;
         }
@@ -264,62 +264,27 @@ impl Session {
 
     /// Writes `bytes` to the client, unless the server cuts it short.
     async fn write_or_cut(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut writer = &self.stream;
         // The write comes first: when it completes at once, as it nearly
         // always does, the cut signal is never even polled.
         select_biased! {
-            written = writer.write_all(bytes).fuse() => written,
-            _ = self.signals.cut.wait().fuse() => {
+            written = self.socket.write_all(bytes).fuse() => written,
+            _ = self.context.cut.wait().fuse() => {
                 Err(io::Error::new(io::ErrorKind::Interrupted, "cut at shutdown timeout"))
             }
         }
     }
 }
 
-/// The next command, or `None` once the registry has closed the outbox.
+/// The next command, or `None` once the registry has closed the inbox.
 ///
-/// Not `outbox.next()`: a closed, empty channel makes that future report
+/// Not `inbox.next()`: a closed, empty channel makes that future report
 /// itself terminated, and `select!` skips terminated futures, so the close
 /// (the shutdown) would never be seen. The receiver keeps its listener across
 /// calls either way.
 fn next_command(
-    outbox: &mut Receiver<SessionCommand>,
+    inbox: &mut Receiver<SessionCommand>,
 ) -> impl Future<Output = Option<SessionCommand>> + '_ {
-    poll_fn(move |cx| outbox.poll_next_unpin(cx))
-}
-
-/// A lingering close waits at most this long for the client's side to go quiet.
-const LINGER_QUIET: Duration = Duration::from_millis(100);
-/// ... and never longer than this in all,
-const LINGER_MAX: Duration = Duration::from_secs(2);
-/// ... nor discards more than this many bytes.
-const LINGER_MAX_BYTES: usize = 1024 * 1024;
-
-/// Closes a connection the server decided to end, so that its last line
-/// arrives: shut down our side, then discard what the client still sends until
-/// it goes quiet, closes, or a bound is hit. Closing with unread input instead
-/// would make the kernel send a reset, which can destroy the last line before
-/// the client reads it.
-pub async fn linger_close(stream: &Socket) {
-    if stream
-        .get_ref()
-        .shutdown(std::net::Shutdown::Write)
-        .is_err()
-    {
-        return;
-    }
-    let started = Instant::now();
-    let mut discarded = 0;
-    // On the heap, and only while lingering: as an array it would sit in every
-    // session's future for the whole connection.
-    let mut scratch = vec![0u8; 4096];
-    let mut reader = stream;
-    while discarded < LINGER_MAX_BYTES && started.elapsed() < LINGER_MAX {
-        match within(LINGER_QUIET, reader.read(&mut scratch)).await {
-            Some(Ok(n)) if n > 0 => discarded += n,
-            _ => break,
-        }
-    }
+    poll_fn(move |cx| inbox.poll_next_unpin(cx))
 }
 
 /// Above this capacity, in bytes, an emptied reply buffer is released, so one
@@ -330,6 +295,7 @@ const OUT_SHRINK_ABOVE: usize = 16 * 1024;
 mod tests {
     use super::*;
     use crate::actors::registry::{Registry, RegistryConfig};
+    use crate::rt::Socket;
 
     /// Most of what an idle client costs the server is its session's future;
     /// docs/performance.md's memory figure depends on it staying small. (Known
@@ -346,21 +312,22 @@ mod tests {
         let addr = listener.local_addr().expect("bound");
         let stream =
             Socket::new(std::net::TcpStream::connect(addr).expect("connect")).expect("register");
-        let (_outbox, mailbox) = crate::rt::bounded(OUTBOX_CAPACITY);
+        let (_sender, inbox) = crate::rt::bounded(INBOX_CAPACITY);
+        let context = Arc::new(SessionContext {
+            registry,
+            config: SessionConfig {
+                max_line: 1024,
+                fragment_timeout: None,
+            },
+            cut: Shutdown::never(),
+        });
         let session = Session::new(
             ClientId(1),
             addr,
-            stream,
+            LineSocket::new(stream, 1024),
             Arc::default(),
-            mailbox,
-            registry,
-            Arc::new(SessionConfig {
-                max_line: 1024,
-                fragment_timeout: None,
-            }),
-            SessionSignals {
-                cut: Shutdown::never(),
-            },
+            inbox,
+            context,
         );
         let future = session.run();
         let size = std::mem::size_of_val(&future);

@@ -31,41 +31,71 @@ use crate::shutdown::Shutdown;
 
 /// Capacity of a connection's inbox, in messages. The supervisor makes one per
 /// interval, so the connection is never more than a few behind.
-pub const CONNECTION_INBOX_CAPACITY: usize = 16;
+const CONNECTION_INBOX_CAPACITY: usize = 16;
 
 /// Jitter applied to exponential backoff delays: ±20 %.
 const JITTER: f64 = 0.2;
 
 /// Starts a connection actor and resolves to its exit.
-pub type StartConnection =
+pub(crate) type StartConnection =
     Box<dyn FnMut(ConnectionStart) -> BoxFuture<'static, ConnectionExit> + Send>;
 
-/// Everything the supervisor is tuned with.
-#[derive(Debug, Clone)]
+/// The supervisor's part of the client's configuration; `Default` gives the
+/// CLI's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SupervisorConfig {
-    /// A new message every interval.
+    /// A new message every interval (`--interval`).
     pub interval: Duration,
-    pub backoff: Backoff,
-    /// Give up after more restarts than this within `restart_window`; `None`: never.
+    /// Delay before a restart, and the start of the growth when
+    /// `backoff_max` is set (`--backoff`).
+    pub backoff: Duration,
+    /// Turns on exponential backoff, with jitter, up to this delay
+    /// (`--backoff-max`).
+    pub backoff_max: Option<Duration>,
+    /// Give up after more restarts than this within `restart_window`;
+    /// `None`: never (`--max-restarts`).
     pub max_restarts: Option<u32>,
+    /// The window `max_restarts` counts restarts in (`--restart-window`).
     pub restart_window: Duration,
-    /// Capacity of the pending queue.
+    /// Capacity of the pending queue (`--max-pending`).
     pub max_pending: usize,
-    /// Stop after this many replies; `None`: run until shutdown.
+    /// Stop after this many replies; `None`: run until shutdown (`--count`).
     pub count: Option<u64>,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> SupervisorConfig {
+        SupervisorConfig {
+            interval: Duration::from_secs(2),
+            backoff: Duration::from_secs(1),
+            backoff_max: None,
+            max_restarts: None,
+            restart_window: Duration::from_secs(60),
+            max_pending: 1000,
+            count: None,
+        }
+    }
 }
 
 /// The delay before each restart: fixed, or doubling up to a maximum with jitter.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     base: Duration,
     max: Option<Duration>,
     current: Duration,
 }
 
 impl Backoff {
+    /// The backoff `config` asks for.
+    fn from_config(config: &SupervisorConfig) -> Backoff {
+        match config.backoff_max {
+            Some(max) => Backoff::exponential(config.backoff, max),
+            None => Backoff::fixed(config.backoff),
+        }
+    }
+
     /// Always `base`.
-    pub fn fixed(base: Duration) -> Backoff {
+    fn fixed(base: Duration) -> Backoff {
         Backoff {
             base,
             max: None,
@@ -74,7 +104,7 @@ impl Backoff {
     }
 
     /// `base`, then doubling up to `max`, each delay jittered by ±20 %.
-    pub fn exponential(base: Duration, max: Duration) -> Backoff {
+    fn exponential(base: Duration, max: Duration) -> Backoff {
         Backoff {
             base,
             max: Some(max.max(base)),
@@ -83,7 +113,7 @@ impl Backoff {
     }
 
     /// The delay before the next restart.
-    pub fn next_delay(&mut self) -> Duration {
+    fn next_delay(&mut self) -> Duration {
         let Some(max) = self.max else {
             return self.base;
         };
@@ -93,7 +123,7 @@ impl Backoff {
     }
 
     /// Back to `base` (a connection got a reply).
-    pub fn reset(&mut self) {
+    fn reset(&mut self) {
         self.current = self.base;
     }
 }
@@ -101,7 +131,9 @@ impl Backoff {
 /// Why the supervisor stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// `--count` replies arrived.
     CountReached,
+    /// Shut down by a signal (or the program's own trigger).
     Shutdown,
     /// More than `max_restarts` restarts within the window.
     GaveUp,
@@ -120,9 +152,11 @@ impl fmt::Display for Outcome {
 /// What the client did, logged once on exit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSummary {
+    /// Why the client stopped.
     pub outcome: Outcome,
     /// Messages written for the first time.
     pub sent: u64,
+    /// Replies received.
     pub replied: u64,
     /// Messages written again on a new connection.
     pub resent: u64,
@@ -135,7 +169,7 @@ pub struct ClientSummary {
 }
 
 /// The supervisor's state.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     config: SupervisorConfig,
     start_connection: StartConnection,
     /// `None` while a connection holds the queue.
@@ -148,10 +182,10 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(config: SupervisorConfig, start_connection: StartConnection) -> Supervisor {
+    pub(crate) fn new(config: SupervisorConfig, start_connection: StartConnection) -> Supervisor {
         Supervisor {
             pending: Some(PendingQueue::new(config.max_pending)),
-            backoff: config.backoff.clone(),
+            backoff: Backoff::from_config(&config),
             next_tick: Instant::now() + config.interval,
             config,
             start_connection,
@@ -162,7 +196,7 @@ impl Supervisor {
     }
 
     /// Supervises connections until the count is reached, shutdown, or giving up.
-    pub async fn run(mut self, shutdown: Shutdown) -> ClientSummary {
+    pub(crate) async fn run(mut self, shutdown: Shutdown) -> ClientSummary {
         let outcome = loop {
             let exit = self.supervise_one(&shutdown).await;
             self.replied += exit.replied;
@@ -311,7 +345,7 @@ impl Supervisor {
 
 /// 13 random lowercase hex digits, like the original client's
 /// `Math.random().toString(16).slice(2)`.
-pub fn random_message() -> String {
+fn random_message() -> String {
     // 52 random bits print as exactly 13 hex digits with zero padding.
     format!("{:013x}", rand::rng().random::<u64>() >> 12)
 }
@@ -328,11 +362,9 @@ mod tests {
     fn config(backoff: Duration) -> SupervisorConfig {
         SupervisorConfig {
             interval: Duration::from_millis(5),
-            backoff: Backoff::fixed(backoff),
-            max_restarts: None,
-            restart_window: Duration::from_secs(60),
+            backoff,
             max_pending: 100,
-            count: None,
+            ..SupervisorConfig::default()
         }
     }
 

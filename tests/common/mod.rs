@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use duplex::actors::connection::LineSink;
-use duplex::actors::registry::RegistryHandle;
-use duplex::actors::supervisor::ClientSummary;
-use duplex::client::{self, ClientConfig};
-use duplex::rt::{JoinHandle, Receiver, TcpStream, bounded, spawn, within};
-use duplex::server::{Server, ServerConfig, ServerSummary};
+use async_std::channel::{Receiver, bounded};
+use async_std::net::TcpStream;
+use async_std::task::{JoinHandle, spawn};
+use duplex::client::{self, ClientConfig, ClientSummary, LineSink};
+use duplex::server::{RegistryHandle, Server, ServerConfig, ServerSummary};
 use duplex::shutdown::{self, ShutdownTrigger};
 use futures::io::BufReader;
 use futures::{AsyncBufReadExt, AsyncWriteExt};
@@ -22,6 +21,11 @@ use futures::{AsyncBufReadExt, AsyncWriteExt};
 /// Upper bound for any single network wait in a test: far above what a
 /// healthy run needs, so a hang fails fast instead of stalling CI.
 pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Runs `fut` to completion unless it takes longer than `limit`.
+pub async fn within<F: std::future::Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    async_std::future::timeout(limit, fut).await.ok()
+}
 
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -36,8 +40,7 @@ impl TestServer {
     }
 
     pub async fn start_on(addr: &str, config: ServerConfig) -> TestServer {
-        let listener = duplex::server::bind(addr).expect("bind loopback");
-        let server = Server::new(listener, config);
+        let server = Server::bind(addr, config).expect("bind loopback");
         let addr = server.local_addr().expect("bound");
         let registry = server.registry();
         let (trigger, shutdown) = shutdown::channel();
@@ -150,7 +153,7 @@ pub fn flood_of_long_lines() -> Vec<u8> {
 pub fn quick_config() -> ServerConfig {
     let mut config = ServerConfig::default();
     config.session.fragment_timeout = Some(Duration::from_millis(50));
-    config.registry_interval = None;
+    config.registry.snapshot_interval = None;
     config.shutdown_timeout = Duration::from_secs(2);
     config
 }

@@ -1,0 +1,135 @@
+//! What a benchmark run measured, as text for people and JSON for scripts.
+
+/// What a run measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BenchReport {
+    /// Connections asked for (`--clients`).
+    pub clients: usize,
+    /// Messages in flight per connection (`--depth`).
+    pub depth: usize,
+    /// Bytes per message (`--size`).
+    pub size: usize,
+    /// Connections that were greeted.
+    pub connected: usize,
+    /// Connections that failed to connect or be greeted in time.
+    pub connect_failures: u64,
+    /// Connections the server closed while measuring.
+    pub disconnects: u64,
+    /// Replies that did not echo the message they answered.
+    pub mismatches: u64,
+    /// Correct replies while measuring.
+    pub replies: u64,
+    /// How long the measurement ran.
+    pub seconds: f64,
+    /// Replies per second.
+    pub rate: f64,
+    /// Median latency, from a message's write to its reply, in microseconds.
+    pub p50_us: f64,
+    /// 99th percentile latency, in microseconds.
+    pub p99_us: f64,
+    /// 99.9th percentile latency, in microseconds.
+    pub p999_us: f64,
+    /// Highest latency, in microseconds.
+    pub max_us: f64,
+    /// Server RSS before connecting and with every client connected, in KiB.
+    pub server_rss_kib: Option<(u64, u64)>,
+    /// The offered load, if paced.
+    pub offered_rate: Option<f64>,
+    /// How busy each CPU of the machine was while measuring, in percent
+    /// (Linux only): shows whether the server or the load generator was the
+    /// bottleneck.
+    pub cpu_busy_pct: Vec<f64>,
+    /// CPU time the server process ran per reply while measuring, in
+    /// microseconds (with `server_pid`, Linux only). Interrupt-time network
+    /// work done on its behalf is not in it.
+    pub server_cpu_us_per_reply: Option<f64>,
+}
+
+impl BenchReport {
+    /// Mismatches, failed connects and dropped connections.
+    pub fn errors(&self) -> u64 {
+        self.mismatches + self.connect_failures + self.disconnects
+    }
+
+    /// One JSON object, for scripts.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (rss_before, rss_connected) = self.server_rss_kib.unzip();
+        serde_json::json!({
+            "clients": self.clients,
+            "depth": self.depth,
+            "size": self.size,
+            "connected": self.connected,
+            "seconds": self.seconds,
+            "replies": self.replies,
+            "rate": self.rate,
+            "p50_us": self.p50_us,
+            "p99_us": self.p99_us,
+            "p999_us": self.p999_us,
+            "max_us": self.max_us,
+            "errors": self.errors(),
+            "mismatches": self.mismatches,
+            "connect_failures": self.connect_failures,
+            "disconnects": self.disconnects,
+            "server_rss_before_kib": rss_before,
+            "server_rss_connected_kib": rss_connected,
+            "offered_rate": self.offered_rate,
+            "cpu_busy_pct": self.cpu_busy_pct,
+            "server_cpu_us_per_reply": self.server_cpu_us_per_reply,
+        })
+    }
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} clients ({} connected), depth {}, {}-byte messages, {:.1} s",
+            self.clients, self.connected, self.depth, self.size, self.seconds
+        )?;
+        write!(f, "replies      {} ({:.0}/s)", self.replies, self.rate)?;
+        match self.offered_rate {
+            Some(offered) => writeln!(f, ", {offered:.0}/s offered")?,
+            None => writeln!(f)?,
+        }
+        writeln!(
+            f,
+            "latency      p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
+            self.p50_us, self.p99_us, self.p999_us, self.max_us
+        )?;
+        if let Some((before, connected)) = self.server_rss_kib {
+            let per_client =
+                (connected.saturating_sub(before) * 1024) as f64 / self.connected.max(1) as f64;
+            writeln!(
+                f,
+                "server RSS   {before} KiB before, {connected} KiB connected ({per_client:.0} B per client)"
+            )?;
+        }
+        if !self.cpu_busy_pct.is_empty() {
+            let cpus: Vec<String> = (self.cpu_busy_pct.iter().enumerate())
+                .map(|(cpu, busy)| format!("cpu{cpu} {busy:.0}%"))
+                .collect();
+            writeln!(f, "CPU busy     {}", cpus.join(", "))?;
+        }
+        if let Some(us) = self.server_cpu_us_per_reply {
+            writeln!(f, "server CPU   {us:.2} us per reply")?;
+        }
+        write!(
+            f,
+            "errors       {} ({} mismatches, {} failed connects, {} dropped connections)",
+            self.errors(),
+            self.mismatches,
+            self.connect_failures,
+            self.disconnects
+        )
+    }
+}
+
+/// The `p`th percentile (nearest rank) of sorted nanosecond samples, in
+/// microseconds; 0 when there are none.
+pub(super) fn percentile_us(sorted_ns: &[u64], p: f64) -> f64 {
+    if sorted_ns.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted_ns.len() as f64).ceil() as usize;
+    sorted_ns[rank.clamp(1, sorted_ns.len()) - 1] as f64 / 1000.0
+}

@@ -1,0 +1,142 @@
+//! The network edge: binding the server's listener, and [`LineSocket`], the
+//! one socket type that the session, the client's connection and the bench
+//! all drive.
+//!
+//! A `LineSocket` owns a TCP connection, its read loop and its line framer,
+//! as mini-redis's `Connection` owns its socket and its buffer: the actors
+//! ask it for lines and hand it bytes to write, and never see how the bytes
+//! are read. (This is where TLS and the PROXY header will go, so that no
+//! actor learns two kinds of stream.)
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use socket2::{Domain, Socket as RawSocket, Type};
+
+use crate::rt::{Listener, ReadLoop, Socket, within};
+use crate::wire::{FrameError, Framer};
+
+/// Connections the kernel queues for the acceptor; it caps this at
+/// `net.core.somaxconn`. std's fixed 128 drops SYNs under a burst of connects,
+/// which clients only retry after a second.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a listener on `addr` (resolved now; the first address that binds
+/// wins), with address reuse and a deep accept backlog.
+pub(crate) fn bind(addr: &str) -> io::Result<Listener> {
+    use std::net::ToSocketAddrs;
+    let mut last_error = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
+    for addr in addr.to_socket_addrs()? {
+        let bound =
+            RawSocket::new(Domain::for_address(addr), Type::STREAM, None).and_then(|socket| {
+                socket.set_reuse_address(true)?;
+                socket.bind(&addr.into())?;
+                socket.listen(LISTEN_BACKLOG)?;
+                Listener::new(std::net::TcpListener::from(socket))
+            });
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = e,
+        }
+    }
+    Err(last_error)
+}
+
+/// A TCP connection that reads `\n`-terminated lines and writes bytes.
+///
+/// Reads go through a [`ReadLoop`] into a [`Framer`]: [`read`](Self::read)
+/// fills the framer, [`next_line`](Self::next_line) takes lines out. Only the
+/// task that owns it writes to it.
+#[derive(Debug)]
+pub(crate) struct LineSocket {
+    socket: Socket,
+    reads: ReadLoop,
+    framer: Framer,
+}
+
+impl LineSocket {
+    /// Wraps an accepted connection; lines longer than `max_line` bytes are
+    /// a framing error.
+    pub(crate) fn new(socket: Socket, max_line: usize) -> LineSocket {
+        LineSocket {
+            socket,
+            reads: ReadLoop::default(),
+            framer: Framer::new(max_line),
+        }
+    }
+
+    /// Connects to `addr`.
+    pub(crate) async fn connect(addr: SocketAddr, max_line: usize) -> io::Result<LineSocket> {
+        Ok(LineSocket::new(Socket::connect(addr).await?, max_line))
+    }
+
+    /// The connection itself, for socket options and addresses.
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        self.socket.get_ref()
+    }
+
+    /// Reads what the peer sent into the framer; `Ok(0)` is the end of its
+    /// stream. Dropped before it completes, it reads nothing.
+    pub(crate) async fn read(&mut self) -> io::Result<usize> {
+        let n = self
+            .reads
+            .read(&self.socket, self.framer.read_buf())
+            .await?;
+        self.framer.filled(n);
+        Ok(n)
+    }
+
+    /// The next complete line read, without its `\n` or `\r\n`; `None` when
+    /// none is buffered. An error is final.
+    pub(crate) fn next_line(&mut self) -> Option<Result<&[u8], FrameError>> {
+        self.framer.next_line()
+    }
+
+    /// Whether unterminated bytes are buffered.
+    pub(crate) fn has_fragment(&self) -> bool {
+        self.framer.has_fragment()
+    }
+
+    /// Hands out the unterminated bytes, verbatim, as one message; call it
+    /// only after [`next_line`](Self::next_line) returned `None`.
+    pub(crate) fn take_fragment(&mut self) -> Option<&[u8]> {
+        self.framer.take_fragment()
+    }
+
+    /// Writes all of `bytes`.
+    pub(crate) async fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        (&self.socket).write_all(bytes).await
+    }
+
+    /// Closes a connection this side decided to end, so that its last line
+    /// arrives: shut down our side, then discard what the peer still sends
+    /// until it goes quiet, closes, or a bound is hit. Closing with unread
+    /// input instead would make the kernel send a reset, which can destroy
+    /// the last line before the peer reads it.
+    pub(crate) async fn linger_close(&self) {
+        if self.tcp().shutdown(std::net::Shutdown::Write).is_err() {
+            return;
+        }
+        let started = Instant::now();
+        let mut discarded = 0;
+        // On the heap, and only while lingering: as an array it would sit in
+        // every session's future for the whole connection.
+        let mut scratch = vec![0u8; 4096];
+        let mut reader = &self.socket;
+        while discarded < LINGER_MAX_BYTES && started.elapsed() < LINGER_MAX {
+            match within(LINGER_QUIET, reader.read(&mut scratch)).await {
+                Some(Ok(n)) if n > 0 => discarded += n,
+                _ => break,
+            }
+        }
+    }
+}
+
+/// A lingering close waits at most this long for the peer's side to go quiet,
+const LINGER_QUIET: Duration = Duration::from_millis(100);
+/// ... and never longer than this in all,
+const LINGER_MAX: Duration = Duration::from_secs(2);
+/// ... nor discards more than this many bytes.
+const LINGER_MAX_BYTES: usize = 1024 * 1024;

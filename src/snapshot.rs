@@ -1,0 +1,60 @@
+//! How a registry snapshot reads in the log: a `registry snapshot` summary
+//! line, then one `registry client` line per client.
+//!
+//! The summary is logged at once. The client lines of a periodic snapshot go
+//! through [`logging::log_in_background`], so sessions keep answering while
+//! a long list is written; the final snapshot, taken when nothing is left to
+//! serve, is written in place and in full. The lines are logged under the
+//! registry's target, so `RUST_LOG` selects them with its other lines.
+
+use std::time::Duration;
+
+use kv_log_macro::{info, warn};
+use log::kv::Value;
+
+use crate::actors::registry::LOG_TARGET;
+use crate::logging::{self, Listing};
+use crate::messages::{ClientInfo, Snapshot};
+
+/// Logs `snapshot`'s summary, and its client lines off the executor.
+pub(crate) fn log(snapshot: Snapshot) {
+    log_summary(&snapshot);
+    if logging::log_in_background(snapshot.clients, log_client) == Listing::Busy {
+        warn!(target: LOG_TARGET, "registry snapshot: client lines skipped, earlier ones are still being written");
+    }
+}
+
+/// Logs `snapshot` in full on the calling thread: for the last one.
+pub(crate) fn log_final(snapshot: &Snapshot) {
+    log_summary(snapshot);
+    logging::log_in_place(&snapshot.clients, log_client);
+}
+
+fn log_summary(snapshot: &Snapshot) {
+    let totals = snapshot.totals;
+    info!(target: LOG_TARGET, "registry snapshot", {
+        clients: snapshot.clients.len(),
+        admitted: snapshot.admitted,
+        rejected: snapshot.rejected,
+        messages_in: totals.messages_in,
+        messages_out: totals.messages_out,
+        bytes_in: totals.bytes_in,
+        bytes_out: totals.bytes_out,
+    });
+}
+
+fn log_client(client: &ClientInfo) {
+    let connected_for = humantime::format_duration(round_ms(client.connected_for));
+    info!(target: LOG_TARGET, "registry client", {
+        client_id: client.id,
+        peer: Value::from_display(&client.peer),
+        connected_for: Value::from_display(&connected_for),
+        messages_in: client.counts.messages_in,
+        messages_out: client.counts.messages_out,
+    });
+}
+
+/// Whole milliseconds, so logged durations read `1m 3s 52ms`, not nanoseconds.
+pub(crate) fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))
+}
