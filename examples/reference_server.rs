@@ -1,7 +1,8 @@
 //! BENCHMARK REFERENCE ONLY: not part of duplex, not for use.
 //!
 //! The simplest hand-written async-std server that sends the same bytes as
-//! duplex (greeting, then one `H:M:S - server reply: <line>` per line): accept,
+//! duplex (greeting, then one `H:M:S - server reply: <line>` per line, both
+//! taken from `duplex::wire`): accept,
 //! spawn a task per client, read lines, reply. No actors, no registry, no
 //! limits, no timeouts, no shutdown. `scripts/bench.sh` runs it beside duplex
 //! to measure what the actor design costs.
@@ -12,14 +13,16 @@ use async_std::io::{BufReader, BufWriter};
 use async_std::net::{TcpListener, TcpStream};
 use async_std::prelude::*;
 use async_std::task;
-use chrono::{Local, Timelike};
+use chrono::Local;
+use duplex::wire;
 
 async fn serve(stream: TcpStream) -> std::io::Result<()> {
     let mut reader = BufReader::new(&stream);
     let mut writer = BufWriter::new(&stream);
-    writer.write_all(b"Hello\n").await?;
+    writer.write_all(wire::GREETING).await?;
     writer.flush().await?;
     let mut line = Vec::new();
+    let mut stamp = Vec::new();
     loop {
         line.clear();
         if reader.read_until(b'\n', &mut line).await? == 0 {
@@ -31,14 +34,9 @@ async fn serve(stream: TcpStream) -> std::io::Result<()> {
         if line.ends_with(b"\r") {
             line.pop();
         }
-        let now = Local::now();
-        let stamp = format!(
-            "{}:{}:{} - server reply: ",
-            now.hour(),
-            now.minute(),
-            now.second()
-        );
-        writer.write_all(stamp.as_bytes()).await?;
+        stamp.clear();
+        wire::write_prefix(&mut stamp, &Local::now());
+        writer.write_all(&stamp).await?;
         writer.write_all(&line).await?;
         writer.write_all(b"\n").await?;
         // Flush once the lines already read are answered: one write per batch.

@@ -1,22 +1,18 @@
 //! The registry actor: the server's client table, and what follows from it.
 //!
 //! Owns, per client: id, peer address, connection time, the sender of the
-//! session's inbox and the counters the session bumps itself. The acceptor
-//! asks it to admit each new client (the client cap lives here, beside the
-//! count); sessions tell it when they leave. It logs every join and leave, and
-//! a snapshot every `--registry-interval` and on request (SIGUSR1), through
-//! [`crate::snapshot`]. It also finds idle clients, from the last-input time
-//! in their counters, and tells their sessions to close: one periodic sweep
-//! instead of a timer per session.
+//! session's inbox and the counters the session bumps itself (so it is never
+//! on the per-message path). The acceptor asks it to admit each new client
+//! (the cap lives here, beside the count); sessions tell it when they leave.
+//! It logs every join and leave, and a snapshot every `--registry-interval`
+//! and on SIGUSR1 (through [`crate::snapshot`]). One periodic sweep finds
+//! idle clients, from the last-input time in their counters, and tells their
+//! sessions to close.
 //!
-//! It is never on the per-message path: sessions count their own traffic in
-//! shared atomics, which the registry reads only when it reports.
-//!
-//! At shutdown, [`RegistryMsg::Drain`] closes every session's inbox, which is
-//! how sessions learn to finish up: a session waits on its inbox anyway, so
-//! it needs no separate signal. It stops on [`RegistryMsg::Stop`], after
-//! logging a final snapshot; the server sends that last, once every session
-//! has left or been cut.
+//! At shutdown, [`RegistryMsg::Drain`] closes every session's inbox, which a
+//! session waits on anyway: that is how it learns to finish up. The registry
+//! stops on [`RegistryMsg::Stop`], which the server sends last, after logging
+//! a final snapshot.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -87,6 +83,7 @@ struct Entry {
 }
 
 /// The actor's state. Its logic is the synchronous [`Registry::handle`].
+#[derive(Default)]
 pub(crate) struct Registry {
     config: RegistryConfig,
     clients: HashMap<ClientId, Entry>,
@@ -110,12 +107,7 @@ impl Registry {
     fn new(config: RegistryConfig) -> Registry {
         Registry {
             config,
-            clients: HashMap::new(),
-            departed: Counts::default(),
-            admitted: 0,
-            rejected: 0,
-            waiters: Vec::new(),
-            draining: false,
+            ..Registry::default()
         }
     }
 
@@ -322,11 +314,8 @@ impl Registry {
     }
 }
 
-/// The way into a server's registry: the acceptor, the sessions and the
-/// server use it, and so can a program that runs a [`Server`], to read the
-/// client list or wait for a count.
-///
-/// [`Server`]: crate::server::Server
+/// The way into a server's registry, for the acceptor, the sessions, the
+/// server, and a program that runs a [`Server`](crate::server::Server).
 #[derive(Clone, Debug)]
 pub struct RegistryHandle {
     inbox: Sender<RegistryMsg>,
