@@ -155,7 +155,8 @@ fn spawn_listing_thread() -> Option<SyncSender<ListingJob>> {
     match spawned {
         Ok(_) => Some(listings),
         Err(e) => {
-            warn!("no thread for long listings; they will be skipped", {
+            // Its only listings today are snapshots' client lines.
+            warn!("no thread for snapshot client lines; they will be skipped", {
                 error: log::kv::Value::from_display(&e),
             });
             None
