@@ -4,13 +4,16 @@
 //! The summary is logged at once. The client lines of a periodic snapshot go
 //! through [`logging::log_in_background`], so sessions keep answering while
 //! a long list is written; the final snapshot, taken when nothing is left to
-//! serve, is written in place and in full. The lines are logged under the
-//! registry's target, so `RUST_LOG` selects them with its other lines.
+//! serve, is written in place and in full.
+//!
+//! The lines are logged under the registry's target, so that they read and
+//! filter (`RUST_LOG=duplex::actors::registry=...`) as the registry's other
+//! lines do. That takes `log`'s own macros: kv-log-macro's ignore an explicit
+//! target when key/values follow.
 
 use std::time::Duration;
 
-use kv_log_macro::{info, warn};
-use log::kv::Value;
+use log::{info, warn};
 
 use crate::actors::registry::LOG_TARGET;
 use crate::logging::{self, Listing};
@@ -32,26 +35,30 @@ pub(crate) fn log_final(snapshot: &Snapshot) {
 
 fn log_summary(snapshot: &Snapshot) {
     let totals = snapshot.totals;
-    info!(target: LOG_TARGET, "registry snapshot", {
-        clients: snapshot.clients.len(),
-        admitted: snapshot.admitted,
-        rejected: snapshot.rejected,
-        messages_in: totals.messages_in,
-        messages_out: totals.messages_out,
-        bytes_in: totals.bytes_in,
-        bytes_out: totals.bytes_out,
-    });
+    info!(
+        target: LOG_TARGET,
+        clients = snapshot.clients.len(),
+        admitted = snapshot.admitted,
+        rejected = snapshot.rejected,
+        messages_in = totals.messages_in,
+        messages_out = totals.messages_out,
+        bytes_in = totals.bytes_in,
+        bytes_out = totals.bytes_out;
+        "registry snapshot"
+    );
 }
 
 fn log_client(client: &ClientInfo) {
     let connected_for = humantime::format_duration(round_ms(client.connected_for));
-    info!(target: LOG_TARGET, "registry client", {
-        client_id: client.id,
-        peer: Value::from_display(&client.peer),
-        connected_for: Value::from_display(&connected_for),
-        messages_in: client.counts.messages_in,
-        messages_out: client.counts.messages_out,
-    });
+    info!(
+        target: LOG_TARGET,
+        client_id = client.id,
+        peer:% = client.peer,
+        connected_for:% = connected_for,
+        messages_in = client.counts.messages_in,
+        messages_out = client.counts.messages_out;
+        "registry client"
+    );
 }
 
 /// Whole milliseconds, so logged durations read `1m 3s 52ms`, not nanoseconds.
