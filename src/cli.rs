@@ -68,6 +68,11 @@ pub(crate) struct Cli {
     #[arg(long, default_value = "200ms", value_parser = duration, value_name = "DURATION", help_heading = "Server options")]
     fragment_timeout: Duration,
 
+    /// A client that takes none of the bytes written to it for this long is
+    /// cut off (reset), whatever the server was writing; 0 turns this off.
+    #[arg(long, default_value = "30s", value_parser = duration, value_name = "DURATION", help_heading = "Server options")]
+    write_timeout: Duration,
+
     /// Clients connected at once; one more gets an error and is closed.
     #[arg(long, default_value_t = 10_000, value_parser = positive_usize, help_heading = "Server options")]
     max_clients: usize,
@@ -226,6 +231,7 @@ impl Cli {
             session: SessionConfig {
                 max_line: self.max_line,
                 fragment_timeout: nonzero(self.fragment_timeout),
+                write_timeout: nonzero(self.write_timeout),
             },
             registry: RegistryConfig {
                 max_clients: self.max_clients,

@@ -152,6 +152,8 @@ pub(crate) enum LeaveReason {
     ServerShutdown,
     /// The server's shutdown timeout ran out while this session was still writing.
     Cut,
+    /// The client took none of our bytes for `--write-timeout`; it was reset.
+    WriteTimeout,
 }
 
 impl fmt::Display for LeaveReason {
@@ -163,6 +165,7 @@ impl fmt::Display for LeaveReason {
             LeaveReason::IdleTimeout => f.write_str("idle timeout"),
             LeaveReason::ServerShutdown => f.write_str("server shutdown"),
             LeaveReason::Cut => f.write_str("cut at shutdown timeout"),
+            LeaveReason::WriteTimeout => f.write_str("write timeout"),
         }
     }
 }

@@ -110,6 +110,18 @@ impl LineSocket {
         (&self.socket).write_all(bytes).await
     }
 
+    /// Writes some of `bytes`, as soon as the socket takes any; how many.
+    pub(crate) async fn write(&self, bytes: &[u8]) -> io::Result<usize> {
+        (&self.socket).write(bytes).await
+    }
+
+    /// Makes the close that comes when this is dropped a reset: nothing
+    /// unsent lingers in the kernel for a peer that does not read.
+    pub(crate) fn reset_on_close(&self) {
+        // If it cannot be set, the close is an ordinary one.
+        let _ = socket2::SockRef::from(self.tcp()).set_linger(Some(Duration::ZERO));
+    }
+
     /// Closes a connection this side decided to end, so that its last line
     /// arrives: shut down our side, then discard what the peer still sends
     /// until it goes quiet, closes, or a bound is hit. Closing with unread

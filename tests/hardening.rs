@@ -79,6 +79,93 @@ async fn a_client_that_never_reads_is_held_back_and_costs_others_nothing() {
         .expect("the server closing the connection ends the pusher");
 }
 
+/// A client that writes long lines without reading until the server stops
+/// taking them (its session is stuck writing replies nobody reads), then
+/// stops writing too.
+struct StuckClient {
+    stream: TcpStream,
+    /// The fill ended because the server reset the connection.
+    reset_while_writing: bool,
+}
+
+impl StuckClient {
+    async fn connect(addr: std::net::SocketAddr) -> StuckClient {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let chunk = common::flood_of_long_lines();
+        for _ in 0..(256 * 1024 * 1024 / chunk.len()) {
+            match within(Duration::from_millis(100), stream.write_all(&chunk)).await {
+                Some(Ok(())) => {}
+                // Stalled: the server stopped reading from us.
+                None => {
+                    return StuckClient {
+                        stream,
+                        reset_while_writing: false,
+                    };
+                }
+                Some(Err(e)) => {
+                    let reset = e.kind() == std::io::ErrorKind::ConnectionReset;
+                    return StuckClient {
+                        stream,
+                        reset_while_writing: reset,
+                    };
+                }
+            }
+        }
+        panic!("the server kept reading from a client that never reads");
+    }
+
+    /// Whether the server reset the connection (rather than closing it with
+    /// a FIN): reads what is left until the connection ends.
+    async fn was_reset(mut self) -> bool {
+        if self.reset_while_writing {
+            return true;
+        }
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match within(PATIENCE, self.stream.read(&mut buf)).await {
+                Some(Ok(0)) => return false,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+                None => panic!("the connection never ended"),
+            }
+        }
+    }
+}
+
+#[async_std::test]
+async fn a_client_that_stops_reading_is_cut_at_the_write_timeout_and_frees_its_slot() {
+    let mut config = quick_config();
+    config.registry.max_clients = 1;
+    config.registry.idle_timeout = None;
+    config.session.write_timeout = Some(Duration::from_millis(300));
+    let server = TestServer::start(config).await;
+    let hog = StuckClient::connect(server.addr).await;
+    // Without the write timeout this wait would never end: the session stays
+    // stuck writing, and the server stays full.
+    server.wait_for_clients(0).await;
+    let mut next = Peer::greeted(server.addr).await;
+    next.send(b"the slot is free\n").await;
+    assert_eq!(next.reply().await, b"the slot is free");
+    assert!(hog.was_reset().await, "cut with a reset, not a FIN");
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn the_idle_timeout_closes_a_client_stuck_in_a_write() {
+    let mut config = quick_config();
+    config.registry.max_clients = 1;
+    config.registry.idle_timeout = Some(Duration::from_millis(300));
+    config.session.write_timeout = None;
+    let server = TestServer::start(config).await;
+    let hog = StuckClient::connect(server.addr).await;
+    server.wait_for_clients(0).await;
+    let mut next = Peer::greeted(server.addr).await;
+    next.send(b"served\n").await;
+    assert_eq!(next.reply().await, b"served");
+    assert!(hog.was_reset().await, "cut with a reset, not a FIN");
+    server.stop().await;
+}
+
 #[async_std::test]
 async fn after_thousands_of_connects_closes_and_resets_the_registry_is_empty() {
     const CONNECTIONS: usize = 2000;

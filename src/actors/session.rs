@@ -49,6 +49,9 @@ pub struct SessionConfig {
     /// How long unterminated bytes wait before being taken as one message;
     /// `None` waits for the newline forever (`--fragment-timeout`).
     pub fragment_timeout: Option<Duration>,
+    /// How long a write may wait for the client to take any of its bytes
+    /// before the client is cut off; `None` waits forever (`--write-timeout`).
+    pub write_timeout: Option<Duration>,
 }
 
 impl Default for SessionConfig {
@@ -56,6 +59,7 @@ impl Default for SessionConfig {
         SessionConfig {
             max_line: 64 * 1024,
             fragment_timeout: Some(Duration::from_millis(200)),
+            write_timeout: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -130,6 +134,16 @@ impl Session {
     async fn leave(self, served: io::Result<LeaveReason>) {
         let cut = &self.context.cut;
         let reason = match served {
+            Err(e) if is_stalled(&e) => {
+                // Nothing more can reach this client: reset, do not linger.
+                self.socket.reset_on_close();
+                warn!("client not reading: cut", {
+                    client_id: self.id,
+                    peer: log::kv::Value::from_display(&self.peer),
+                    error: log::kv::Value::from_display(&e),
+                });
+                stalled_reason(&e)
+            }
             Ok(reason) => {
                 if !matches!(reason, LeaveReason::PeerClosed) {
                     select_biased! {
@@ -252,7 +266,11 @@ impl Session {
         if self.out.is_empty() {
             return Ok(());
         }
-        self.write_or_cut(&self.out).await?;
+        // Taken out for the write, which needs the session (its inbox).
+        let out = std::mem::take(&mut self.out);
+        let written = self.write_or_cut(&out).await;
+        self.out = out;
+        written?;
         self.stats.sent(self.replies_queued, self.out.len() as u64);
         self.replies_queued = 0;
         self.out.clear();
@@ -262,16 +280,119 @@ impl Session {
         Ok(())
     }
 
-    /// Writes `bytes` to the client, unless the server cuts it short.
-    async fn write_or_cut(&self, bytes: &[u8]) -> io::Result<()> {
-        // The write comes first: when it completes at once, as it nearly
-        // always does, the cut signal is never even polled.
-        select_biased! {
-            written = self.socket.write_all(bytes).fuse() => written,
-            _ = self.context.cut.wait().fuse() => {
-                Err(io::Error::new(io::ErrorKind::Interrupted, "cut at shutdown timeout"))
-            }
+    /// Writes `bytes` to the client, unless the server cuts it short, the
+    /// client takes none of them for the write timeout, or the registry finds
+    /// it idle meanwhile (a client that neither sends nor reads is idle too).
+    async fn write_or_cut(&mut self, bytes: &[u8]) -> io::Result<()> {
+        // Nearly every write completes at once. The wait for a client that
+        // is slow to take its bytes is boxed, so its state (a timer among it)
+        // does not sit in every idle session's future.
+        let written = match self.socket.write(bytes).now_or_never() {
+            Some(n) => n?,
+            None => 0,
+        };
+        if written == bytes.len() {
+            return Ok(());
         }
+        Box::pin(self.write_slowly(&bytes[written..])).await
+    }
+
+    /// The rest of [`write_or_cut`](Self::write_or_cut): every write must
+    /// make progress within the write timeout.
+    async fn write_slowly(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut written = 0;
+        while written < bytes.len() {
+            let config = &self.context.config;
+            let n = select_biased! {
+                n = self.socket.write(&bytes[written..]).fuse() => n?,
+                _ = self.context.cut.wait().fuse() => {
+                    return Err(io::Error::new(io::ErrorKind::Interrupted, "cut at shutdown timeout"));
+                }
+                _ = sleep_for(config.write_timeout).fuse() => {
+                    return Err(Stalled::NotReading.into_error(config.write_timeout));
+                }
+                command = idle_command(&mut self.inbox).fuse() => match command {
+                    SessionCommand::CloseIdle => {
+                        return Err(Stalled::Idle.into_error(config.write_timeout));
+                    }
+                },
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            written += n;
+        }
+        Ok(())
+    }
+}
+
+/// Why a write to a client was given up: the client is cut off with a reset.
+#[derive(Debug, Clone, Copy)]
+enum Stalled {
+    /// It took none of the bytes for the write timeout.
+    NotReading,
+    /// The registry found it idle while the write waited.
+    Idle,
+}
+
+impl Stalled {
+    fn into_error(self, write_timeout: Option<Duration>) -> io::Error {
+        let text = match (self, write_timeout) {
+            (Stalled::NotReading, Some(limit)) => format!(
+                "took no bytes for the write timeout ({})",
+                humantime::format_duration(limit)
+            ),
+            _ => "idle, and not taking the bytes written to it".to_owned(),
+        };
+        io::Error::new(io::ErrorKind::TimedOut, StalledError { why: self, text })
+    }
+}
+
+/// The error a stalled write ends with, so that `leave` can tell it apart.
+#[derive(Debug)]
+struct StalledError {
+    why: Stalled,
+    text: String,
+}
+
+impl std::fmt::Display for StalledError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for StalledError {}
+
+fn is_stalled(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<StalledError>())
+}
+
+fn stalled_reason(e: &io::Error) -> LeaveReason {
+    let why = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<StalledError>())
+        .map(|stalled| stalled.why);
+    match why {
+        Some(Stalled::Idle) => LeaveReason::IdleTimeout,
+        _ => LeaveReason::WriteTimeout,
+    }
+}
+
+/// Completes after `limit`, or never when there is none.
+async fn sleep_for(limit: Option<Duration>) {
+    match limit {
+        Some(limit) => crate::rt::sleep(limit).await,
+        None => futures::future::pending().await,
+    }
+}
+
+/// A command that ends the session even in the middle of a write. The inbox
+/// closing (the server's drain) does not: a session finishes its writes then,
+/// and the shutdown timeout's `cut` bounds them.
+async fn idle_command(inbox: &mut Receiver<SessionCommand>) -> SessionCommand {
+    match next_command(inbox).await {
+        Some(command) => command,
+        None => futures::future::pending().await,
     }
 }
 
@@ -317,7 +438,7 @@ mod tests {
             registry,
             config: SessionConfig {
                 max_line: 1024,
-                fragment_timeout: None,
+                ..SessionConfig::default()
             },
             cut: Shutdown::never(),
         });
