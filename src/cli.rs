@@ -43,7 +43,7 @@ pub(crate) enum Role {
 #[derive(Debug, Parser)]
 #[command(name = "duplex", version, max_term_width = 100)]
 pub(crate) struct Cli {
-    /// Run as the server or as a client.
+    /// Which part to run: the server, a client, or the load generator (bench).
     #[arg(long, value_enum)]
     pub(crate) role: Role,
 
