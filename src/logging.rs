@@ -80,14 +80,17 @@ pub fn init(format: LogFormat) -> LogWriter {
 }
 
 /// What became of a listing handed to [`log_in_background`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Listing {
     /// Its lines are being written.
     Queued,
     /// Skipped: earlier listings are still being written.
     Busy,
-    /// Skipped: the listing thread could not be started (that was logged).
-    NoThread,
+    /// Skipped: the listing thread could not be started, for this reason
+    /// (said once, for the first listing; the caller logs it).
+    NoThread(io::Error),
+    /// Skipped: the listing thread could not be started (said before).
+    StillNoThread,
 }
 
 /// Listings waiting for the listing thread besides the one it is writing.
@@ -104,13 +107,20 @@ type ListingJob = Box<dyn FnOnce() + Send>;
 /// held in memory without bound.
 pub(crate) fn log_in_background<T: Send + 'static>(items: Vec<T>, log_one: fn(&T)) -> Listing {
     static LISTINGS: OnceLock<Option<SyncSender<ListingJob>>> = OnceLock::new();
-    let Some(listings) = LISTINGS.get_or_init(spawn_listing_thread) else {
-        return Listing::NoThread;
+    let mut failed = None;
+    let listings =
+        LISTINGS.get_or_init(|| spawn_listing_thread().map_err(|e| failed = Some(e)).ok());
+    if let Some(e) = failed {
+        return Listing::NoThread(e);
+    }
+    let Some(listings) = listings else {
+        return Listing::StillNoThread;
     };
     match listings.try_send(Box::new(move || log_in_place(&items, log_one))) {
         Ok(()) => Listing::Queued,
         Err(TrySendError::Full(_)) => Listing::Busy,
-        Err(TrySendError::Disconnected(_)) => Listing::NoThread,
+        // The thread only ends if a listing panicked in it.
+        Err(TrySendError::Disconnected(_)) => Listing::StillNoThread,
     }
 }
 
@@ -130,7 +140,7 @@ pub(crate) fn log_in_place<T>(items: &[T], log_one: fn(&T)) {
 /// A thread, not a task, and at the lowest priority (`SCHED_IDLE`): a long
 /// listing takes tens of milliseconds of CPU and waits whenever the log queue
 /// is half full, and neither may hold up the executor.
-fn spawn_listing_thread() -> Option<SyncSender<ListingJob>> {
+fn spawn_listing_thread() -> io::Result<SyncSender<ListingJob>> {
     let (listings, queue) = sync_channel::<ListingJob>(LISTINGS_QUEUED);
     let spawned = std::thread::Builder::new()
         .name("duplex-listing".into())
@@ -152,16 +162,7 @@ fn spawn_listing_thread() -> Option<SyncSender<ListingJob>> {
                 listing();
             }
         });
-    match spawned {
-        Ok(_) => Some(listings),
-        Err(e) => {
-            // Its only listings today are snapshots' client lines.
-            warn!("no thread for snapshot client lines; they will be skipped", {
-                error: log::kv::Value::from_display(&e),
-            });
-            None
-        }
-    }
+    spawned.map(|_| listings)
 }
 
 /// Waits, if the log queue is over half full, until the writer thread has

@@ -3,9 +3,10 @@
 //!
 //! Server side: the acceptor and sessions talk to the registry
 //! ([`RegistryMsg`]); the registry talks to sessions through their inboxes
-//! ([`SessionCommand`]), and closes those inboxes to start the shutdown. Client side: the supervisor hands each connection a
-//! [`ConnectionStart`], feeds it [`ConnectionMsg`]s, and gets a
-//! [`ConnectionExit`] back when it ends.
+//! ([`SessionCommand`]), and closes those inboxes to start the shutdown.
+//! Client side: the supervisor hands each connection a [`ConnectionStart`],
+//! feeds it [`ConnectionMsg`]s, and gets a [`ConnectionExit`] back when it
+//! ends.
 
 use std::fmt;
 use std::io;
@@ -39,7 +40,8 @@ impl log::kv::ToValue for ClientId {
 }
 
 /// Counters a session bumps itself, once per batch of lines; the registry only
-/// reads them (an `Arc` of them travels in [`RegistryMsg::Register`]). This is what keeps the registry off the per-message path.
+/// reads them (an `Arc` of them travels in [`RegistryMsg::Register`]). This is
+/// what keeps the registry off the per-message path.
 ///
 /// They also record when the client last sent anything, which is how the
 /// registry finds idle clients without a timer per session.

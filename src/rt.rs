@@ -47,7 +47,7 @@ where
 
 /// Completes at `deadline`, or never when there is none.
 ///
-/// Actors race this against their mailboxes and sockets, so a missing deadline
+/// Actors race this against their inboxes and sockets, so a missing deadline
 /// must simply never win the race.
 pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {

@@ -2,9 +2,9 @@
 //! shutdown (a second one exits at once), SIGUSR1 asks the registry to log a
 //! snapshot.
 //!
-//! signal-hook's own thread waits for the signals, so this part of the binary
-//! needs no async runtime: firing the shutdown trigger and asking the registry
-//! for a snapshot never wait.
+//! A thread of its own (`duplex-signals`) waits in signal-hook's blocking
+//! iterator, so this part of the binary needs no async runtime: firing the
+//! shutdown trigger and asking the registry for a snapshot never wait.
 
 use std::io;
 

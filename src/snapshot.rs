@@ -22,8 +22,17 @@ use crate::messages::{ClientInfo, Snapshot};
 /// Logs `snapshot`'s summary, and its client lines off the executor.
 pub(crate) fn log(snapshot: Snapshot) {
     log_summary(&snapshot);
-    if logging::log_in_background(snapshot.clients, log_client) == Listing::Busy {
-        warn!(target: LOG_TARGET, "registry snapshot: client lines skipped, earlier ones are still being written");
+    match logging::log_in_background(snapshot.clients, log_client) {
+        Listing::Queued | Listing::StillNoThread => {}
+        Listing::Busy => warn!(
+            target: LOG_TARGET,
+            "registry snapshot: client lines skipped, earlier ones are still being written"
+        ),
+        Listing::NoThread(e) => warn!(
+            target: LOG_TARGET,
+            error:% = e;
+            "no thread for snapshot client lines; they will be skipped"
+        ),
     }
 }
 

@@ -10,9 +10,9 @@
 //! sessions to close.
 //!
 //! At shutdown, [`RegistryMsg::Drain`] closes every session's inbox, which a
-//! session waits on anyway: that is how it learns to finish up. The registry
-//! stops on [`RegistryMsg::Stop`], which the server sends last, after logging
-//! a final snapshot.
+//! session waits on anyway: that is how it learns to finish up. The server
+//! sends [`RegistryMsg::Stop`] last; the registry logs a final snapshot and
+//! stops.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
