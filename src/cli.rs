@@ -51,7 +51,7 @@ pub(crate) struct Cli {
     /// to accept other hosts]. Client: host:port to connect to, every resolved
     /// address tried in turn [default: localhost:8000]. Bench: the server to
     /// load [default: 127.0.0.1:8000].
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", value_parser = host_port)]
     addr: Option<String>,
 
     /// Log format on stderr.
@@ -60,17 +60,17 @@ pub(crate) struct Cli {
 
     /// Longest message accepted, in bytes; a longer line gets an error and the
     /// connection is closed.
-    #[arg(long, default_value_t = 65536, value_parser = positive_usize, help_heading = "Server options")]
+    #[arg(long, default_value_t = 65536, value_parser = max_line, help_heading = "Server options")]
     max_line: usize,
 
     /// Bytes left without a newline for this long are taken as one message
     /// (for peers that do not end their messages with "\n"); 0 turns this off.
-    #[arg(long, default_value = "200ms", value_parser = duration, value_name = "DURATION", help_heading = "Server options")]
+    #[arg(long, default_value = "200ms", value_parser = duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
     fragment_timeout: Duration,
 
     /// A client that takes none of the bytes written to it for this long is
     /// cut off (reset), whatever the server was writing; 0 turns this off.
-    #[arg(long, default_value = "30s", value_parser = duration, value_name = "DURATION", help_heading = "Server options")]
+    #[arg(long, default_value = "30s", value_parser = duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
     write_timeout: Duration,
 
     /// Clients connected at once; one more gets an error and is closed.
@@ -78,39 +78,39 @@ pub(crate) struct Cli {
     max_clients: usize,
 
     /// A client that sends nothing for this long is closed; 0 turns this off.
-    #[arg(long, default_value = "5m", value_parser = duration, value_name = "DURATION", help_heading = "Server options")]
+    #[arg(long, default_value = "5m", value_parser = duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
     idle_timeout: Duration,
 
     /// How often the registry logs its client list; 0 turns this off
     /// (SIGUSR1 still logs it on demand).
-    #[arg(long, default_value = "30s", value_parser = duration, value_name = "DURATION", help_heading = "Server options")]
+    #[arg(long, default_value = "30s", value_parser = duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
     registry_interval: Duration,
 
     /// On Ctrl-C/SIGTERM, how long clients get to receive their last replies
     /// before they are cut off.
-    #[arg(long, default_value = "5s", value_parser = duration, value_name = "DURATION", help_heading = "Server options")]
+    #[arg(long, default_value = "5s", value_parser = duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
     shutdown_timeout: Duration,
 
     /// Time between messages.
-    #[arg(long, default_value = "2s", value_parser = positive_duration, value_name = "DURATION", help_heading = "Client options")]
+    #[arg(long, default_value = "2s", value_parser = positive_duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Client options")]
     interval: Duration,
 
     /// Wait before reconnecting after a connection ends.
-    #[arg(long, default_value = "1s", value_parser = duration, value_name = "DURATION", help_heading = "Client options")]
+    #[arg(long, default_value = "1s", value_parser = positive_duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Client options")]
     backoff: Duration,
 
     /// Turns on exponential backoff: each failed reconnect doubles the wait,
     /// up to this, with ±20% jitter; a reply resets it [default: off, fixed backoff].
-    #[arg(long, value_parser = duration, value_name = "DURATION", help_heading = "Client options")]
+    #[arg(long, value_parser = duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Client options")]
     backoff_max: Option<Duration>,
 
     /// Limit for lookup, connect and writes; with messages unanswered, a
     /// connection silent this long is declared dead and restarted.
-    #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DURATION", help_heading = "Client options")]
+    #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Client options")]
     timeout: Duration,
 
     /// Exit with code 0 after this many replies [default: run until stopped].
-    #[arg(long, value_name = "N", help_heading = "Client options")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Client options")]
     count: Option<u64>,
 
     /// Unanswered messages kept for resending after a reconnect; when full the
@@ -124,7 +124,7 @@ pub(crate) struct Cli {
     max_restarts: Option<u32>,
 
     /// The window --max-restarts counts restarts in.
-    #[arg(long, default_value = "60s", value_parser = positive_duration, value_name = "DURATION", help_heading = "Client options")]
+    #[arg(long, default_value = "60s", value_parser = positive_duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Client options")]
     restart_window: Duration,
 
     /// Connections to open.
@@ -132,7 +132,7 @@ pub(crate) struct Cli {
     clients: usize,
 
     /// How long to measure, once every connection is greeted.
-    #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DURATION", help_heading = "Bench options")]
+    #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Bench options")]
     duration: Duration,
 
     /// Messages in flight per connection; 0 holds the connections idle (to
@@ -203,6 +203,14 @@ impl Cli {
                 matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine);
             (given && *owner != cli.role).then(|| (arg.get_long().unwrap_or_default(), *owner))
         });
+        if let (Some(max), true) = (cli.backoff_max, cli.role == Role::Client) {
+            if max < cli.backoff {
+                return Err(command.error(
+                    ErrorKind::ValueValidation,
+                    "--backoff-max must be at least --backoff",
+                ));
+            }
+        }
         if let Some((flag, owner)) = wrong_role {
             let role = owner
                 .to_possible_value()
@@ -282,7 +290,34 @@ fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
+/// `HOST:PORT`, with a port number; the host is resolved when it is used.
+fn host_port(text: &str) -> Result<String, String> {
+    let port = text
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.is_empty())
+        .map(|(_, port)| port);
+    match port.map(str::parse::<u16>) {
+        Some(Ok(_)) => Ok(text.to_owned()),
+        Some(Err(_)) => Err("the port must be a number from 0 to 65535".into()),
+        None => Err("expected HOST:PORT, such as 127.0.0.1:8000 or [::1]:8000".into()),
+    }
+}
+
+/// Longest `--max-line`, in bytes: each client may buffer this much, so a
+/// larger value would let a few clients take the server's memory.
+const MAX_LINE_LIMIT: usize = 64 << 20;
+
+fn max_line(text: &str) -> Result<usize, String> {
+    match positive_usize(text)? {
+        n if n > MAX_LINE_LIMIT => Err(format!("must be at most {MAX_LINE_LIMIT} (64 MiB)")),
+        n => Ok(n),
+    }
+}
+
 fn duration(text: &str) -> Result<Duration, String> {
+    if text.trim_start().starts_with('-') {
+        return Err("a duration cannot be negative".into());
+    }
     humantime::parse_duration(text)
         .map_err(|e| format!("{e} (expected a duration such as 2s, 500ms or 5m)"))
 }
@@ -364,6 +399,21 @@ mod tests {
     }
 
     #[test]
+    fn addresses_take_host_and_port_and_durations_say_why_they_fail() {
+        for addr in [
+            "127.0.0.1:8000",
+            "[::1]:8000",
+            "localhost:0",
+            "example.invalid:1",
+        ] {
+            let cli = parse(&["--role", "client", "--addr", addr]).expect(addr);
+            assert_eq!(cli.addr(), addr);
+        }
+        let error = parse(&["--role", "server", "--idle-timeout", "-1"]).expect_err("negative");
+        assert!(error.to_string().contains("cannot be negative"), "{error}");
+    }
+
+    #[test]
     fn bad_values_and_wrong_role_flags_are_usage_errors() {
         for args in [
             &["--role", "server", "--fragment-timeout", "soon"][..],
@@ -378,6 +428,15 @@ mod tests {
             &["--role", "bench", "--rate", "0"],
             &["--role", "bench", "--rate", "fast"],
             &["--role", "server", "--rate", "100"],
+            &["--role", "server", "--addr", "127.0.0.1"],
+            &["--role", "client", "--addr", "nonsense"],
+            &["--role", "bench", "--addr", "localhost:http"],
+            &["--role", "client", "--addr", ":8000"],
+            &["--role", "client", "--backoff", "0"],
+            &["--role", "client", "--count", "0"],
+            &["--role", "client", "--backoff", "2s", "--backoff-max", "1s"],
+            &["--role", "server", "--max-line", "18446744073709551615"],
+            &["--role", "server", "--idle-timeout", "-1"],
         ] {
             let error = parse(args).expect_err("rejected");
             assert_eq!(error.exit_code(), 2, "{args:?}: {error}");

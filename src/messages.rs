@@ -156,6 +156,8 @@ pub(crate) enum LeaveReason {
     Cut,
     /// The client took none of our bytes for `--write-timeout`; it was reset.
     WriteTimeout,
+    /// The session ended without leaving: its task panicked.
+    Panicked,
 }
 
 impl fmt::Display for LeaveReason {
@@ -168,6 +170,7 @@ impl fmt::Display for LeaveReason {
             LeaveReason::ServerShutdown => f.write_str("server shutdown"),
             LeaveReason::Cut => f.write_str("cut at shutdown timeout"),
             LeaveReason::WriteTimeout => f.write_str("write timeout"),
+            LeaveReason::Panicked => f.write_str("session panicked"),
         }
     }
 }

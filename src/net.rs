@@ -100,8 +100,9 @@ impl LineSocket {
     }
 
     /// Hands out the unterminated bytes, verbatim, as one message; call it
-    /// only after [`next_line`](Self::next_line) returned `None`.
-    pub(crate) fn take_fragment(&mut self) -> Option<&[u8]> {
+    /// only after [`next_line`](Self::next_line) returned `None`. Over the
+    /// line limit, it is a framing error.
+    pub(crate) fn take_fragment(&mut self) -> Option<Result<&[u8], FrameError>> {
         self.framer.take_fragment()
     }
 

@@ -110,7 +110,7 @@ impl Framer {
         if self.buf.len() - self.end < MIN_READ {
             // `next_line` keeps at most max_line + 1 unterminated bytes, so
             // this cap always leaves MIN_READ bytes free.
-            let cap = (self.max_line + 1 + MIN_READ).max(INITIAL_BUFFER);
+            let cap = (self.max_line.saturating_add(1 + MIN_READ)).max(INITIAL_BUFFER);
             let len = (self.buf.len() * 2)
                 .max(INITIAL_BUFFER)
                 .max(self.end + MIN_READ)
@@ -169,7 +169,7 @@ impl Framer {
             None => {
                 self.scanned = self.end;
                 // One byte of slack: the `\r` of a maximal `\r\n`-terminated line.
-                if self.end - self.start > self.max_line + 1 {
+                if self.end - self.start > self.max_line.saturating_add(1) {
                     Some(Err(self.too_long()))
                 } else {
                     None
@@ -190,14 +190,20 @@ impl Framer {
     /// Hands out the unterminated bytes, verbatim, as one message.
     ///
     /// Call it only after [`next_line`](Framer::next_line) returned `None`.
-    pub(crate) fn take_fragment(&mut self) -> Option<&[u8]> {
+    /// A fragment over `max_line` bytes is an error, as the same bytes with a
+    /// newline would be (the one byte of slack `next_line` keeps is for the
+    /// `\r` of a line still to be terminated; a fragment keeps its `\r`).
+    pub(crate) fn take_fragment(&mut self) -> Option<Result<&[u8], FrameError>> {
         if !self.has_fragment() {
             return None;
         }
         let fragment = &self.buf[self.start..self.end];
         self.start = self.end;
         self.scanned = self.end;
-        Some(fragment)
+        if fragment.len() > self.max_line {
+            return Some(Err(self.too_long()));
+        }
+        Some(Ok(fragment))
     }
 
     /// Bytes of memory the buffer holds (for tests of the memory bound).
@@ -328,7 +334,7 @@ mod tests {
         let mut framer = Framer::new(64);
         framer.push(b"done\nb1e0c5f7a9d3");
         assert_eq!(lines(&mut framer), vec![b"done".to_vec()]);
-        assert_eq!(framer.take_fragment(), Some(&b"b1e0c5f7a9d3"[..]));
+        assert_eq!(framer.take_fragment(), Some(Ok(&b"b1e0c5f7a9d3"[..])));
         assert_eq!(framer.take_fragment(), None);
         framer.push(b"next\n");
         assert_eq!(lines(&mut framer), vec![b"next".to_vec()]);
@@ -342,6 +348,31 @@ mod tests {
         assert_eq!(
             framer.next_line(),
             Some(Err(FrameError::LineTooLong { max: 8 }))
+        );
+    }
+
+    #[test]
+    fn a_fragment_over_the_limit_fails_as_a_line_would() {
+        let mut framer = Framer::new(4);
+        framer.push(b"1234");
+        assert_eq!(framer.next_line(), None);
+        assert_eq!(framer.take_fragment(), Some(Ok(&b"1234"[..])));
+        framer.push(b"1234\r");
+        assert_eq!(framer.next_line(), None, "the \\r of a line to come");
+        assert_eq!(
+            framer.take_fragment(),
+            Some(Err(FrameError::LineTooLong { max: 4 }))
+        );
+    }
+
+    #[test]
+    fn a_limit_at_the_top_of_its_type_does_not_overflow() {
+        let mut framer = Framer::new(usize::MAX);
+        framer.push(&[b'x'; 600]);
+        framer.push(b"\n");
+        assert_eq!(
+            framer.next_line().map(|l| l.map(<[u8]>::len)),
+            Some(Ok(600))
         );
     }
 

@@ -190,6 +190,25 @@ async fn a_line_over_the_limit_gets_an_error_and_only_that_client_is_closed() {
 }
 
 #[async_std::test]
+async fn a_fragment_over_the_limit_is_too_long_as_the_same_line_would_be() {
+    let mut config = quick_config();
+    config.session.max_line = 8;
+    let server = TestServer::start(config).await;
+    // At the limit, a fragment is answered once the fragment timeout passes.
+    let mut at_limit = Peer::greeted(server.addr).await;
+    at_limit.send(b"12345678").await;
+    assert_eq!(at_limit.reply().await, b"12345678");
+    // One byte more, unterminated, is refused like the same bytes with "\n".
+    for ending in [&b""[..], b"\n"] {
+        let mut over = Peer::greeted(server.addr).await;
+        over.send(&[&b"123456789"[..], ending].concat()).await;
+        assert_eq!(over.line().await, b"error: line too long (max 8 bytes)\n");
+        assert_eq!(over.line().await, b"", "closed after the error");
+    }
+    server.stop().await;
+}
+
+#[async_std::test]
 async fn one_client_over_the_cap_is_turned_away_and_the_others_are_untouched() {
     let mut config = quick_config();
     config.registry.max_clients = 2;

@@ -29,7 +29,7 @@ use kv_log_macro::{debug, warn};
 use crate::actors::registry::RegistryHandle;
 use crate::messages::{ClientId, LeaveReason, SessionCommand, SessionStats};
 use crate::net::LineSocket;
-use crate::rt::{Alarm, Receiver};
+use crate::rt::{Alarm, Receiver, spawn};
 use crate::shutdown::Shutdown;
 use crate::wire::{self, ReplyFormatter};
 
@@ -86,6 +86,21 @@ pub(crate) struct Session {
     stats: Arc<SessionStats>,
     inbox: Receiver<SessionCommand>,
     context: Arc<SessionContext>,
+    /// It has told the registry it left; until then, dropping it (a panic
+    /// unwinding its task) tells the registry instead.
+    left: bool,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.left {
+            return;
+        }
+        warn!("session panicked", { client_id: self.id });
+        let registry = self.context.registry.clone();
+        let id = self.id;
+        spawn(async move { registry.unregister(id, LeaveReason::Panicked).await });
+    }
 }
 
 enum Event {
@@ -113,6 +128,7 @@ impl Session {
             stats,
             inbox,
             context,
+            left: false,
         }
     }
 
@@ -131,7 +147,7 @@ impl Session {
     }
 
     /// Closes the connection as its end requires and tells the registry why.
-    async fn leave(self, served: io::Result<LeaveReason>) {
+    async fn leave(mut self, served: io::Result<LeaveReason>) {
         let cut = &self.context.cut;
         let reason = match served {
             Err(e) if is_stalled(&e) => {
@@ -167,6 +183,7 @@ impl Session {
             });
         }
         self.context.registry.unregister(self.id, reason).await;
+        self.left = true;
     }
 
     async fn serve(&mut self) -> io::Result<LeaveReason> {
@@ -193,7 +210,9 @@ impl Session {
             };
             match event {
                 Event::Read(Ok(0)) => {
-                    self.answer_fragment();
+                    if let Err(too_long) = self.answer_fragment() {
+                        return self.refuse(too_long).await;
+                    }
                     self.flush().await?;
                     return Ok(LeaveReason::PeerClosed);
                 }
@@ -203,11 +222,8 @@ impl Session {
                     let framed = self.answer_lines();
                     self.stats
                         .received(self.replies_queued - queued_before, n as u64, now);
-                    if let Err(wire::FrameError::LineTooLong { max }) = framed {
-                        self.out.extend_from_slice(&wire::line_too_long_error(max));
-                        self.flush().await?;
-                        warn!("line too long", { client_id: self.id, max_line: max });
-                        return Ok(LeaveReason::LineTooLong);
+                    if let Err(too_long) = framed {
+                        return self.refuse(too_long).await;
                     }
                     fragment_since = self.socket.has_fragment().then_some(now);
                     self.flush().await?;
@@ -220,7 +236,9 @@ impl Session {
                 }
                 // The registry closed our inbox: the server is shutting down.
                 Event::Command(None) => {
-                    self.answer_fragment();
+                    if let Err(too_long) = self.answer_fragment() {
+                        return self.refuse(too_long).await;
+                    }
                     self.out.extend_from_slice(wire::SHUTDOWN_NOTICE);
                     self.flush().await?;
                     return Ok(LeaveReason::ServerShutdown);
@@ -232,7 +250,9 @@ impl Session {
                     let due = fragment_deadline.is_some_and(|at| at <= now);
                     if let Some(since) = fragment_since.filter(|_| due) {
                         let messages = u64::from(self.socket.has_fragment());
-                        self.answer_fragment();
+                        if let Err(too_long) = self.answer_fragment() {
+                            return self.refuse(too_long).await;
+                        }
                         // The client's last input is when the fragment came,
                         // not now: the idle timeout counts from then.
                         self.stats.received(messages, 0, since);
@@ -254,11 +274,22 @@ impl Session {
     }
 
     /// Takes buffered unterminated bytes as one message and formats its reply.
-    fn answer_fragment(&mut self) {
+    fn answer_fragment(&mut self) -> Result<(), wire::FrameError> {
         if let Some(fragment) = self.socket.take_fragment() {
-            self.formatter.write_reply(&mut self.out, fragment);
+            self.formatter.write_reply(&mut self.out, fragment?);
             self.replies_queued += 1;
         }
+        Ok(())
+    }
+
+    /// Answers what came before a message over the limit, tells the client
+    /// the message was too long, and ends the session.
+    async fn refuse(&mut self, too_long: wire::FrameError) -> io::Result<LeaveReason> {
+        let wire::FrameError::LineTooLong { max } = too_long;
+        self.out.extend_from_slice(&wire::line_too_long_error(max));
+        self.flush().await?;
+        warn!("line too long", { client_id: self.id, max_line: max });
+        Ok(LeaveReason::LineTooLong)
     }
 
     /// Writes everything queued in one go, unless the server cuts it short.
@@ -453,5 +484,44 @@ mod tests {
         let future = session.run();
         let size = std::mem::size_of_val(&future);
         assert!(size <= 768, "a session's future is {size} bytes");
+    }
+
+    /// A session whose task panics is dropped without having left; the
+    /// registry must still count it gone.
+    #[async_std::test]
+    async fn a_session_dropped_without_leaving_still_leaves_the_registry() {
+        let (registry, _task) = Registry::spawn(RegistryConfig::default());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        let stream =
+            Socket::new(std::net::TcpStream::connect(addr).expect("connect")).expect("register");
+        let (sender, inbox) = crate::rt::bounded(INBOX_CAPACITY);
+        let stats = Arc::new(SessionStats::default());
+        let admitted = registry
+            .register(ClientId(1), addr, sender, stats.clone())
+            .await;
+        assert!(matches!(
+            admitted,
+            crate::messages::Admission::Admitted { .. }
+        ));
+        let context = Arc::new(SessionContext {
+            registry: registry.clone(),
+            config: SessionConfig::default(),
+            cut: Shutdown::never(),
+        });
+        let session = Session::new(
+            ClientId(1),
+            addr,
+            LineSocket::new(stream, 1024),
+            stats,
+            inbox,
+            context,
+        );
+        drop(session);
+        let left = crate::rt::within(Duration::from_secs(10), registry.wait_for_clients(0));
+        assert!(
+            left.await.is_some(),
+            "the registry still counts the session"
+        );
     }
 }

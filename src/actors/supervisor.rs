@@ -103,7 +103,8 @@ impl Backoff {
         }
     }
 
-    /// `base`, then doubling up to `max`, each delay jittered by ±20 %.
+    /// `base`, then doubling up to `max`, each delay jittered by ±20 % (but
+    /// never past `max`).
     fn exponential(base: Duration, max: Duration) -> Backoff {
         Backoff {
             base,
@@ -119,7 +120,10 @@ impl Backoff {
         };
         let delay = self.current;
         self.current = (self.current * 2).min(max);
-        delay.mul_f64(rand::rng().random_range(1.0 - JITTER..=1.0 + JITTER))
+        // Jitter spreads reconnects out, but never past the cap.
+        delay
+            .mul_f64(rand::rng().random_range(1.0 - JITTER..=1.0 + JITTER))
+            .min(max)
     }
 
     /// Back to `base` (a connection got a reply).
@@ -437,6 +441,10 @@ mod tests {
         for nominal in [100, 200, 400, 400] {
             let delay = backoff.next_delay();
             assert!(within(delay, nominal), "{delay:?} vs {nominal} ms");
+            assert!(
+                delay <= Duration::from_millis(400),
+                "{delay:?} past the cap"
+            );
         }
         backoff.reset();
         assert!(within(backoff.next_delay(), 100));
