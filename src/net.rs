@@ -8,14 +8,16 @@
 //! are read. (This is where TLS and the PROXY header will go, so that no
 //! actor learns two kinds of stream.)
 
+use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
+use std::pin::pin;
 use std::time::{Duration, Instant};
 
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, select_biased};
 use socket2::{Domain, Socket as RawSocket, Type};
 
-use crate::rt::{Listener, ReadLoop, Socket, within};
+use crate::rt::{Listener, ReadLoop, Socket, sleep_for, within};
 use crate::wire::{FrameError, Framer};
 
 /// Connections the kernel queues for the acceptor; it caps this at
@@ -112,8 +114,53 @@ impl LineSocket {
     }
 
     /// Writes some of `bytes`, as soon as the socket takes any; how many.
-    pub(crate) async fn write(&self, bytes: &[u8]) -> io::Result<usize> {
+    async fn write(&self, bytes: &[u8]) -> io::Result<usize> {
         (&self.socket).write(bytes).await
+    }
+
+    /// Writes all of `bytes`, where every write must take some of them
+    /// within `progress_within` (`None`: no limit), and `interrupt` (made
+    /// only if a write has to wait) ends it early when it completes first.
+    ///
+    /// Nearly every write completes at once. The wait for a peer that is slow
+    /// to take its bytes is boxed, so its state (a timer among it) sits in no
+    /// caller's future while the caller idles.
+    pub(crate) async fn write_bounded<T, F: Future<Output = T>>(
+        &self,
+        bytes: &[u8],
+        progress_within: Option<Duration>,
+        interrupt: impl FnOnce() -> F,
+    ) -> Result<(), WriteStop<T>> {
+        let written = match self.write(bytes).now_or_never() {
+            Some(n) => n.map_err(WriteStop::Failed)?,
+            None => 0,
+        };
+        if written == bytes.len() {
+            return Ok(());
+        }
+        Box::pin(self.write_waiting(&bytes[written..], progress_within, interrupt())).await
+    }
+
+    async fn write_waiting<T>(
+        &self,
+        bytes: &[u8],
+        progress_within: Option<Duration>,
+        interrupt: impl Future<Output = T>,
+    ) -> Result<(), WriteStop<T>> {
+        let mut interrupt = pin!(interrupt.fuse());
+        let mut written = 0;
+        while written < bytes.len() {
+            let n = select_biased! {
+                n = self.write(&bytes[written..]).fuse() => n.map_err(WriteStop::Failed)?,
+                value = interrupt => return Err(WriteStop::Interrupted(value)),
+                _ = sleep_for(progress_within).fuse() => return Err(WriteStop::Stalled),
+            };
+            if n == 0 {
+                return Err(WriteStop::Failed(io::ErrorKind::WriteZero.into()));
+            }
+            written += n;
+        }
+        Ok(())
     }
 
     /// Makes the close that comes when this is dropped a reset: nothing
@@ -145,6 +192,17 @@ impl LineSocket {
             }
         }
     }
+}
+
+/// Why [`LineSocket::write_bounded`] stopped before writing everything.
+#[derive(Debug)]
+pub(crate) enum WriteStop<T> {
+    /// Writing failed.
+    Failed(io::Error),
+    /// The peer took none of the bytes for the time allowed.
+    Stalled,
+    /// The interrupt completed first, with this.
+    Interrupted(T),
 }
 
 /// A lingering close waits at most this long for the peer's side to go quiet,

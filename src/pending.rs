@@ -9,6 +9,8 @@
 
 use std::collections::VecDeque;
 
+use crate::logging::Throttle;
+
 /// One message waiting for its reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Pending {
@@ -30,6 +32,9 @@ pub(crate) struct PendingQueue {
     pub(crate) resent: u64,
     /// Messages dropped, oldest first, because the queue was full.
     pub(crate) dropped: u64,
+    /// While the server is down every interval drops a message; at a short
+    /// interval, a warning each would flood the log.
+    drop_warnings: Throttle,
 }
 
 impl PendingQueue {
@@ -41,6 +46,7 @@ impl PendingQueue {
             sent: 0,
             resent: 0,
             dropped: 0,
+            drop_warnings: Throttle::default(),
         }
     }
 
@@ -54,10 +60,13 @@ impl PendingQueue {
             None
         };
         if let Some(oldest) = &dropped {
-            kv_log_macro::warn!("pending queue full: dropped oldest message", {
-                dropped: oldest.text.as_str(),
-                total_dropped: self.dropped,
-            });
+            if let Some(suppressed) = self.drop_warnings.allow() {
+                kv_log_macro::warn!("pending queue full: dropped oldest message", {
+                    dropped: oldest.text.as_str(),
+                    total_dropped: self.dropped,
+                    suppressed: suppressed,
+                });
+            }
         }
         self.items.push_back(Pending {
             text,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures::AsyncReadExt;
 use futures::future::{BoxFuture, FusedFuture, poll_fn};
 
-pub(crate) use async_std::channel::{Receiver, Sender, TrySendError, bounded};
+pub(crate) use async_std::channel::{Receiver, Sender, bounded};
 pub(crate) use async_std::net::ToSocketAddrs;
 pub(crate) use async_std::task::{JoinHandle, sleep, spawn};
 
@@ -52,6 +52,14 @@ where
 pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => sleep(at.saturating_duration_since(Instant::now())).await,
+        None => futures::future::pending().await,
+    }
+}
+
+/// Completes after `limit`, or never when there is none.
+pub(crate) async fn sleep_for(limit: Option<Duration>) {
+    match limit {
+        Some(limit) => sleep(limit).await,
         None => futures::future::pending().await,
     }
 }

@@ -10,12 +10,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{FutureExt, select_biased};
 use kv_log_macro::{debug, info, warn};
 
 use crate::actors::session::{INBOX_CAPACITY, Session, SessionContext};
+use crate::logging::Throttle;
 use crate::messages::{Admission, ClientId, SessionStats};
 use crate::net::LineSocket;
 use crate::rt::{Listener, Socket, bounded, sleep, spawn, within};
@@ -26,8 +27,6 @@ use crate::wire;
 const EXHAUSTED_PAUSE_MIN: Duration = Duration::from_millis(100);
 /// Longest pause between accept attempts while resources stay exhausted.
 const EXHAUSTED_PAUSE_MAX: Duration = Duration::from_secs(1);
-/// At most one resource-exhaustion warning per this period; the rest are counted.
-const EXHAUSTED_WARN_EVERY: Duration = Duration::from_secs(5);
 /// How long a turned-away client gets to take its error line.
 const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -39,8 +38,7 @@ pub(crate) struct Acceptor {
     next_id: u64,
     /// Pause before the next accept while resources are exhausted.
     pause: Option<Duration>,
-    last_warning: Option<Instant>,
-    suppressed_warnings: u64,
+    exhausted_warnings: Throttle,
 }
 
 impl Acceptor {
@@ -50,8 +48,7 @@ impl Acceptor {
             sessions,
             next_id: 1,
             pause: None,
-            last_warning: None,
-            suppressed_warnings: 0,
+            exhausted_warnings: Throttle::default(),
         }
     }
 
@@ -108,19 +105,12 @@ impl Acceptor {
     }
 
     fn warn_exhausted(&mut self, error: &io::Error, pause: Duration) {
-        let due = self
-            .last_warning
-            .is_none_or(|at| at.elapsed() >= EXHAUSTED_WARN_EVERY);
-        if due {
+        if let Some(suppressed) = self.exhausted_warnings.allow() {
             warn!("accept failed: out of resources, pausing", {
                 error: log::kv::Value::from_display(error),
                 pause_ms: pause.as_millis() as u64,
-                suppressed: self.suppressed_warnings,
+                suppressed: suppressed,
             });
-            self.last_warning = Some(Instant::now());
-            self.suppressed_warnings = 0;
-        } else {
-            self.suppressed_warnings += 1;
         }
     }
 }

@@ -24,15 +24,15 @@ use futures::{FutureExt, select_biased};
 use kv_log_macro::{info, warn};
 use log::kv::Value;
 
+use crate::logging::Throttle;
 use crate::messages::{
     Admission, ClientId, ClientInfo, Counts, LeaveReason, RegistryMsg, SessionCommand,
     SessionStats, Snapshot,
 };
-use crate::rt::{JoinHandle, Receiver, Sender, TrySendError, bounded, sleep_until, spawn};
+use crate::rt::{JoinHandle, Receiver, Sender, bounded, sleep_until, spawn};
 use crate::snapshot::{self, round_ms};
 
-/// The log target of every line about the client table, snapshots included,
-/// so that `RUST_LOG=duplex::actors::registry=...` selects them all.
+/// The log target of every line about the client table, snapshots included.
 pub(crate) const LOG_TARGET: &str = module_path!();
 
 /// Capacity of the registry's inbox. Every message is a join, a leave or an
@@ -45,11 +45,9 @@ const INBOX_CAPACITY: usize = 1024;
 pub struct RegistryConfig {
     /// Clients admitted at once; one more is turned away (`--max-clients`).
     pub max_clients: usize,
-    /// How often to log a snapshot; `None` turns the timer off
-    /// (`--registry-interval`).
+    /// How often to log a snapshot; `None`: never (`--registry-interval`).
     pub snapshot_interval: Option<Duration>,
-    /// Close clients that send nothing for this long; `None` never
-    /// (`--idle-timeout`).
+    /// Close clients silent this long; `None`: never (`--idle-timeout`).
     pub idle_timeout: Option<Duration>,
 }
 
@@ -94,6 +92,7 @@ pub(crate) struct Registry {
     waiters: Vec<(usize, oneshot::Sender<()>)>,
     /// Shutdown has begun: inboxes are closed, new ones too.
     draining: bool,
+    reject_warnings: Throttle,
 }
 
 /// Whether the actor should keep running after a message.
@@ -200,12 +199,15 @@ impl Registry {
         let max = self.config.max_clients;
         if self.clients.len() >= max {
             self.rejected += 1;
-            warn!("client rejected", {
-                client_id: id,
-                peer: Value::from_display(&peer),
-                clients: self.clients.len(),
-                reason: "server full",
-            });
+            if let Some(suppressed) = self.reject_warnings.allow() {
+                warn!("client rejected", {
+                    client_id: id,
+                    peer: Value::from_display(&peer),
+                    clients: self.clients.len(),
+                    reason: "server full",
+                    suppressed: suppressed,
+                });
+            }
             return Admission::Full { max };
         }
         if self.draining {
@@ -279,7 +281,6 @@ impl Registry {
     }
 
     /// Tells every client idle for the timeout (as of `now`) to close.
-    /// A full inbox is tried again at the next sweep.
     fn close_idle(&mut self, now: Instant) {
         let Some(idle_timeout) = self.config.idle_timeout else {
             return;
@@ -288,15 +289,14 @@ impl Registry {
             if entry.closing_idle || entry.stats.idle_for(now) < idle_timeout {
                 continue;
             }
-            match entry.inbox.try_send(SessionCommand::CloseIdle) {
-                Ok(()) => {
-                    entry.closing_idle = true;
-                    info!("closing idle client", {
-                        client_id: *id,
-                        idle_ms: entry.stats.idle_for(now).as_millis() as u64,
-                    });
-                }
-                Err(TrySendError::Full(_)) | Err(TrySendError::Closed(_)) => {}
+            // A full inbox is tried again at the next sweep; a closed one
+            // belongs to a session whose leave is on its way.
+            if entry.inbox.try_send(SessionCommand::CloseIdle).is_ok() {
+                entry.closing_idle = true;
+                info!("closing idle client", {
+                    client_id: *id,
+                    idle_ms: entry.stats.idle_for(now).as_millis() as u64,
+                });
             }
         }
     }
@@ -326,13 +326,12 @@ pub struct RegistryHandle {
 const REGISTRY_GONE: &str = "registry actor stopped before its last user";
 
 impl RegistryHandle {
-    async fn send(&self, msg: RegistryMsg) {
-        self.inbox.send(msg).await.expect(REGISTRY_GONE);
-    }
-
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> RegistryMsg) -> T {
         let (respond_to, response) = oneshot::channel();
-        self.send(make(respond_to)).await;
+        self.inbox
+            .send(make(respond_to))
+            .await
+            .expect(REGISTRY_GONE);
         response.await.expect(REGISTRY_GONE)
     }
 

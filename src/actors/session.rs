@@ -28,7 +28,7 @@ use kv_log_macro::{debug, warn};
 
 use crate::actors::registry::RegistryHandle;
 use crate::messages::{ClientId, LeaveReason, SessionCommand, SessionStats};
-use crate::net::LineSocket;
+use crate::net::{LineSocket, WriteStop};
 use crate::rt::{Alarm, Receiver, spawn};
 use crate::shutdown::Shutdown;
 use crate::wire::{self, ReplyFormatter};
@@ -147,18 +147,18 @@ impl Session {
     }
 
     /// Closes the connection as its end requires and tells the registry why.
-    async fn leave(mut self, served: io::Result<LeaveReason>) {
+    async fn leave(mut self, served: Result<LeaveReason, Failure>) {
         let cut = &self.context.cut;
         let reason = match served {
-            Err(e) if is_stalled(&e) => {
+            Err(Failure::Stalled(reason)) => {
                 // Nothing more can reach this client: reset, do not linger.
                 self.socket.reset_on_close();
                 warn!("client not reading: cut", {
                     client_id: self.id,
                     peer: log::kv::Value::from_display(&self.peer),
-                    error: log::kv::Value::from_display(&e),
+                    reason: log::kv::Value::from_display(&reason),
                 });
-                stalled_reason(&e)
+                reason
             }
             Ok(reason) => {
                 if !matches!(reason, LeaveReason::PeerClosed) {
@@ -169,14 +169,28 @@ impl Session {
                 }
                 reason
             }
-            Err(e) if cut.is_triggered() => {
+            Err(Failure::Cut) => LeaveReason::Cut,
+            Err(Failure::Io(e)) if cut.is_triggered() => {
                 debug!("session cut", { client_id: self.id, error: log::kv::Value::from_display(&e) });
                 LeaveReason::Cut
             }
-            Err(e) => LeaveReason::Io(e),
+            Err(Failure::Io(e)) => LeaveReason::Io(e),
         };
         if let LeaveReason::Io(e) = &reason {
-            warn!("session failed", {
+            // A peer that resets or vanishes is routine, not the server's
+            // trouble: info. Anything else is worth a look.
+            let routine = matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            );
+            let level = if routine {
+                log::Level::Info
+            } else {
+                log::Level::Warn
+            };
+            kv_log_macro::log!(level, "session failed", {
                 client_id: self.id,
                 peer: log::kv::Value::from_display(&self.peer),
                 error: log::kv::Value::from_display(e),
@@ -186,7 +200,7 @@ impl Session {
         self.left = true;
     }
 
-    async fn serve(&mut self) -> io::Result<LeaveReason> {
+    async fn serve(&mut self) -> Result<LeaveReason, Failure> {
         // Written directly: an idle client's reply buffer stays unallocated.
         self.write_or_cut(wire::GREETING).await?;
         let mut fragment_since: Option<Instant> = None;
@@ -228,7 +242,7 @@ impl Session {
                     fragment_since = self.socket.has_fragment().then_some(now);
                     self.flush().await?;
                 }
-                Event::Read(Err(e)) => return Err(e),
+                Event::Read(Err(e)) => return Err(e.into()),
                 Event::Command(Some(SessionCommand::CloseIdle)) => {
                     self.out.extend_from_slice(wire::IDLE_TIMEOUT_ERROR);
                     self.flush().await?;
@@ -284,7 +298,7 @@ impl Session {
 
     /// Answers what came before a message over the limit, tells the client
     /// the message was too long, and ends the session.
-    async fn refuse(&mut self, too_long: wire::FrameError) -> io::Result<LeaveReason> {
+    async fn refuse(&mut self, too_long: wire::FrameError) -> Result<LeaveReason, Failure> {
         let wire::FrameError::LineTooLong { max } = too_long;
         self.out.extend_from_slice(&wire::line_too_long_error(max));
         self.flush().await?;
@@ -293,7 +307,7 @@ impl Session {
     }
 
     /// Writes everything queued in one go, unless the server cuts it short.
-    async fn flush(&mut self) -> io::Result<()> {
+    async fn flush(&mut self) -> Result<(), Failure> {
         if self.out.is_empty() {
             return Ok(());
         }
@@ -314,106 +328,42 @@ impl Session {
     /// Writes `bytes` to the client, unless the server cuts it short, the
     /// client takes none of them for the write timeout, or the registry finds
     /// it idle meanwhile (a client that neither sends nor reads is idle too).
-    async fn write_or_cut(&mut self, bytes: &[u8]) -> io::Result<()> {
-        // Nearly every write completes at once. The wait for a client that
-        // is slow to take its bytes is boxed, so its state (a timer among it)
-        // does not sit in every idle session's future.
-        let written = match self.socket.write(bytes).now_or_never() {
-            Some(n) => n?,
-            None => 0,
-        };
-        if written == bytes.len() {
-            return Ok(());
-        }
-        Box::pin(self.write_slowly(&bytes[written..])).await
-    }
-
-    /// The rest of [`write_or_cut`](Self::write_or_cut): every write must
-    /// make progress within the write timeout.
-    async fn write_slowly(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let mut written = 0;
-        while written < bytes.len() {
-            let config = &self.context.config;
-            let n = select_biased! {
-                n = self.socket.write(&bytes[written..]).fuse() => n?,
-                _ = self.context.cut.wait().fuse() => {
-                    return Err(io::Error::new(io::ErrorKind::Interrupted, "cut at shutdown timeout"));
-                }
-                _ = sleep_for(config.write_timeout).fuse() => {
-                    return Err(Stalled::NotReading.into_error(config.write_timeout));
-                }
-                command = idle_command(&mut self.inbox).fuse() => match command {
-                    SessionCommand::CloseIdle => {
-                        return Err(Stalled::Idle.into_error(config.write_timeout));
-                    }
+    async fn write_or_cut(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        let limit = self.context.config.write_timeout;
+        let (cut, inbox) = (&self.context.cut, &mut self.inbox);
+        let interrupt = || async move {
+            select_biased! {
+                _ = cut.wait().fuse() => Failure::Cut,
+                command = idle_command(inbox).fuse() => match command {
+                    SessionCommand::CloseIdle => Failure::Stalled(LeaveReason::IdleTimeout),
                 },
-            };
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
             }
-            written += n;
-        }
-        Ok(())
-    }
-}
-
-/// Why a write to a client was given up: the client is cut off with a reset.
-#[derive(Debug, Clone, Copy)]
-enum Stalled {
-    /// It took none of the bytes for the write timeout.
-    NotReading,
-    /// The registry found it idle while the write waited.
-    Idle,
-}
-
-impl Stalled {
-    fn into_error(self, write_timeout: Option<Duration>) -> io::Error {
-        let text = match (self, write_timeout) {
-            (Stalled::NotReading, Some(limit)) => format!(
-                "took no bytes for the write timeout ({})",
-                humantime::format_duration(limit)
-            ),
-            _ => "idle, and not taking the bytes written to it".to_owned(),
         };
-        io::Error::new(io::ErrorKind::TimedOut, StalledError { why: self, text })
+        match self.socket.write_bounded(bytes, limit, interrupt).await {
+            Ok(()) => Ok(()),
+            Err(WriteStop::Failed(e)) => Err(Failure::Io(e)),
+            Err(WriteStop::Stalled) => Err(Failure::Stalled(LeaveReason::WriteTimeout)),
+            Err(WriteStop::Interrupted(failure)) => Err(failure),
+        }
     }
 }
 
-/// The error a stalled write ends with, so that `leave` can tell it apart.
+/// How serving a client ended, when neither the client nor the protocol
+/// ended it.
 #[derive(Debug)]
-struct StalledError {
-    why: Stalled,
-    text: String,
+enum Failure {
+    /// Reading or writing the socket failed.
+    Io(io::Error),
+    /// The shutdown timeout ran out while a write waited (`cut`).
+    Cut,
+    /// A write waited for a client that takes no bytes, until the write
+    /// timeout or the idle timeout (the reason): it is cut off with a reset.
+    Stalled(LeaveReason),
 }
 
-impl std::fmt::Display for StalledError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-impl std::error::Error for StalledError {}
-
-fn is_stalled(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<StalledError>())
-}
-
-fn stalled_reason(e: &io::Error) -> LeaveReason {
-    let why = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<StalledError>())
-        .map(|stalled| stalled.why);
-    match why {
-        Some(Stalled::Idle) => LeaveReason::IdleTimeout,
-        _ => LeaveReason::WriteTimeout,
-    }
-}
-
-/// Completes after `limit`, or never when there is none.
-async fn sleep_for(limit: Option<Duration>) {
-    match limit {
-        Some(limit) => crate::rt::sleep(limit).await,
-        None => futures::future::pending().await,
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        Failure::Io(e)
     }
 }
 
