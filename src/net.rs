@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, select_biased};
 use socket2::{Domain, Socket as RawSocket, Type};
 
-use crate::rt::{Listener, ReadLoop, Socket, sleep_for, within};
+use crate::rt::{Listener, ReadLoop, Socket, sleep_until, within};
 use crate::wire::{FrameError, Framer};
 
 /// Connections the kernel queues for the acceptor; it caps this at
@@ -150,10 +150,11 @@ impl LineSocket {
         let mut interrupt = pin!(interrupt.fuse());
         let mut written = 0;
         while written < bytes.len() {
+            let stalled_at = progress_within.map(|limit| Instant::now() + limit);
             let n = select_biased! {
                 n = self.write(&bytes[written..]).fuse() => n.map_err(WriteStop::Failed)?,
                 value = interrupt => return Err(WriteStop::Interrupted(value)),
-                _ = sleep_for(progress_within).fuse() => return Err(WriteStop::Stalled),
+                _ = sleep_until(stalled_at).fuse() => return Err(WriteStop::Stalled),
             };
             if n == 0 {
                 return Err(WriteStop::Failed(io::ErrorKind::WriteZero.into()));

@@ -56,14 +56,6 @@ pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Completes after `limit`, or never when there is none.
-pub(crate) async fn sleep_for(limit: Option<Duration>) {
-    match limit {
-        Some(limit) => sleep(limit).await,
-        None => futures::future::pending().await,
-    }
-}
-
 /// Runs `fut` to completion unless it takes longer than `limit`.
 pub(crate) async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
     async_std::future::timeout(limit, fut).await.ok()

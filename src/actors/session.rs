@@ -202,7 +202,7 @@ impl Session {
 
     async fn serve(&mut self) -> Result<LeaveReason, Failure> {
         // Written directly: an idle client's reply buffer stays unallocated.
-        self.write_or_cut(wire::GREETING).await?;
+        write_or_cut(&self.socket, &self.context, &mut self.inbox, wire::GREETING).await?;
         let mut fragment_since: Option<Instant> = None;
         // The alarm lives across iterations, so waiting on it registers a
         // timer only when it is armed, not once per message (the inbox keeps
@@ -311,11 +311,7 @@ impl Session {
         if self.out.is_empty() {
             return Ok(());
         }
-        // Taken out for the write, which needs the session (its inbox).
-        let out = std::mem::take(&mut self.out);
-        let written = self.write_or_cut(&out).await;
-        self.out = out;
-        written?;
+        write_or_cut(&self.socket, &self.context, &mut self.inbox, &self.out).await?;
         self.stats.sent(self.replies_queued, self.out.len() as u64);
         self.replies_queued = 0;
         self.out.clear();
@@ -324,27 +320,34 @@ impl Session {
         }
         Ok(())
     }
+}
 
-    /// Writes `bytes` to the client, unless the server cuts it short, the
-    /// client takes none of them for the write timeout, or the registry finds
-    /// it idle meanwhile (a client that neither sends nor reads is idle too).
-    async fn write_or_cut(&mut self, bytes: &[u8]) -> Result<(), Failure> {
-        let limit = self.context.config.write_timeout;
-        let (cut, inbox) = (&self.context.cut, &mut self.inbox);
-        let interrupt = || async move {
-            select_biased! {
-                _ = cut.wait().fuse() => Failure::Cut,
-                command = idle_command(inbox).fuse() => match command {
-                    SessionCommand::CloseIdle => Failure::Stalled(LeaveReason::IdleTimeout),
-                },
-            }
-        };
-        match self.socket.write_bounded(bytes, limit, interrupt).await {
-            Ok(()) => Ok(()),
-            Err(WriteStop::Failed(e)) => Err(Failure::Io(e)),
-            Err(WriteStop::Stalled) => Err(Failure::Stalled(LeaveReason::WriteTimeout)),
-            Err(WriteStop::Interrupted(failure)) => Err(failure),
+/// Writes `bytes` to the client, unless the server cuts it short, the client
+/// takes none of them for the write timeout, or the registry finds it idle
+/// meanwhile (a client that neither sends nor reads is idle too). The
+/// session's fields it needs, not the session, so that the bytes can be the
+/// session's own reply buffer.
+async fn write_or_cut(
+    socket: &LineSocket,
+    context: &SessionContext,
+    inbox: &mut Receiver<SessionCommand>,
+    bytes: &[u8],
+) -> Result<(), Failure> {
+    let cut = &context.cut;
+    let interrupt = || async move {
+        select_biased! {
+            _ = cut.wait().fuse() => Failure::Cut,
+            command = idle_command(inbox).fuse() => match command {
+                SessionCommand::CloseIdle => Failure::Stalled(LeaveReason::IdleTimeout),
+            },
         }
+    };
+    let limit = context.config.write_timeout;
+    match socket.write_bounded(bytes, limit, interrupt).await {
+        Ok(()) => Ok(()),
+        Err(WriteStop::Failed(e)) => Err(Failure::Io(e)),
+        Err(WriteStop::Stalled) => Err(Failure::Stalled(LeaveReason::WriteTimeout)),
+        Err(WriteStop::Interrupted(failure)) => Err(failure),
     }
 }
 
