@@ -292,9 +292,11 @@ fn nonzero(d: Duration) -> Option<Duration> {
 
 /// `HOST:PORT`, with a port number; the host is resolved when it is used.
 fn host_port(text: &str) -> Result<String, String> {
+    // A bare IPv6 address ("::1") has colons but no port.
+    let bracketed = |host: &str| host.starts_with('[') && host.ends_with(']');
     let port = text
         .rsplit_once(':')
-        .filter(|(host, _)| !host.is_empty())
+        .filter(|(host, _)| !host.is_empty() && (!host.contains(':') || bracketed(host)))
         .map(|(_, port)| port);
     match port.map(str::parse::<u16>) {
         Some(Ok(_)) => Ok(text.to_owned()),
@@ -432,6 +434,7 @@ mod tests {
             &["--role", "client", "--addr", "nonsense"],
             &["--role", "bench", "--addr", "localhost:http"],
             &["--role", "client", "--addr", ":8000"],
+            &["--role", "client", "--addr", "::1"],
             &["--role", "client", "--backoff", "0"],
             &["--role", "client", "--count", "0"],
             &["--role", "client", "--backoff", "2s", "--backoff-max", "1s"],
