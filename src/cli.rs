@@ -2,6 +2,7 @@
 //! library's own (`ServerConfig::default()` and the like); a test holds the
 //! two together.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
@@ -9,9 +10,15 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use duplex::bench::BenchConfig;
-use duplex::client::{ClientConfig, ConnectionConfig, SupervisorConfig};
+use duplex::client::{ClientConfig, ClientTls, ConnectionConfig, SupervisorConfig, TlsError};
 use duplex::logging::LogFormat;
-use duplex::server::{RegistryConfig, ServerConfig, SessionConfig};
+use duplex::server::{RegistryConfig, ServerConfig, SessionConfig, TlsFiles};
+
+mod values;
+
+use values::{
+    duration, host_port, max_line, nonzero, positive_duration, positive_rate, positive_usize,
+};
 
 /// Where the server listens when `--addr` is not given: loopback only.
 const DEFAULT_SERVER_ADDR: &str = "127.0.0.1:8000";
@@ -91,6 +98,30 @@ pub(crate) struct Cli {
     #[arg(long, default_value = "5s", value_parser = duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
     shutdown_timeout: Duration,
 
+    /// Speak TLS with this certificate chain (PEM, the server's own
+    /// certificate first); needs --tls-key. SIGHUP reloads both files.
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "tls_key",
+        help_heading = "Server options"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "tls_cert",
+        help_heading = "Server options"
+    )]
+    tls_key: Option<PathBuf>,
+
+    /// A TLS handshake that has not finished this long after the connect is
+    /// closed (it still counts toward --max-clients meanwhile).
+    #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
+    handshake_timeout: Duration,
+
     /// Time between messages.
     #[arg(long, default_value = "2s", value_parser = positive_duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Client options")]
     interval: Duration,
@@ -126,6 +157,21 @@ pub(crate) struct Cli {
     /// The window --max-restarts counts restarts in.
     #[arg(long, default_value = "60s", value_parser = positive_duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Client options")]
     restart_window: Duration,
+
+    /// Speak TLS, verifying the server's certificate against the system's
+    /// trust store (or --tls-ca).
+    #[arg(long, help_heading = TLS_HEADING)]
+    tls: bool,
+
+    /// Trust the CA certificates in this PEM file instead of the system's
+    /// (implies --tls).
+    #[arg(long, value_name = "PEM", help_heading = TLS_HEADING)]
+    tls_ca: Option<PathBuf>,
+
+    /// The name the server's certificate must be for [default: the host of
+    /// --addr] (implies --tls).
+    #[arg(long, value_name = "NAME", help_heading = TLS_HEADING)]
+    tls_server_name: Option<String>,
 
     /// Connections to open.
     #[arg(long, default_value_t = 50, value_parser = positive_usize, help_heading = "Bench options")]
@@ -168,12 +214,16 @@ pub(crate) struct Cli {
     server_pid: Option<u32>,
 }
 
-/// Each role's own flags are listed under this help heading, which is also
+/// The heading of the TLS flags the client and the bench share.
+const TLS_HEADING: &str = "Client and bench TLS options";
+
+/// Each role's own flags are listed under a help heading, which is also
 /// how a flag given for the wrong role is recognised.
-const ROLE_HEADINGS: [(Role, &str); 3] = [
-    (Role::Server, "Server options"),
-    (Role::Client, "Client options"),
-    (Role::Bench, "Bench options"),
+const ROLE_HEADINGS: [(&[Role], &str); 4] = [
+    (&[Role::Server], "Server options"),
+    (&[Role::Client], "Client options"),
+    (&[Role::Bench], "Bench options"),
+    (&[Role::Client, Role::Bench], TLS_HEADING),
 ];
 
 impl Cli {
@@ -198,10 +248,11 @@ impl Cli {
         let cli = Cli::from_arg_matches(&matches)?;
         let wrong_role = command.get_arguments().find_map(|arg| {
             let heading = arg.get_help_heading()?;
-            let (owner, _) = ROLE_HEADINGS.iter().find(|(_, h)| *h == heading)?;
+            let (owners, heading) = ROLE_HEADINGS.iter().find(|(_, h)| *h == heading)?;
             let given =
                 matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine);
-            (given && *owner != cli.role).then(|| (arg.get_long().unwrap_or_default(), *owner))
+            (given && !owners.contains(&cli.role))
+                .then(|| (arg.get_long().unwrap_or_default(), *heading))
         });
         if let (Some(max), true) = (cli.backoff_max, cli.role == Role::Client) {
             if max < cli.backoff {
@@ -211,14 +262,11 @@ impl Cli {
                 ));
             }
         }
-        if let Some((flag, owner)) = wrong_role {
-            let role = owner
-                .to_possible_value()
-                .map(|v| v.get_name().to_owned())
-                .unwrap_or_default();
+        if let Some((flag, heading)) = wrong_role {
+            let options = heading.to_lowercase();
             return Err(command.error(
                 ErrorKind::ArgumentConflict,
-                format!("--{flag} is a {role} option; it has no effect with this --role"),
+                format!("--{flag} is one of the {options}; it has no effect with this --role"),
             ));
         }
         Ok(cli)
@@ -240,6 +288,7 @@ impl Cli {
                 max_line: self.max_line,
                 fragment_timeout: nonzero(self.fragment_timeout),
                 write_timeout: nonzero(self.write_timeout),
+                handshake_timeout: self.handshake_timeout,
             },
             registry: RegistryConfig {
                 max_clients: self.max_clients,
@@ -247,15 +296,30 @@ impl Cli {
                 idle_timeout: nonzero(self.idle_timeout),
             },
             shutdown_timeout: self.shutdown_timeout,
+            tls: self
+                .tls_cert
+                .clone()
+                .zip(self.tls_key.clone())
+                .map(|(cert, key)| TlsFiles { cert, key }),
         }
     }
 
+    /// The client's and the bench's TLS flags, with its trust roots loaded.
+    pub(crate) fn client_tls(&self) -> Result<Option<ClientTls>, TlsError> {
+        if !self.tls && self.tls_ca.is_none() && self.tls_server_name.is_none() {
+            return Ok(None);
+        }
+        let name = (self.tls_server_name.as_deref()).unwrap_or(ClientTls::host_of(self.addr()));
+        ClientTls::new(self.tls_ca.as_deref(), name).map(Some)
+    }
+
     /// The client's flags.
-    pub(crate) fn client_config(&self) -> ClientConfig {
-        ClientConfig {
+    pub(crate) fn client_config(&self) -> Result<ClientConfig, TlsError> {
+        Ok(ClientConfig {
             connection: ConnectionConfig {
                 addr: self.addr().to_string(),
                 timeout: self.timeout,
+                tls: self.client_tls()?,
             },
             supervisor: SupervisorConfig {
                 interval: self.interval,
@@ -266,12 +330,12 @@ impl Cli {
                 max_pending: self.max_pending,
                 count: self.count,
             },
-        }
+        })
     }
 
     /// The bench's flags.
-    pub(crate) fn bench_config(&self) -> BenchConfig {
-        BenchConfig {
+    pub(crate) fn bench_config(&self) -> Result<BenchConfig, TlsError> {
+        Ok(BenchConfig {
             addr: self.addr().to_string(),
             clients: self.clients,
             duration: self.duration,
@@ -281,69 +345,8 @@ impl Cli {
             connect_rate: self.connect_rate,
             progress: !self.json,
             server_pid: self.server_pid,
-        }
-    }
-}
-
-/// `None` for zero: "0 turns this off".
-fn nonzero(d: Duration) -> Option<Duration> {
-    (!d.is_zero()).then_some(d)
-}
-
-/// `HOST:PORT`, with a port number; the host is resolved when it is used.
-fn host_port(text: &str) -> Result<String, String> {
-    // A bare IPv6 address ("::1") has colons but no port.
-    let bracketed = |host: &str| host.starts_with('[') && host.ends_with(']');
-    let port = text
-        .rsplit_once(':')
-        .filter(|(host, _)| !host.is_empty() && (!host.contains(':') || bracketed(host)))
-        .map(|(_, port)| port);
-    match port.map(str::parse::<u16>) {
-        Some(Ok(_)) => Ok(text.to_owned()),
-        Some(Err(_)) => Err("the port must be a number from 0 to 65535".into()),
-        None => Err("expected HOST:PORT, such as 127.0.0.1:8000 or [::1]:8000".into()),
-    }
-}
-
-/// Longest `--max-line`, in bytes: each client may buffer this much, so a
-/// larger value would let a few clients take the server's memory.
-const MAX_LINE_LIMIT: usize = 64 << 20;
-
-fn max_line(text: &str) -> Result<usize, String> {
-    match positive_usize(text)? {
-        n if n > MAX_LINE_LIMIT => Err(format!("must be at most {MAX_LINE_LIMIT} (64 MiB)")),
-        n => Ok(n),
-    }
-}
-
-fn duration(text: &str) -> Result<Duration, String> {
-    if text.trim_start().starts_with('-') {
-        return Err("a duration cannot be negative".into());
-    }
-    humantime::parse_duration(text)
-        .map_err(|e| format!("{e} (expected a duration such as 2s, 500ms or 5m)"))
-}
-
-fn positive_duration(text: &str) -> Result<Duration, String> {
-    match duration(text)? {
-        d if d.is_zero() => Err("must be greater than zero".into()),
-        d => Ok(d),
-    }
-}
-
-fn positive_usize(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(format!("{e} (expected a whole number)")),
-    }
-}
-
-fn positive_rate(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
-        Ok(_) => Err("must be a positive number".into()),
-        Err(e) => Err(format!("{e} (expected messages per second)")),
+            tls: self.client_tls()?,
+        })
     }
 }
 
@@ -361,9 +364,11 @@ mod tests {
         assert_eq!(server.addr(), "127.0.0.1:8000");
         assert_eq!(server.server_config(), ServerConfig::default());
         let client = parse(&["--role", "client"]).expect("valid");
-        assert_eq!(client.client_config(), ClientConfig::new("localhost:8000"));
+        let config = client.client_config().expect("no TLS to load");
+        assert_eq!(config, ClientConfig::new("localhost:8000"));
         let bench = parse(&["--role", "bench"]).expect("valid");
-        assert_eq!(bench.bench_config(), BenchConfig::new("127.0.0.1:8000"));
+        let config = bench.bench_config().expect("no TLS to load");
+        assert_eq!(config, BenchConfig::new("127.0.0.1:8000"));
         // And the library's are the ones the help text promises.
         let config = ServerConfig::default();
         assert_eq!(config.session.max_line, 65536);
@@ -440,6 +445,11 @@ mod tests {
             &["--role", "client", "--backoff", "2s", "--backoff-max", "1s"],
             &["--role", "server", "--max-line", "18446744073709551615"],
             &["--role", "server", "--idle-timeout", "-1"],
+            &["--role", "server", "--tls-cert", "cert.pem"],
+            &["--role", "server", "--tls-key", "key.pem"],
+            &["--role", "server", "--tls"],
+            &["--role", "client", "--tls-cert", "c", "--tls-key", "k"],
+            &["--role", "server", "--handshake-timeout", "0"],
         ] {
             let error = parse(args).expect_err("rejected");
             assert_eq!(error.exit_code(), 2, "{args:?}: {error}");

@@ -11,6 +11,7 @@ use crate::shutdown::Shutdown;
 
 pub use crate::actors::connection::{ConnectionConfig, LineSink};
 pub use crate::actors::supervisor::{ClientSummary, Outcome, SupervisorConfig};
+pub use crate::tls::{ClientTls, TlsError};
 
 /// Everything a client can be tuned with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +29,7 @@ impl ClientConfig {
             connection: ConnectionConfig {
                 addr: addr.into(),
                 timeout: Duration::from_secs(10),
+                tls: None,
             },
             supervisor: SupervisorConfig::default(),
         }

@@ -20,6 +20,7 @@ mod net;
 mod pending;
 mod rt;
 mod snapshot;
+mod tls;
 
 pub mod bench;
 pub mod client;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use cli::{Cli, Role};
 use duplex::client::{self, Outcome};
-use duplex::server::Server;
+use duplex::server::{Server, StartError};
 use duplex::{bench, logging, shutdown};
 
 fn main() -> ExitCode {
@@ -39,9 +39,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error + Send + Sync>> {
         Role::Server => {
             let addr = cli.addr();
             limits::raise_open_files();
-            let server = Server::bind(addr, cli.server_config())
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            signals::install(trigger, Some(server.registry()))?;
+            let server = Server::bind(addr, cli.server_config()).map_err(|e| match e {
+                StartError::Listen(e) => format!("cannot listen on {addr}: {e}"),
+                e => e.to_string(),
+            })?;
+            let server_signals = signals::ServerSignals {
+                registry: server.registry(),
+                tls: server.tls_reloader(),
+            };
+            signals::install(trigger, Some(server_signals))?;
             server.run(shutdown).await;
             Ok(ExitCode::SUCCESS)
         }
@@ -56,7 +62,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error + Send + Sync>> {
                 }
             });
             signals::install(trigger, None)?;
-            let summary = client::run(cli.client_config(), shutdown, sink).await;
+            let config = cli.client_config()?;
+            let summary = client::run(config, shutdown, sink).await;
             Ok(match summary.outcome {
                 Outcome::GaveUp => ExitCode::FAILURE,
                 Outcome::CountReached | Outcome::Shutdown => ExitCode::SUCCESS,
@@ -65,7 +72,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error + Send + Sync>> {
         Role::Bench => {
             limits::raise_open_files();
             signals::install(trigger, None)?;
-            let report = bench::run(cli.bench_config(), shutdown).await?;
+            let report = bench::run(cli.bench_config()?, shutdown).await?;
             if cli.json {
                 println!("{}", report.to_json());
             } else {

@@ -158,6 +158,16 @@ pub(crate) enum LeaveReason {
     WriteTimeout,
     /// The session ended without leaving: its task panicked.
     Panicked,
+    /// The TLS handshake did not finish (`--tls-cert`).
+    TlsFailed(HandshakeFailure),
+}
+
+/// A TLS handshake that did not finish: why, in a few words, and the error
+/// behind it, if there was one.
+#[derive(Debug)]
+pub(crate) struct HandshakeFailure {
+    pub(crate) reason: &'static str,
+    pub(crate) error: Option<io::Error>,
 }
 
 impl fmt::Display for LeaveReason {
@@ -171,6 +181,16 @@ impl fmt::Display for LeaveReason {
             LeaveReason::Cut => f.write_str("cut at shutdown timeout"),
             LeaveReason::WriteTimeout => f.write_str("write timeout"),
             LeaveReason::Panicked => f.write_str("session panicked"),
+            LeaveReason::TlsFailed(HandshakeFailure {
+                reason,
+                error: None,
+            }) => {
+                write!(f, "TLS handshake failed: {reason}")
+            }
+            LeaveReason::TlsFailed(HandshakeFailure {
+                reason,
+                error: Some(e),
+            }) => write!(f, "TLS handshake failed: {reason}: {e}"),
         }
     }
 }
@@ -209,6 +229,8 @@ pub struct Snapshot {
     pub admitted: u64,
     /// Clients turned away because the server was full.
     pub rejected: u64,
+    /// Clients admitted whose TLS handshake then failed.
+    pub tls_failed: u64,
 }
 
 /// What the registry actor's inbox carries.
@@ -275,6 +297,11 @@ pub(crate) enum ConnectionEnd {
     Lookup(io::Error),
     /// No resolved address accepted the connection.
     Connect(io::Error),
+    /// The TLS handshake failed: why, in a few words, and the error.
+    Tls {
+        reason: &'static str,
+        error: io::Error,
+    },
     /// The server closed the connection (the `end` event).
     ServerClosed,
     /// Messages were outstanding and nothing arrived for `--timeout`.
@@ -294,6 +321,7 @@ impl fmt::Display for ConnectionEnd {
         match self {
             ConnectionEnd::Lookup(e) => write!(f, "lookup failed: {e}"),
             ConnectionEnd::Connect(e) => write!(f, "connect failed: {e}"),
+            ConnectionEnd::Tls { reason, .. } => write!(f, "TLS handshake failed: {reason}"),
             ConnectionEnd::ServerClosed => f.write_str("server closed the connection"),
             ConnectionEnd::Timeout => f.write_str("no reply within the timeout"),
             ConnectionEnd::Io(e) => write!(f, "io error: {e}"),

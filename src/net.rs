@@ -5,8 +5,8 @@
 //! A `LineSocket` owns a TCP connection, its read loop and its line framer,
 //! as mini-redis's `Connection` owns its socket and its buffer: the actors
 //! ask it for lines and hand it bytes to write, and never see how the bytes
-//! are read. (This is where TLS and the PROXY header will go, so that no
-//! actor learns two kinds of stream.)
+//! are read. The connection is plain TCP or TLS inside it (a handshake turns
+//! one into the other), so that no actor learns two kinds of stream.
 
 use std::future::Future;
 use std::io;
@@ -15,9 +15,11 @@ use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, select_biased};
+use futures_rustls::TlsStream;
 use socket2::{Domain, Socket as RawSocket, Type};
 
 use crate::rt::{Listener, ReadLoop, Socket, sleep_until, within};
+use crate::tls::{ClientTls, ServerTls};
 use crate::wire::{FrameError, Framer};
 
 /// Connections the kernel queues for the acceptor; it caps this at
@@ -46,24 +48,40 @@ pub(crate) fn bind(addr: &str) -> io::Result<Listener> {
     Err(last_error)
 }
 
-/// A TCP connection that reads `\n`-terminated lines and writes bytes.
+/// A TCP connection, plain or TLS, that reads `\n`-terminated lines and
+/// writes bytes.
 ///
 /// Reads go through a [`ReadLoop`] into a [`Framer`]: [`read`](Self::read)
 /// fills the framer, [`next_line`](Self::next_line) takes lines out. Only the
 /// task that owns it writes to it.
 #[derive(Debug)]
 pub(crate) struct LineSocket {
-    socket: Socket,
+    transport: Transport,
     reads: ReadLoop,
     framer: Framer,
 }
+
+/// What carries the bytes.
+#[derive(Debug)]
+enum Transport {
+    Plain(Socket),
+    /// Boxed: a TLS session is kilobytes, and a plain session's future
+    /// should not carry room for one.
+    Tls(Box<TlsStream<Socket>>),
+    /// A handshake took the socket and did not give it back (it failed, or
+    /// was abandoned): the connection is closed.
+    Closed,
+}
+
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 impl LineSocket {
     /// Wraps an accepted connection; lines longer than `max_line` bytes are
     /// a framing error.
     pub(crate) fn new(socket: Socket, max_line: usize) -> LineSocket {
         LineSocket {
-            socket,
+            transport: Transport::Plain(socket),
             reads: ReadLoop::default(),
             framer: Framer::new(max_line),
         }
@@ -74,18 +92,82 @@ impl LineSocket {
         Ok(LineSocket::new(Socket::connect(addr).await?, max_line))
     }
 
-    /// The connection itself, for socket options and addresses.
-    pub(crate) fn tcp(&self) -> &TcpStream {
-        self.socket.get_ref()
+    /// The TCP connection itself, for socket options and addresses; `None`
+    /// once a failed handshake has closed it.
+    pub(crate) fn tcp(&self) -> Option<&TcpStream> {
+        self.socket().map(|socket| socket.get_ref())
+    }
+
+    fn socket(&self) -> Option<&Socket> {
+        match &self.transport {
+            Transport::Plain(socket) => Some(socket),
+            Transport::Tls(tls) => Some(tls.get_ref().0),
+            Transport::Closed => None,
+        }
+    }
+
+    /// The server's TLS handshake, on a connection that is still plain.
+    ///
+    /// A peer whose first byte cannot start a TLS handshake gets
+    /// [`Handshake::NotTls`] with the plain connection intact, so that it can
+    /// be told in plain text. On an error the connection is closed.
+    pub(crate) async fn accept_tls(&mut self, tls: &ServerTls) -> io::Result<Handshake> {
+        let Transport::Plain(socket) = &self.transport else {
+            return Err(io::Error::other("not a plain connection"));
+        };
+        let mut first = [0u8; 1];
+        let peeked = socket.read_with(|tcp| tcp.peek(&mut first)).await?;
+        if peeked == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if first[0] != TLS_HANDSHAKE_RECORD {
+            return Ok(Handshake::NotTls);
+        }
+        let Transport::Plain(socket) = std::mem::replace(&mut self.transport, Transport::Closed)
+        else {
+            unreachable!("checked above");
+        };
+        let stream = tls.acceptor.accept(socket).await?;
+        self.transport = Transport::Tls(Box::new(stream.into()));
+        Ok(Handshake::Done)
+    }
+
+    /// The client's TLS handshake, on a connection that is still plain. On
+    /// an error the connection is closed.
+    pub(crate) async fn connect_tls(&mut self, tls: &ClientTls) -> io::Result<()> {
+        let Transport::Plain(_) = &self.transport else {
+            return Err(io::Error::other("not a plain connection"));
+        };
+        let Transport::Plain(socket) = std::mem::replace(&mut self.transport, Transport::Closed)
+        else {
+            unreachable!("checked above");
+        };
+        let stream = (tls.connector)
+            .connect(tls.server_name.clone(), socket)
+            .await?;
+        self.transport = Transport::Tls(Box::new(stream.into()));
+        Ok(())
     }
 
     /// Reads what the peer sent into the framer; `Ok(0)` is the end of its
     /// stream. Dropped before it completes, it reads nothing.
     pub(crate) async fn read(&mut self) -> io::Result<usize> {
-        let n = self
-            .reads
-            .read(&self.socket, self.framer.read_buf())
-            .await?;
+        let socket = self.socket().ok_or_else(closed)?;
+        self.reads.ready(socket).await?;
+        let buf = self.framer.read_buf();
+        let room = buf.len();
+        let n = match &mut self.transport {
+            Transport::Plain(socket) => (&*socket).read(buf).await?,
+            // A peer that closes without TLS's close_notify has still
+            // closed: the protocol's lines carry their own ends, so a cut
+            // stream cannot pass for a whole one.
+            Transport::Tls(tls) => match tls.read(buf).await {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+                read => read?,
+            },
+            Transport::Closed => return Err(closed()),
+        };
+        self.reads.record(n, room);
         self.framer.filled(n);
         Ok(n)
     }
@@ -108,14 +190,36 @@ impl LineSocket {
         self.framer.take_fragment()
     }
 
-    /// Writes all of `bytes`.
-    pub(crate) async fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
-        (&self.socket).write_all(bytes).await
+    /// Writes all of `bytes` (and, with TLS, sends the records).
+    pub(crate) async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.transport {
+            Transport::Plain(socket) => (&*socket).write_all(bytes).await,
+            Transport::Tls(tls) => {
+                tls.write_all(bytes).await?;
+                tls.flush().await
+            }
+            Transport::Closed => Err(closed()),
+        }
     }
 
-    /// Writes some of `bytes`, as soon as the socket takes any; how many.
-    async fn write(&self, bytes: &[u8]) -> io::Result<usize> {
-        (&self.socket).write(bytes).await
+    /// Writes some of `bytes`, as soon as the connection takes any; how many.
+    /// With TLS, taken means encrypted: some may still wait for a
+    /// [`flush`](Self::flush).
+    async fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match &mut self.transport {
+            Transport::Plain(socket) => (&*socket).write(bytes).await,
+            Transport::Tls(tls) => tls.write(bytes).await,
+            Transport::Closed => Err(closed()),
+        }
+    }
+
+    /// Sends what TLS has encrypted and not yet sent.
+    async fn flush(&mut self) -> io::Result<()> {
+        match &mut self.transport {
+            Transport::Plain(_) => Ok(()),
+            Transport::Tls(tls) => tls.flush().await,
+            Transport::Closed => Err(closed()),
+        }
     }
 
     /// Writes all of `bytes`, where every write must take some of them
@@ -126,7 +230,7 @@ impl LineSocket {
     /// to take its bytes is boxed, so its state (a timer among it) sits in no
     /// caller's future while the caller idles.
     pub(crate) async fn write_bounded<T, F: Future<Output = T>>(
-        &self,
+        &mut self,
         bytes: &[u8],
         progress_within: Option<Duration>,
         interrupt: impl FnOnce() -> F,
@@ -135,14 +239,16 @@ impl LineSocket {
             Some(n) => n.map_err(WriteStop::Failed)?,
             None => 0,
         };
-        if written == bytes.len() {
+        if written == bytes.len() && self.flush().now_or_never().is_some_and(|f| f.is_ok()) {
             return Ok(());
         }
         Box::pin(self.write_waiting(&bytes[written..], progress_within, interrupt())).await
     }
 
+    /// The rest of a bounded write; with TLS, the final flush (of at most
+    /// one write's records) is one more step that must finish within the limit.
     async fn write_waiting<T>(
-        &self,
+        &mut self,
         bytes: &[u8],
         progress_within: Option<Duration>,
         interrupt: impl Future<Output = T>,
@@ -161,23 +267,41 @@ impl LineSocket {
             }
             written += n;
         }
-        Ok(())
+        let stalled_at = progress_within.map(|limit| Instant::now() + limit);
+        select_biased! {
+            flushed = self.flush().fuse() => flushed.map_err(WriteStop::Failed),
+            value = interrupt => Err(WriteStop::Interrupted(value)),
+            _ = sleep_until(stalled_at).fuse() => Err(WriteStop::Stalled),
+        }
     }
 
     /// Makes the close that comes when this is dropped a reset: nothing
     /// unsent lingers in the kernel for a peer that does not read.
     pub(crate) fn reset_on_close(&self) {
-        // If it cannot be set, the close is an ordinary one.
-        let _ = socket2::SockRef::from(self.tcp()).set_linger(Some(Duration::ZERO));
+        if let Some(tcp) = self.tcp() {
+            // If it cannot be set, the close is an ordinary one.
+            let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+        }
     }
 
     /// Closes a connection this side decided to end, so that its last line
-    /// arrives: shut down our side, then discard what the peer still sends
-    /// until it goes quiet, closes, or a bound is hit. Closing with unread
-    /// input instead would make the kernel send a reset, which can destroy
-    /// the last line before the peer reads it.
-    pub(crate) async fn linger_close(&self) {
-        if self.tcp().shutdown(std::net::Shutdown::Write).is_err() {
+    /// arrives: end TLS (close_notify), shut down our side, then discard what
+    /// the peer still sends until it goes quiet, closes, or a bound is hit.
+    /// Closing with unread input instead would make the kernel send a reset,
+    /// which can destroy the last line before the peer reads it.
+    pub(crate) async fn linger_close(&mut self) {
+        if let Transport::Tls(tls) = &mut self.transport {
+            tls.get_mut().1.send_close_notify();
+            if self.flush().await.is_err() {
+                return;
+            }
+        }
+        let Some(socket) = self.socket() else { return };
+        if socket
+            .get_ref()
+            .shutdown(std::net::Shutdown::Write)
+            .is_err()
+        {
             return;
         }
         let started = Instant::now();
@@ -185,7 +309,7 @@ impl LineSocket {
         // On the heap, and only while lingering: as an array it would sit in
         // every session's future for the whole connection.
         let mut scratch = vec![0u8; 4096];
-        let mut reader = &self.socket;
+        let mut reader = socket;
         while discarded < LINGER_MAX_BYTES && started.elapsed() < LINGER_MAX {
             match within(LINGER_QUIET, reader.read(&mut scratch)).await {
                 Some(Ok(n)) if n > 0 => discarded += n,
@@ -193,6 +317,22 @@ impl LineSocket {
             }
         }
     }
+}
+
+/// How [`LineSocket::accept_tls`] went, when no error stopped it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Handshake {
+    /// The connection is TLS now.
+    Done,
+    /// The peer spoke something else first; the connection is still plain.
+    NotTls,
+}
+
+fn closed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection closed by a failed handshake",
+    )
 }
 
 /// Why [`LineSocket::write_bounded`] stopped before writing everything.

@@ -16,7 +16,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::AsyncReadExt;
 use futures::future::{BoxFuture, FusedFuture, poll_fn};
 
 pub(crate) use async_std::channel::{Receiver, Sender, bounded};
@@ -129,16 +128,19 @@ pub(crate) struct ReadLoop {
 }
 
 impl ReadLoop {
-    /// Reads into `buf`, waiting first if the last read emptied the socket.
-    /// Dropped before it completes, it leaves the loop as it was.
-    pub(crate) async fn read(&mut self, socket: &Socket, buf: &mut [u8]) -> io::Result<usize> {
+    /// Completes when a read is worth trying: at once, unless the last read
+    /// emptied the socket, then when it may be readable. Dropped before it
+    /// completes, it leaves the loop as it was.
+    pub(crate) async fn ready(&self, socket: &Socket) -> io::Result<()> {
         if self.emptied {
             wait_for_input(socket).await?;
         }
-        let mut reader = socket;
-        let n = reader.read(buf).await?;
-        self.emptied = n < buf.len();
-        Ok(n)
+        Ok(())
+    }
+
+    /// Records that a read into `room` bytes returned `n`.
+    pub(crate) fn record(&mut self, n: usize, room: usize) {
+        self.emptied = n < room;
     }
 }
 

@@ -8,6 +8,7 @@
 //! stops any session still writing → the registry logs its final snapshot
 //! and stops.
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,10 +21,12 @@ use crate::actors::registry::Registry;
 use crate::actors::session::SessionContext;
 use crate::rt::{JoinHandle, Listener, within};
 use crate::shutdown::{self, Shutdown};
+use crate::tls::ServerTls;
 
 pub use crate::actors::registry::{RegistryConfig, RegistryHandle};
 pub use crate::actors::session::SessionConfig;
 pub use crate::messages::{ClientId, ClientInfo, Counts, Snapshot};
+pub use crate::tls::{TlsError, TlsFiles, TlsReloader};
 
 /// How long cut sessions get to report to the registry before it stops anyway.
 const CUT_GRACE: Duration = Duration::from_millis(100);
@@ -38,6 +41,9 @@ pub struct ServerConfig {
     /// On shutdown, how long clients get to receive their last replies
     /// before they are cut off (`--shutdown-timeout`).
     pub shutdown_timeout: Duration,
+    /// Set: clients must speak TLS, with this certificate (`--tls-cert`,
+    /// `--tls-key`).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +52,7 @@ impl Default for ServerConfig {
             session: SessionConfig::default(),
             registry: RegistryConfig::default(),
             shutdown_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -63,27 +70,58 @@ pub struct ServerSummary {
     pub last: Snapshot,
 }
 
+/// Why a server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The TLS certificate or key did not load.
+    Tls(TlsError),
+    /// The address could not be bound.
+    Listen(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Tls(e) => write!(f, "cannot load the TLS certificate: {e}"),
+            StartError::Listen(e) => write!(f, "cannot listen: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
 /// A server bound to its listener, with its registry running.
 pub struct Server {
     listener: Listener,
     config: ServerConfig,
+    tls: Option<ServerTls>,
     registry: RegistryHandle,
     registry_task: JoinHandle<()>,
 }
 
 impl Server {
-    /// Binds `addr` (`host:port`, resolved now; the first address that binds
-    /// wins) and starts the registry; the server accepts once
-    /// [`run`](Server::run) is awaited.
-    pub fn bind(addr: &str, config: ServerConfig) -> io::Result<Server> {
-        let listener = crate::net::bind(addr)?;
+    /// Loads the TLS certificate, if any, binds `addr` (`host:port`,
+    /// resolved now; the first address that binds wins) and starts the
+    /// registry; the server accepts once [`run`](Server::run) is awaited.
+    pub fn bind(addr: &str, config: ServerConfig) -> Result<Server, StartError> {
+        let tls = (config.tls.as_ref())
+            .map(ServerTls::load)
+            .transpose()
+            .map_err(StartError::Tls)?;
+        let listener = crate::net::bind(addr).map_err(StartError::Listen)?;
         let (registry, registry_task) = Registry::spawn(config.registry.clone());
         Ok(Server {
             listener,
             config,
+            tls,
             registry,
             registry_task,
         })
+    }
+
+    /// What replaces the certificate of a TLS server while it runs (SIGHUP).
+    pub fn tls_reloader(&self) -> Option<TlsReloader> {
+        self.tls.as_ref().map(ServerTls::reloader)
     }
 
     /// The address the server listens on (the real port, when bound to port 0).
@@ -99,7 +137,10 @@ impl Server {
     /// Serves until `shutdown` fires, then shuts down in order.
     pub async fn run(self, shutdown: Shutdown) -> ServerSummary {
         match self.local_addr() {
-            Ok(addr) => info!("listening", { addr: log::kv::Value::from_display(&addr) }),
+            Ok(addr) => info!("listening", {
+                addr: log::kv::Value::from_display(&addr),
+                tls: self.tls.is_some(),
+            }),
             Err(e) => info!("listening", { addr_error: log::kv::Value::from_display(&e) }),
         }
         let (cut_trigger, cut) = shutdown::channel();
@@ -107,6 +148,7 @@ impl Server {
             registry: self.registry.clone(),
             config: self.config.session.clone(),
             cut,
+            tls: self.tls,
         });
         let accepted = Acceptor::new(self.listener, sessions).run(shutdown).await;
 

@@ -1,6 +1,7 @@
 //! Unix signals, turned into actor messages: SIGINT and SIGTERM start a clean
 //! shutdown (a second one exits at once), SIGUSR1 asks the registry to log a
-//! snapshot.
+//! snapshot, SIGHUP reloads a TLS server's certificate (a server without TLS
+//! leaves SIGHUP alone).
 //!
 //! A thread of its own (`duplex-signals`) waits in signal-hook's blocking
 //! iterator, so this part of the binary needs no async runtime: firing the
@@ -8,23 +9,31 @@
 
 use std::io;
 
-use duplex::server::RegistryHandle;
+use duplex::server::{RegistryHandle, TlsReloader};
 use duplex::shutdown::ShutdownTrigger;
 use kv_log_macro::{info, warn};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 /// Exit code after a second interrupt, as shells report death by SIGINT.
 const FORCED_EXIT_CODE: i32 = 130;
 
-/// Starts listening for signals; `registry` gets SIGUSR1 (server role only).
-pub(crate) fn install(
-    trigger: ShutdownTrigger,
-    registry: Option<RegistryHandle>,
-) -> io::Result<()> {
+/// What the server's own signals reach.
+pub(crate) struct ServerSignals {
+    /// Gets SIGUSR1.
+    pub(crate) registry: RegistryHandle,
+    /// Gets SIGHUP, when the server speaks TLS.
+    pub(crate) tls: Option<TlsReloader>,
+}
+
+/// Starts listening for signals; `server` gets its own (server role only).
+pub(crate) fn install(trigger: ShutdownTrigger, server: Option<ServerSignals>) -> io::Result<()> {
     let mut wanted = vec![SIGINT, SIGTERM];
-    if registry.is_some() {
+    if let Some(server) = &server {
         wanted.push(SIGUSR1);
+        if server.tls.is_some() {
+            wanted.push(SIGHUP);
+        }
     }
     let mut signals = Signals::new(wanted)?;
     std::thread::Builder::new()
@@ -34,10 +43,16 @@ pub(crate) fn install(
             for signal in signals.forever() {
                 match signal {
                     SIGUSR1 => {
-                        if let Some(registry) = &registry {
-                            if !registry.log_snapshot() {
-                                warn!("snapshot request dropped: registry busy");
-                            }
+                        let registry = server.as_ref().map(|s| &s.registry);
+                        if registry.is_some_and(|registry| !registry.log_snapshot()) {
+                            warn!("snapshot request dropped: registry busy");
+                        }
+                    }
+                    SIGHUP => {
+                        if let Some(tls) = server.as_ref().and_then(|s| s.tls.as_ref()) {
+                            info!("signal received: reloading the TLS certificate", { signal: signal });
+                            // Logged by reload itself; the old certificate stays on failure.
+                            let _ = tls.reload();
                         }
                     }
                     _ if triggered => {

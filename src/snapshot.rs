@@ -49,6 +49,7 @@ fn log_summary(snapshot: &Snapshot) {
         clients = snapshot.clients.len(),
         admitted = snapshot.admitted,
         rejected = snapshot.rejected,
+        tls_failed = snapshot.tls_failed,
         messages_in = totals.messages_in,
         messages_out = totals.messages_out,
         bytes_in = totals.bytes_in,

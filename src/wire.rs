@@ -18,6 +18,9 @@ pub const SHUTDOWN_NOTICE: &[u8] = b"notice: server shutting down\n";
 /// Sent before closing a client that said nothing for the idle timeout.
 pub const IDLE_TIMEOUT_ERROR: &[u8] = b"error: idle timeout\n";
 
+/// Sent in plain text to a client that speaks plain text to a TLS server.
+pub const TLS_REQUIRED_ERROR: &[u8] = b"error: this server speaks TLS\n";
+
 /// The line sent before closing a client whose line exceeded `max` bytes.
 pub fn line_too_long_error(max: usize) -> Vec<u8> {
     format!("error: line too long (max {max} bytes)\n").into_bytes()

@@ -17,15 +17,13 @@ use futures::{AsyncBufReadExt, AsyncWriteExt};
 
 fn config(addr: impl ToString, clients: usize, depth: usize, size: usize) -> BenchConfig {
     BenchConfig {
-        addr: addr.to_string(),
         clients,
         duration: Duration::from_millis(300),
         depth,
         size,
-        rate: None,
         connect_rate: 1000,
         progress: false,
-        server_pid: None,
+        ..BenchConfig::new(addr.to_string())
     }
 }
 

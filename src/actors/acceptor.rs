@@ -21,6 +21,7 @@ use crate::messages::{Admission, ClientId, SessionStats};
 use crate::net::LineSocket;
 use crate::rt::{Listener, Socket, bounded, sleep, spawn, within};
 use crate::shutdown::Shutdown;
+use crate::tls::ServerTls;
 use crate::wire;
 
 /// First pause after an accept failed for lack of resources.
@@ -99,7 +100,7 @@ impl Acceptor {
                 spawn(session.run());
             }
             Admission::Full { max } => {
-                spawn(turn_away(socket, max));
+                spawn(turn_away(socket, max, self.sessions.tls.clone()));
             }
         }
     }
@@ -115,12 +116,20 @@ impl Acceptor {
     }
 }
 
-/// Tells a client the server is full, then closes it. The registry already
-/// logged the rejection.
-async fn turn_away(socket: LineSocket, max: usize) {
+/// Tells a client the server is full (after the TLS handshake, if the
+/// server speaks TLS), then closes it. The registry already logged the
+/// rejection.
+async fn turn_away(mut socket: LineSocket, max: usize, tls: Option<ServerTls>) {
     let line = wire::server_full_error(max);
+    let told = within(REJECT_WRITE_TIMEOUT, async {
+        if let Some(tls) = &tls {
+            // A plain-text client on a TLS port is told in plain text.
+            Box::pin(socket.accept_tls(tls)).await?;
+        }
+        socket.write_all(&line).await
+    });
     // The client may already be gone, or never read: either way we close it.
-    if let Some(Ok(())) = within(REJECT_WRITE_TIMEOUT, socket.write_all(&line)).await {
+    if let Some(Ok(())) = told.await {
         socket.linger_close().await;
     }
 }

@@ -26,6 +26,7 @@ use log::kv::Value;
 use crate::messages::{ConnectionEnd, ConnectionExit, ConnectionMsg, ConnectionStart};
 use crate::net::LineSocket;
 use crate::rt::{ToSocketAddrs, sleep_until, within};
+use crate::tls::{self, ClientTls};
 use crate::wire;
 
 /// Where the client's output goes: called once per line the server sends,
@@ -42,9 +43,11 @@ pub struct ConnectionConfig {
     /// `host:port` to resolve and connect to; every address it resolves to
     /// is tried in turn (`--addr`).
     pub addr: String,
-    /// Limit for lookup, connect, each write, and silence while replies are
-    /// owed (`--timeout`).
+    /// Limit for lookup, connect, the TLS handshake, each write, and silence
+    /// while replies are owed (`--timeout`).
     pub timeout: Duration,
+    /// Set: speak TLS, verifying the server's certificate (`--tls`).
+    pub tls: Option<ClientTls>,
 }
 
 /// One connection's actor. Build with [`Connection::new`], then `run` it.
@@ -80,11 +83,17 @@ impl Connection {
             ConnectionEnd::Io(e) | ConnectionEnd::Lookup(e) | ConnectionEnd::Connect(e) => {
                 warn!("error", { error: Value::from_display(e) });
             }
+            ConnectionEnd::Tls { reason, error } => {
+                warn!("error", { tls: *reason, error: Value::from_display(error) });
+            }
             _ => {}
         }
         let had_error = matches!(
             end,
-            ConnectionEnd::Io(_) | ConnectionEnd::Lookup(_) | ConnectionEnd::Connect(_)
+            ConnectionEnd::Io(_)
+                | ConnectionEnd::Lookup(_)
+                | ConnectionEnd::Connect(_)
+                | ConnectionEnd::Tls { .. }
         );
         info!("close", {
             reason: Value::from_display(&end),
@@ -124,14 +133,13 @@ impl Connection {
         for peer in addrs {
             match within(timeout, LineSocket::connect(peer, MAX_SERVER_LINE)).await {
                 Some(Ok(socket)) => {
-                    let local = (socket.tcp().local_addr())
-                        .map(|a| a.to_string())
-                        .unwrap_or_default();
+                    let tcp = socket.tcp().expect("a new connection is open");
+                    let local = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
                     info!("connect", { peer: Value::from_display(&peer), local: local });
-                    if let Err(e) = socket2::SockRef::from(socket.tcp()).set_keepalive(true) {
+                    if let Err(e) = socket2::SockRef::from(tcp).set_keepalive(true) {
                         debug!("keepalive not set", { error: Value::from_display(&e) });
                     }
-                    return Ok(socket);
+                    return self.start_tls(socket).await;
                 }
                 Some(Err(e)) => {
                     debug!("connect attempt failed", {
@@ -144,6 +152,27 @@ impl Connection {
             }
         }
         Err(ConnectionEnd::Connect(last_error))
+    }
+
+    /// The TLS handshake, when the client speaks TLS.
+    async fn start_tls(&self, mut socket: LineSocket) -> Result<LineSocket, ConnectionEnd> {
+        let Some(tls) = &self.config.tls else {
+            return Ok(socket);
+        };
+        // Boxed: a handshake's state is kilobytes, and gone once it is done.
+        let shaken = Box::pin(within(self.config.timeout, socket.connect_tls(tls))).await;
+        let e = match shaken {
+            Some(Ok(())) => {
+                info!("secure connect", { server_name: Value::from_debug(&tls.server_name) });
+                return Ok(socket);
+            }
+            Some(Err(e)) => e,
+            None => timed_out("TLS handshake"),
+        };
+        Err(ConnectionEnd::Tls {
+            reason: tls::failure_reason(&e),
+            error: e,
+        })
     }
 
     /// Resends what is pending, then sends new messages and reads lines until
@@ -214,7 +243,7 @@ impl Connection {
         Ok(())
     }
 
-    async fn write(&self, socket: &LineSocket, out: &mut Vec<u8>) -> Result<(), ConnectionEnd> {
+    async fn write(&self, socket: &mut LineSocket, out: &mut Vec<u8>) -> Result<(), ConnectionEnd> {
         if out.is_empty() {
             return Ok(());
         }

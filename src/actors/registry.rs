@@ -89,6 +89,7 @@ pub(crate) struct Registry {
     departed: Counts,
     admitted: u64,
     rejected: u64,
+    tls_failed: u64,
     waiters: Vec<(usize, oneshot::Sender<()>)>,
     /// Shutdown has begun: inboxes are closed, new ones too.
     draining: bool,
@@ -103,18 +104,15 @@ pub(crate) enum Flow {
 }
 
 impl Registry {
-    fn new(config: RegistryConfig) -> Registry {
-        Registry {
-            config,
-            ..Registry::default()
-        }
-    }
-
     /// Starts the actor; returns its handle and its task (which ends after
     /// [`RegistryHandle::stop`]).
     pub(crate) fn spawn(config: RegistryConfig) -> (RegistryHandle, JoinHandle<()>) {
         let (sender, inbox) = bounded(INBOX_CAPACITY);
-        let task = spawn(Registry::new(config).run(inbox));
+        let registry = Registry {
+            config,
+            ..Registry::default()
+        };
+        let task = spawn(registry.run(inbox));
         (RegistryHandle { inbox: sender }, task)
     }
 
@@ -241,6 +239,7 @@ impl Registry {
         };
         let counts = entry.stats.counts();
         self.departed += counts;
+        self.tls_failed += u64::from(matches!(reason, LeaveReason::TlsFailed(_)));
         let connected_for = humantime::format_duration(round_ms(entry.connected_at.elapsed()));
         info!("client left", {
             client_id: id,
@@ -277,6 +276,7 @@ impl Registry {
             totals,
             admitted: self.admitted,
             rejected: self.rejected,
+            tls_failed: self.tls_failed,
         }
     }
 
@@ -402,11 +402,14 @@ mod tests {
     use super::*;
 
     fn registry(max_clients: usize) -> Registry {
-        Registry::new(RegistryConfig {
-            max_clients,
-            snapshot_interval: None,
-            idle_timeout: Some(Duration::from_secs(60)),
-        })
+        Registry {
+            config: RegistryConfig {
+                max_clients,
+                snapshot_interval: None,
+                idle_timeout: Some(Duration::from_secs(60)),
+            },
+            ..Registry::default()
+        }
     }
 
     fn peer(port: u16) -> SocketAddr {

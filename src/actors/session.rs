@@ -7,6 +7,10 @@
 //! client through the session's bounded inbox ([`SessionCommand`]), which the
 //! same task drains.
 //!
+//! A TLS server's session starts with the handshake, within the handshake
+//! timeout (a plain-text client is told in plain text that the port speaks
+//! TLS); the waits the server can interrupt are in `session/waits.rs`.
+//!
 //! A slow reader stalls only its own session: while a write waits for the
 //! socket, the session reads nothing more from that client (backpressure).
 //!
@@ -22,16 +26,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::poll_fn;
-use futures::{FutureExt, StreamExt, select_biased};
-use kv_log_macro::{debug, warn};
+use futures::{FutureExt, select_biased};
+use kv_log_macro::{debug, info, warn};
 
 use crate::actors::registry::RegistryHandle;
-use crate::messages::{ClientId, LeaveReason, SessionCommand, SessionStats};
-use crate::net::{LineSocket, WriteStop};
+use crate::messages::{ClientId, HandshakeFailure, LeaveReason, SessionCommand, SessionStats};
+use crate::net::{Handshake, LineSocket};
 use crate::rt::{Alarm, Receiver, spawn};
 use crate::shutdown::Shutdown;
+use crate::tls::ServerTls;
 use crate::wire::{self, ReplyFormatter};
+
+mod waits;
+
+use waits::{Failure, handshake, next_command, write_or_cut};
 
 /// Capacity of a session's inbox, in commands. Only the registry writes to
 /// it, and it never waits: a command that finds the inbox full is tried again
@@ -52,6 +60,8 @@ pub struct SessionConfig {
     /// How long a write may wait for the client to take any of its bytes
     /// before the client is cut off; `None` waits forever (`--write-timeout`).
     pub write_timeout: Option<Duration>,
+    /// How long a TLS handshake may take (`--handshake-timeout`).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -60,6 +70,7 @@ impl Default for SessionConfig {
             max_line: 64 * 1024,
             fragment_timeout: Some(Duration::from_millis(200)),
             write_timeout: Some(Duration::from_secs(30)),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -71,6 +82,8 @@ pub(crate) struct SessionContext {
     pub(crate) config: SessionConfig,
     /// Stop now, even in the middle of a write (the shutdown timeout ran out).
     pub(crate) cut: Shutdown,
+    /// Set: every client starts with a TLS handshake.
+    pub(crate) tls: Option<ServerTls>,
 }
 
 /// One client's actor. Build with [`Session::new`], then `run` it in its own task.
@@ -148,7 +161,6 @@ impl Session {
 
     /// Closes the connection as its end requires and tells the registry why.
     async fn leave(mut self, served: Result<LeaveReason, Failure>) {
-        let cut = &self.context.cut;
         let reason = match served {
             Err(Failure::Stalled(reason)) => {
                 // Nothing more can reach this client: reset, do not linger.
@@ -162,15 +174,26 @@ impl Session {
             }
             Ok(reason) => {
                 if !matches!(reason, LeaveReason::PeerClosed) {
-                    select_biased! {
-                        _ = cut.wait().fuse() => {}
-                        _ = self.socket.linger_close().fuse() => {}
-                    }
+                    self.linger().await;
                 }
                 reason
             }
             Err(Failure::Cut) => LeaveReason::Cut,
-            Err(Failure::Io(e)) if cut.is_triggered() => {
+            Err(Failure::Ended(reason)) => reason,
+            Err(Failure::Handshake(failure)) => {
+                let error = failure
+                    .error
+                    .as_ref()
+                    .map_or(String::new(), |e| e.to_string());
+                info!("TLS handshake failed", {
+                    client_id: self.id,
+                    peer: log::kv::Value::from_display(&self.peer),
+                    reason: failure.reason,
+                    error: error,
+                });
+                LeaveReason::TlsFailed(failure)
+            }
+            Err(Failure::Io(e)) if self.context.cut.is_triggered() => {
                 debug!("session cut", { client_id: self.id, error: log::kv::Value::from_display(&e) });
                 LeaveReason::Cut
             }
@@ -201,8 +224,33 @@ impl Session {
     }
 
     async fn serve(&mut self) -> Result<LeaveReason, Failure> {
+        if let Some(tls) = &self.context.tls {
+            // Boxed: a handshake's state is kilobytes, and gone once it is done.
+            let shaken = Box::pin(handshake(
+                &mut self.socket,
+                tls,
+                &self.context,
+                &mut self.inbox,
+            ));
+            if shaken.await? == Handshake::NotTls {
+                self.out.extend_from_slice(wire::TLS_REQUIRED_ERROR);
+                self.flush().await?;
+                self.linger().await;
+                let reason = "not TLS (plain text on the TLS port)";
+                return Err(Failure::Handshake(HandshakeFailure {
+                    reason,
+                    error: None,
+                }));
+            }
+        }
         // Written directly: an idle client's reply buffer stays unallocated.
-        write_or_cut(&self.socket, &self.context, &mut self.inbox, wire::GREETING).await?;
+        write_or_cut(
+            &mut self.socket,
+            &self.context,
+            &mut self.inbox,
+            wire::GREETING,
+        )
+        .await?;
         let mut fragment_since: Option<Instant> = None;
         // The alarm lives across iterations, so waiting on it registers a
         // timer only when it is armed, not once per message (the inbox keeps
@@ -278,6 +326,14 @@ impl Session {
         }
     }
 
+    /// Closes so that the client's last line arrives, unless the server cuts it short.
+    async fn linger(&mut self) {
+        select_biased! {
+            _ = self.context.cut.wait().fuse() => {}
+            _ = self.socket.linger_close().fuse() => {}
+        }
+    }
+
     /// Formats a reply for every complete line buffered.
     fn answer_lines(&mut self) -> Result<(), wire::FrameError> {
         while let Some(line) = self.socket.next_line() {
@@ -311,7 +367,7 @@ impl Session {
         if self.out.is_empty() {
             return Ok(());
         }
-        write_or_cut(&self.socket, &self.context, &mut self.inbox, &self.out).await?;
+        write_or_cut(&mut self.socket, &self.context, &mut self.inbox, &self.out).await?;
         self.stats.sent(self.replies_queued, self.out.len() as u64);
         self.replies_queued = 0;
         self.out.clear();
@@ -320,76 +376,6 @@ impl Session {
         }
         Ok(())
     }
-}
-
-/// Writes `bytes` to the client, unless the server cuts it short, the client
-/// takes none of them for the write timeout, or the registry finds it idle
-/// meanwhile (a client that neither sends nor reads is idle too). The
-/// session's fields it needs, not the session, so that the bytes can be the
-/// session's own reply buffer.
-async fn write_or_cut(
-    socket: &LineSocket,
-    context: &SessionContext,
-    inbox: &mut Receiver<SessionCommand>,
-    bytes: &[u8],
-) -> Result<(), Failure> {
-    let cut = &context.cut;
-    let interrupt = || async move {
-        select_biased! {
-            _ = cut.wait().fuse() => Failure::Cut,
-            command = idle_command(inbox).fuse() => match command {
-                SessionCommand::CloseIdle => Failure::Stalled(LeaveReason::IdleTimeout),
-            },
-        }
-    };
-    let limit = context.config.write_timeout;
-    match socket.write_bounded(bytes, limit, interrupt).await {
-        Ok(()) => Ok(()),
-        Err(WriteStop::Failed(e)) => Err(Failure::Io(e)),
-        Err(WriteStop::Stalled) => Err(Failure::Stalled(LeaveReason::WriteTimeout)),
-        Err(WriteStop::Interrupted(failure)) => Err(failure),
-    }
-}
-
-/// How serving a client ended, when neither the client nor the protocol
-/// ended it.
-#[derive(Debug)]
-enum Failure {
-    /// Reading or writing the socket failed.
-    Io(io::Error),
-    /// The shutdown timeout ran out while a write waited (`cut`).
-    Cut,
-    /// A write waited for a client that takes no bytes, until the write
-    /// timeout or the idle timeout (the reason): it is cut off with a reset.
-    Stalled(LeaveReason),
-}
-
-impl From<io::Error> for Failure {
-    fn from(e: io::Error) -> Failure {
-        Failure::Io(e)
-    }
-}
-
-/// A command that ends the session even in the middle of a write. The inbox
-/// closing (the server's drain) does not: a session finishes its writes then,
-/// and the shutdown timeout's `cut` bounds them.
-async fn idle_command(inbox: &mut Receiver<SessionCommand>) -> SessionCommand {
-    match next_command(inbox).await {
-        Some(command) => command,
-        None => futures::future::pending().await,
-    }
-}
-
-/// The next command, or `None` once the registry has closed the inbox.
-///
-/// Not `inbox.next()`: a closed, empty channel makes that future report
-/// itself terminated, and `select!` skips terminated futures, so the close
-/// (the shutdown) would never be seen. The receiver keeps its listener across
-/// calls either way.
-fn next_command(
-    inbox: &mut Receiver<SessionCommand>,
-) -> impl Future<Output = Option<SessionCommand>> + '_ {
-    poll_fn(move |cx| inbox.poll_next_unpin(cx))
 }
 
 /// Above this capacity, in bytes, an emptied reply buffer is released, so one
@@ -425,6 +411,7 @@ mod tests {
                 ..SessionConfig::default()
             },
             cut: Shutdown::never(),
+            tls: None,
         });
         let session = Session::new(
             ClientId(1),
@@ -461,6 +448,7 @@ mod tests {
             registry: registry.clone(),
             config: SessionConfig::default(),
             cut: Shutdown::never(),
+            tls: None,
         });
         let session = Session::new(
             ClientId(1),

@@ -1,6 +1,7 @@
 //! The load generator behind `duplex --role bench`.
 //!
-//! Opens `clients` connections at a bounded rate, waits for every greeting,
+//! Opens `clients` connections (plain or TLS) at a bounded rate, waits for
+//! every greeting (and reports how fast connections, or TLS handshakes, came),
 //! then keeps `depth` messages of `size` bytes in flight on each connection for
 //! `duration`: as fast as replies come back (closed loop), or, with `rate`, at
 //! a fixed offered load, so that what a reply costs the server can be compared
@@ -33,6 +34,7 @@ use futures::{FutureExt, select_biased};
 
 use crate::rt::{ToSocketAddrs, bounded, sleep, spawn};
 use crate::shutdown::{self, Shutdown};
+use crate::tls::ClientTls;
 use pacer::{Credits, release};
 use process::{cpu_busy_pct, cpu_idle_ticks, process_cpu_ns};
 use report::percentile_us;
@@ -67,6 +69,8 @@ pub struct BenchConfig {
     /// A local server process to read memory and CPU time from
     /// (`--server-pid`).
     pub server_pid: Option<u32>,
+    /// Set: every connection speaks TLS (`--tls`, `--tls-ca`).
+    pub tls: Option<ClientTls>,
 }
 
 impl BenchConfig {
@@ -82,6 +86,7 @@ impl BenchConfig {
             connect_rate: 2000,
             progress: true,
             server_pid: None,
+            tls: None,
         }
     }
 }
@@ -130,6 +135,7 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
             connect_failures += 1;
         }
     }
+    let connect_seconds = started.elapsed().as_secs_f64();
     let rss_connected = config.server_pid.and_then(rss_kib);
 
     let progress = config
@@ -178,6 +184,8 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
         size: config.size,
         connected,
         connect_failures,
+        connect_seconds,
+        tls: config.tls.is_some(),
         seconds,
         server_rss_kib: rss_before.zip(rss_connected),
         offered_rate: config.rate,

@@ -13,6 +13,10 @@ pub struct BenchReport {
     pub connected: usize,
     /// Connections that failed to connect or be greeted in time.
     pub connect_failures: u64,
+    /// From the first connect to the last greeting (or failure), in seconds.
+    pub connect_seconds: f64,
+    /// Whether the connections spoke TLS (then each connect was a handshake).
+    pub tls: bool,
     /// Connections the server closed while measuring.
     pub disconnects: u64,
     /// Replies that did not echo the message they answered.
@@ -51,6 +55,16 @@ impl BenchReport {
         self.mismatches + self.connect_failures + self.disconnects
     }
 
+    /// Greeted connections per second while connecting: with TLS, full
+    /// handshakes per second. Bounded by `--connect-rate`.
+    pub fn connects_per_second(&self) -> f64 {
+        if self.connect_seconds > 0.0 {
+            self.connected as f64 / self.connect_seconds
+        } else {
+            0.0
+        }
+    }
+
     /// One JSON object, for scripts.
     pub fn to_json(&self) -> serde_json::Value {
         let (rss_before, rss_connected) = self.server_rss_kib.unzip();
@@ -59,6 +73,9 @@ impl BenchReport {
             "depth": self.depth,
             "size": self.size,
             "connected": self.connected,
+            "connect_seconds": self.connect_seconds,
+            "connects_per_second": self.connects_per_second(),
+            "tls": self.tls,
             "seconds": self.seconds,
             "replies": self.replies,
             "rate": self.rate,
@@ -85,6 +102,18 @@ impl std::fmt::Display for BenchReport {
             f,
             "{} clients ({} connected), depth {}, {}-byte messages, {:.1} s",
             self.clients, self.connected, self.depth, self.size, self.seconds
+        )?;
+        writeln!(
+            f,
+            "connects     {} in {:.2} s ({:.0}/s{})",
+            self.connected,
+            self.connect_seconds,
+            self.connects_per_second(),
+            if self.tls {
+                ", each a TLS handshake"
+            } else {
+                ""
+            }
         )?;
         write!(f, "replies      {} ({:.0}/s)", self.replies, self.rate)?;
         match self.offered_rate {

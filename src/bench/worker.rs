@@ -59,6 +59,9 @@ impl Worker {
         let max_line = self.config.size + 256;
         let connected = within(CONNECT_TIMEOUT, async {
             let mut socket = LineSocket::connect(addr, max_line).await?;
+            if let Some(tls) = &self.config.tls {
+                Box::pin(socket.connect_tls(tls)).await?;
+            }
             greeting(&mut socket).await?;
             Ok::<_, io::Error>(socket)
         })

@@ -1,0 +1,115 @@
+//! A session's waits that the server can interrupt: the TLS handshake and
+//! every write to the client race the server's `cut`, the registry's
+//! commands and their own time limits; and [`Failure`], how those waits end.
+
+use std::future::Future;
+use std::io;
+
+use futures::future::poll_fn;
+use futures::{FutureExt, StreamExt, select_biased};
+
+use super::SessionContext;
+use crate::messages::{HandshakeFailure, LeaveReason, SessionCommand};
+use crate::net::{Handshake, LineSocket, WriteStop};
+use crate::rt::{Receiver, within};
+use crate::tls::{self, ServerTls};
+
+/// Writes `bytes` to the client, unless the server cuts it short, the client
+/// takes none of them for the write timeout, or the registry finds it idle
+/// meanwhile (a client that neither sends nor reads is idle too). The
+/// session's fields it needs, not the session, so that the bytes can be the
+/// session's own reply buffer.
+pub(super) async fn write_or_cut(
+    socket: &mut LineSocket,
+    context: &SessionContext,
+    inbox: &mut Receiver<SessionCommand>,
+    bytes: &[u8],
+) -> Result<(), Failure> {
+    let cut = &context.cut;
+    let interrupt = || async move {
+        select_biased! {
+            _ = cut.wait().fuse() => Failure::Cut,
+            command = idle_command(inbox).fuse() => match command {
+                SessionCommand::CloseIdle => Failure::Stalled(LeaveReason::IdleTimeout),
+            },
+        }
+    };
+    let limit = context.config.write_timeout;
+    match socket.write_bounded(bytes, limit, interrupt).await {
+        Ok(()) => Ok(()),
+        Err(WriteStop::Failed(e)) => Err(Failure::Io(e)),
+        Err(WriteStop::Stalled) => Err(Failure::Stalled(LeaveReason::WriteTimeout)),
+        Err(WriteStop::Interrupted(failure)) => Err(failure),
+    }
+}
+
+/// The TLS handshake, within the handshake timeout, unless the server cuts
+/// it short or the registry asks the session to close meanwhile.
+pub(super) async fn handshake(
+    socket: &mut LineSocket,
+    tls: &ServerTls,
+    context: &SessionContext,
+    inbox: &mut Receiver<SessionCommand>,
+) -> Result<Handshake, Failure> {
+    let limit = context.config.handshake_timeout;
+    let shaken = select_biased! {
+        _ = context.cut.wait().fuse() => return Err(Failure::Cut),
+        // Nothing can be said to a client before its handshake.
+        command = next_command(inbox).fuse() => return Err(Failure::Ended(match command {
+            Some(SessionCommand::CloseIdle) => LeaveReason::IdleTimeout,
+            None => LeaveReason::ServerShutdown,
+        })),
+        shaken = within(limit, socket.accept_tls(tls)).fuse() => shaken,
+    };
+    let failed = |reason, error| Failure::Handshake(HandshakeFailure { reason, error });
+    match shaken {
+        Some(Ok(handshake)) => Ok(handshake),
+        Some(Err(e)) => Err(failed(tls::failure_reason(&e), Some(e))),
+        None => Err(failed("handshake timed out", None)),
+    }
+}
+
+/// How serving a client ended, when neither the client nor the protocol
+/// ended it.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// Reading or writing the socket failed.
+    Io(io::Error),
+    /// The shutdown timeout ran out while a write waited (`cut`).
+    Cut,
+    /// A write waited for a client that takes no bytes, until the write
+    /// timeout or the idle timeout (the reason): it is cut off with a reset.
+    Stalled(LeaveReason),
+    /// The TLS handshake did not finish.
+    Handshake(HandshakeFailure),
+    /// Ended before anything could be said, for this reason.
+    Ended(LeaveReason),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        Failure::Io(e)
+    }
+}
+
+/// A command that ends the session even in the middle of a write. The inbox
+/// closing (the server's drain) does not: a session finishes its writes then,
+/// and the shutdown timeout's `cut` bounds them.
+async fn idle_command(inbox: &mut Receiver<SessionCommand>) -> SessionCommand {
+    match next_command(inbox).await {
+        Some(command) => command,
+        None => futures::future::pending().await,
+    }
+}
+
+/// The next command, or `None` once the registry has closed the inbox.
+///
+/// Not `inbox.next()`: a closed, empty channel makes that future report
+/// itself terminated, and `select!` skips terminated futures, so the close
+/// (the shutdown) would never be seen. The receiver keeps its listener across
+/// calls either way.
+pub(super) fn next_command(
+    inbox: &mut Receiver<SessionCommand>,
+) -> impl Future<Output = Option<SessionCommand>> + '_ {
+    poll_fn(move |cx| inbox.poll_next_unpin(cx))
+}

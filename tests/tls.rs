@@ -1,0 +1,398 @@
+//! TLS, end to end, against real peers: `openssl s_client` and Node's `tls`
+//! module talk to the duplex server; the duplex client talks to a Node TLS
+//! version of the original server. Every failure a user can meet is
+//! provoked for real: plain text on the TLS port, an unknown CA, a wrong
+//! name, an expired certificate, a stalled handshake, SIGHUP with a good
+//! and a broken file, and a server restart under a running client.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_std::io::WriteExt;
+use async_std::net::TcpStream;
+use common::certs::{Leaf, TestCa, TlsPeer, have};
+use common::process::{
+    PATIENCE as PROCESS_PATIENCE, duplex, lines_of, server_command, signal, start_server_from,
+    stderr_lines, wait_for, wait_with_timeout,
+};
+use common::{PATIENCE, Peer, TestClient, TestServer, quick_config, within};
+use duplex::client::{ClientConfig, ClientTls, Outcome};
+use duplex::server::{ServerConfig, TlsFiles};
+use duplex::wire;
+
+fn tls_config(files: &TlsFiles) -> ServerConfig {
+    ServerConfig {
+        tls: Some(files.clone()),
+        ..quick_config()
+    }
+}
+
+/// `H:M:S - server reply: <message>`, the time not zero-padded.
+fn assert_reply(line: &[u8], message: &[u8]) {
+    let text = String::from_utf8_lossy(line);
+    let (time, echo) = text.split_once(" - server reply: ").expect("a reply");
+    assert_eq!(echo.as_bytes(), message, "{text}");
+    let fields: Vec<&str> = time.split(':').collect();
+    assert_eq!(fields.len(), 3, "{text}");
+    for field in fields {
+        let n: u32 = field.parse().expect("a number");
+        assert_eq!(n.to_string(), field, "not zero-padded: {text}");
+    }
+}
+
+#[async_std::test]
+async fn openssl_s_client_gets_the_greeting_and_byte_exact_replies() {
+    if !have("openssl") {
+        return;
+    }
+    let ca = TestCa::new("s_client CA");
+    let server = TestServer::start(tls_config(&ca.leaf("server", Leaf::Good))).await;
+    let mut s_client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-verify_return_error", "-servername"])
+        .arg("localhost")
+        .arg("-connect")
+        .arg(server.addr.to_string())
+        .arg("-CAfile")
+        .arg(ca.ca_pem())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run openssl");
+    let lines = lines_of(BufReader::new(s_client.stdout.take().expect("stdout")));
+    let next = || {
+        lines
+            .recv_timeout(PROCESS_PATIENCE)
+            .expect("a line from s_client")
+    };
+    assert_eq!(next(), "Hello");
+    let mut stdin = s_client.stdin.take().expect("stdin");
+    stdin.write_all(b"abc\n").expect("write");
+    stdin.write_all(b"tab\there \xc3\xa9\n").expect("write");
+    stdin.flush().expect("flush");
+    assert_reply(next().as_bytes(), b"abc");
+    assert_reply(next().as_bytes(), "tab\there é".as_bytes());
+    let _ = s_client.kill();
+    let _ = s_client.wait();
+    server.wait_for_clients(0).await;
+    let snapshot = server.registry.snapshot().await;
+    assert_eq!((snapshot.admitted, snapshot.tls_failed), (1, 0));
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn a_node_tls_client_gets_the_greeting_and_byte_exact_replies() {
+    if !have("node") {
+        return;
+    }
+    let ca = TestCa::new("node client CA");
+    let server = TestServer::start(tls_config(&ca.leaf("server", Leaf::Good))).await;
+    let output = Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/tls_client.js"
+        ))
+        .arg(server.addr.port().to_string())
+        .arg(ca.ca_pem())
+        .args(["first", "second message"])
+        .output()
+        .expect("run node");
+    assert!(output.status.success(), "{output:?}");
+    let lines: Vec<&[u8]> = output.stdout.split(|&b| b == b'\n').collect();
+    assert_eq!(lines[0], b"Hello");
+    assert_reply(lines[1], b"first");
+    assert_reply(lines[2], b"second message");
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn the_duplex_client_talks_to_a_node_tls_version_of_the_original_server() {
+    if !have("node") {
+        return;
+    }
+    let ca = TestCa::new("node server CA");
+    let files = ca.leaf("node", Leaf::Good);
+    let mut node = Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/tls_echo_server.js"
+        ))
+        .arg(&files.cert)
+        .arg(&files.key)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run node");
+    let mut port = String::new();
+    BufReader::new(node.stdout.take().expect("stdout"))
+        .read_line(&mut port)
+        .expect("the port");
+    let addr = format!("127.0.0.1:{}", port.trim());
+    let mut config = ClientConfig::new(addr.clone());
+    config.supervisor.interval = Duration::from_millis(20);
+    config.supervisor.count = Some(3);
+    config.connection.tls = Some(ClientTls::new(Some(&ca.ca_pem()), "localhost").expect("TLS"));
+    let client = TestClient::start(config);
+    assert_eq!(client.line().await, b"Hello");
+    for _ in 0..3 {
+        let echo = client.reply().await;
+        assert!(echo.iter().all(u8::is_ascii_hexdigit), "{echo:?}");
+    }
+    let summary = within(PATIENCE, client.task).await.expect("stops");
+    let _ = node.kill();
+    let _ = node.wait();
+    assert_eq!(summary.outcome, Outcome::CountReached);
+    assert_eq!((summary.replied, summary.reconnects), (3, 0));
+}
+
+#[async_std::test]
+async fn a_plain_client_on_the_tls_port_is_told_in_plain_text_and_counted() {
+    let ca = TestCa::new("plain CA");
+    let server = TestServer::start(tls_config(&ca.leaf("server", Leaf::Good))).await;
+    let mut plain = Peer::connect(server.addr).await;
+    plain.send(b"hello\n").await;
+    assert_eq!(plain.rest().await, wire::TLS_REQUIRED_ERROR);
+    server.wait_for_clients(0).await;
+    // A TLS client is served meanwhile and after.
+    let mut peer = TlsPeer::connect(server.addr, &ca.ca_pem())
+        .await
+        .expect("TLS");
+    assert_eq!(peer.line().await, b"Hello");
+    peer.send(b"x\n").await;
+    assert_reply(&peer.line().await, b"x");
+    let snapshot = server.registry.snapshot().await;
+    assert_eq!((snapshot.admitted, snapshot.tls_failed), (2, 1));
+    server.stop().await;
+}
+
+/// Runs the duplex client binary against `addr` until it gives up, and
+/// returns its `error` line.
+fn client_error(addr: SocketAddr, ca: &std::path::Path, extra: &[&str]) -> String {
+    let mut client = duplex()
+        .args(["--role", "client", "--max-restarts", "0", "--addr"])
+        .arg(addr.to_string())
+        .arg("--tls-ca")
+        .arg(ca)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn client");
+    let logs = stderr_lines(&mut client);
+    let error = wait_for(&logs, "WARN  duplex::actors::connection] error");
+    let status = wait_with_timeout(client);
+    assert_eq!(status.code(), Some(1), "gives up after --max-restarts 0");
+    error
+}
+
+#[async_std::test]
+async fn the_client_names_why_it_refuses_a_certificate() {
+    let ca = TestCa::new("trusted CA");
+    let stranger = TestCa::new("stranger CA");
+    for (files, ca_file, reason) in [
+        (
+            ca.leaf("expired", Leaf::Expired),
+            ca.ca_pem(),
+            "certificate expired",
+        ),
+        (
+            ca.leaf("other", Leaf::OtherName),
+            ca.ca_pem(),
+            "certificate is for another name",
+        ),
+        (
+            stranger.leaf("unknown", Leaf::Good),
+            ca.ca_pem(),
+            "certificate issuer unknown",
+        ),
+    ] {
+        let server = TestServer::start(tls_config(&files)).await;
+        let error = client_error(server.addr, &ca_file, &[]);
+        assert!(error.contains(&format!("tls={reason} error=")), "{error}");
+        server.wait_for_clients(0).await;
+        let snapshot = server.registry.snapshot().await;
+        assert_eq!(snapshot.tls_failed, 1, "{reason}: the server counts it too");
+        server.stop().await;
+    }
+    // An IP address is checked against the certificate's IP names; a name
+    // given with --tls-server-name replaces the address's host.
+    let server = TestServer::start(tls_config(&ca.leaf("server", Leaf::Good))).await;
+    let error = client_error(
+        server.addr,
+        &ca.ca_pem(),
+        &["--tls-server-name", "other.example"],
+    );
+    assert!(error.contains("certificate is for another name"), "{error}");
+    let mut config = ClientConfig::new(server.addr.to_string());
+    config.supervisor.count = Some(1);
+    config.supervisor.interval = Duration::from_millis(20);
+    let host = ClientTls::host_of(&config.connection.addr);
+    config.connection.tls = Some(ClientTls::new(Some(&ca.ca_pem()), host).expect("TLS"));
+    let summary = within(PATIENCE, TestClient::start(config).task)
+        .await
+        .expect("stops");
+    assert_eq!(summary.outcome, Outcome::CountReached);
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn a_stalled_handshake_is_closed_at_the_timeout_and_costs_no_one_else() {
+    let ca = TestCa::new("slow CA");
+    let mut config = tls_config(&ca.leaf("server", Leaf::Good));
+    let timeout = Duration::from_millis(500);
+    config.session.handshake_timeout = timeout;
+    config.registry.max_clients = 3;
+    let server = TestServer::start(config).await;
+    // Three slow-loris connections take every slot, dripping the start of a
+    // TLS record a byte at a time: the timeout is for the whole handshake.
+    let started = Instant::now();
+    let mut lorises = Vec::new();
+    for _ in 0..3 {
+        lorises.push(TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    server.wait_for_clients(3).await;
+    // A fourth client is turned away, in TLS, while they hold the slots.
+    let mut turned_away = TlsPeer::connect(server.addr, &ca.ca_pem())
+        .await
+        .expect("TLS");
+    assert_eq!(
+        turned_away.line().await,
+        wire::server_full_error(3).trim_ascii_end()
+    );
+    for byte in [0x16u8, 0x03, 0x01] {
+        for loris in &mut lorises {
+            // A write may fail once the server has closed it; that is the point.
+            let _ = loris.write_all(&[byte]).await;
+        }
+        async_std::task::sleep(Duration::from_millis(100)).await;
+    }
+    server.wait_for_clients(0).await;
+    let freed_after = started.elapsed();
+    assert!(
+        freed_after >= timeout,
+        "closed after {freed_after:?}, before the timeout"
+    );
+    let mut peer = TlsPeer::connect(server.addr, &ca.ca_pem())
+        .await
+        .expect("TLS");
+    assert_eq!(peer.line().await, b"Hello");
+    let snapshot = server.registry.snapshot().await;
+    assert_eq!((snapshot.rejected, snapshot.tls_failed), (1, 3));
+    server.stop().await;
+}
+
+#[test]
+fn sighup_reloads_the_certificate_and_a_broken_file_keeps_the_old_one() {
+    let first = TestCa::new("first CA");
+    let second = TestCa::new("second CA");
+    let files = first.leaf("server", Leaf::Good);
+    let mut command = server_command(&[]);
+    command
+        .arg("--tls-cert")
+        .arg(&files.cert)
+        .arg("--tls-key")
+        .arg(&files.key);
+    let (server, addr, logs) = start_server_from(command);
+    let addr: SocketAddr = addr.parse().expect("address");
+    let exchange = |ca: &std::path::Path| {
+        async_std::task::block_on(async {
+            let mut peer = TlsPeer::connect(addr, ca).await?;
+            assert_eq!(peer.line().await, b"Hello");
+            Ok::<_, std::io::Error>(peer)
+        })
+    };
+    let mut open = exchange(&first.ca_pem()).expect("the first certificate");
+
+    // The files now hold a certificate from the second CA.
+    let replacement = second.leaf("server", Leaf::Good);
+    std::fs::copy(&replacement.cert, &files.cert).expect("copy");
+    std::fs::copy(&replacement.key, &files.key).expect("copy");
+    signal(&server, libc::SIGHUP);
+    wait_for(&logs, "TLS certificate reloaded");
+    exchange(&second.ca_pem()).expect("new connections get the new certificate");
+    assert!(exchange(&first.ca_pem()).is_err(), "the old one is gone");
+    async_std::task::block_on(async {
+        open.send(b"still here\n").await;
+        assert_reply(&open.line().await, b"still here");
+    });
+
+    // A broken file is logged, and the certificate in use stays.
+    std::fs::write(&files.cert, "not a certificate\n").expect("write");
+    signal(&server, libc::SIGHUP);
+    let failed = wait_for(&logs, "TLS certificate reload failed: keeping the old one");
+    assert!(failed.contains("no CERTIFICATE section"), "{failed}");
+    exchange(&second.ca_pem()).expect("the certificate in use stays");
+
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+}
+
+#[async_std::test]
+async fn a_tls_client_reconnects_across_a_server_restart_and_loses_nothing() {
+    let ca = TestCa::new("restart CA");
+    let files = ca.leaf("server", Leaf::Good);
+    let server = TestServer::start(tls_config(&files)).await;
+    let addr = server.addr;
+    let mut config = ClientConfig::new(addr.to_string());
+    config.supervisor.interval = Duration::from_millis(20);
+    config.supervisor.backoff = Duration::from_millis(100);
+    config.connection.tls = Some(ClientTls::new(Some(&ca.ca_pem()), "localhost").expect("TLS"));
+    let client = TestClient::start(config);
+    client.reply().await;
+    server.stop().await;
+    let restarted = TestServer::start_on(&addr.to_string(), tls_config(&files)).await;
+    restarted.wait_for_clients(1).await;
+    for _ in 0..5 {
+        client.reply().await;
+    }
+    let summary = client.stop().await;
+    assert!(summary.reconnects >= 1, "{summary:?}");
+    assert_eq!(summary.dropped, 0, "{summary:?}");
+    assert!(
+        summary.replied + summary.pending as u64 >= summary.sent,
+        "every message was answered or is still pending: {summary:?}"
+    );
+    restarted.stop().await;
+}
+
+#[test]
+fn a_certificate_that_does_not_load_stops_the_server_with_a_clear_error() {
+    let ca = TestCa::new("bad files CA");
+    let files = ca.leaf("server", Leaf::Good);
+    let other = ca.leaf("other", Leaf::Good);
+    for (cert, key, expected) in [
+        (
+            ca.ca_pem().with_extension("missing"),
+            files.key.clone(),
+            "cannot read certificates from",
+        ),
+        (
+            files.cert.clone(),
+            other.key.clone(),
+            "are not a certificate and its key",
+        ),
+        (
+            files.cert.clone(),
+            files.cert.clone(),
+            "cannot read a private key from",
+        ),
+    ] {
+        let output = duplex()
+            .args(["--role", "server", "--addr", "127.0.0.1:0", "--tls-cert"])
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .output()
+            .expect("run server");
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("error: cannot load the TLS certificate: ")
+                && stderr.contains(expected),
+            "{stderr}"
+        );
+    }
+}
