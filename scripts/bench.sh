@@ -10,7 +10,7 @@
 #   scripts/bench.sh                  # everything: about 16 minutes
 #   DURATION=10s REPEAT=7 scripts/bench.sh  # cost, scaling and snapshot runs: longer, more rounds
 #   THROUGHPUT_REPEAT=21 ONLY=throughput scripts/bench.sh  # (and LATENCY_REPEAT, SCALING_REPEAT)
-#   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|syscalls|instructions
+#   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|tls|syscalls|instructions
 #   (cost: CPU per reply at a fixed rate, then throughput unpaced, with all servers at once;
 #   syscalls: system calls per reply of each server and each bench, with perf)
 #   BASELINE=/path/to/other/duplex ONLY=cost scripts/bench.sh  # also compare another build (cost, syscalls)
@@ -223,6 +223,45 @@ if want cost; then
     stop_all
 fi
 
+if want tls; then
+    # TLS beside plain TCP, both duplex, in the same rounds. The certificates
+    # are made now, with openssl, and deleted afterwards (no key is committed).
+    TLS_DIR=$(mktemp -d)
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
+        -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+        -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.csr" 2>/dev/null
+    openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+        -CAcreateserial -days 2 -extfile <(printf 'subjectAltName=DNS:localhost,IP:127.0.0.1') \
+        -out "$TLS_DIR/server.pem" 2>/dev/null
+    tls_server=(--tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key")
+    tls_bench=(--tls-ca "$TLS_DIR/ca.pem")
+    start plain 8140 duplex --registry-interval 0
+    start tls 8141 duplex --registry-interval 0 "${tls_server[@]}"
+    for clients in 50 500; do
+        for ROUND in $(seq "$THROUGHPUT_REPEAT"); do
+            flags=(--clients "$clients" --depth 1 --size 16 --duration "$THROUGHPUT_DURATION")
+            bench tls-throughput plain "${flags[@]}"
+            bench tls-throughput tls "${flags[@]}" "${tls_bench[@]}"
+        done
+    done
+    # Handshakes: connections opened as fast as they go (the connect rate
+    # far above what a core can do), each a full handshake; held idle.
+    for ROUND in $(seq "$REPEAT"); do
+        bench tls-connect plain --clients 2000 --depth 0 --duration 200ms --connect-rate 1000000
+        bench tls-connect tls --clients 2000 --depth 0 --duration 200ms --connect-rate 1000000 "${tls_bench[@]}"
+    done
+    unset ROUND
+    stop_all
+    # Memory per idle TLS client: a fresh server, 10 000 clients that have
+    # finished their handshakes and been greeted, then sit idle.
+    start tls 8142 duplex --registry-interval 0 "${tls_server[@]}"
+    bench tls-memory tls --clients 10000 --depth 0 --duration 2s "${tls_bench[@]}"
+    stop_all
+    rm -rf "$TLS_DIR"
+fi
+
 if want syscalls && perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1; then
     # System calls per reply, counted by the kernel (perf's tracepoints) over
     # 3 s in the middle of a fixed-rate run: every server at once on CPU 0,
@@ -391,6 +430,42 @@ for clients in (50, 500):
             lines.append((clients, server, f"{r['rate']:.0f}", ratio, paired, us(r["p50_us"]), us(r["p99_us"]), busy(r), f"{cpu:.1f}" if cpu else "-", r["errors_all"], rates(r)))
 table("Throughput, depth 1, 16-byte messages (median of interleaved runs)",
       ["clients", "server", "replies/s", "vs reference", "each round vs the reference run beside it: median, rounds above 1", "p50 us", "p99 us", "server/load CPU busy", "server us CPU per reply", "errors (all runs)", "every run, replies/s"], lines)
+
+lines = []
+for clients in (50, 500):
+    rounds = paired_rounds("tls-throughput", clients)
+    ratios = sorted(by["tls"]["rate"] / by["plain"]["rate"] for by in rounds.values()
+                    if by.get("tls", {}).get("rate") and by.get("plain", {}).get("rate"))
+    for server in ("plain", "tls"):
+        r = median_run("tls-throughput", server, clients=clients)
+        if r:
+            cpu = r.get("server_cpu_us_per_reply")
+            paired = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})" if server == "tls" and ratios else "-"
+            lines.append((clients, server, f"{r['rate']:.0f}", paired, us(r["p50_us"]), us(r["p99_us"]), busy(r), f"{cpu:.1f}" if cpu else "-", r["errors_all"], rates(r)))
+table("TLS beside plain TCP: duplex, depth 1, 16-byte messages (median of interleaved runs)",
+      ["clients", "connection", "replies/s", "TLS vs plain, each round paired: median (range)", "p50 us", "p99 us", "server/load CPU busy", "server us CPU per reply", "errors (all runs)", "every run, replies/s"], lines)
+
+lines = []
+for server in ("plain", "tls"):
+    found = sorted((r["result"] for r in runs if r["section"] == "tls-connect" and r["server"] == server),
+                   key=lambda r: r.get("connects_per_second", 0))
+    if found:
+        r = found[len(found) // 2]
+        cpu = [x["server_cpu_us_per_connect"] for x in found if x.get("server_cpu_us_per_connect")]
+        per_core = f"{1e6 / statistics.median(cpu):.0f}" if cpu else "-"
+        lines.append((server, r["connected"], f"{r['connects_per_second']:.0f}",
+                      f"{statistics.median(cpu):.0f}" if cpu else "-", per_core,
+                      " ".join(f"{x.get('connects_per_second', 0):.0f}" for x in found), sum(max(x.get("errors", 0), 0) for x in found)))
+table("Connections opened as fast as they go: with TLS, each a full handshake (median run; per core = 1 s / server CPU per connect)",
+      ["connection", "connected", "per second, as opened", "server us CPU per connect", "per server core second", "every run, per second", "errors (all runs)"], lines)
+
+lines = []
+for r in (run["result"] for run in runs if run["section"] == "tls-memory"):
+    if r.get("server_rss_before_kib") is not None:
+        grown = (r["server_rss_connected_kib"] - r["server_rss_before_kib"]) * 1024
+        lines.append(("tls", r["connected"], r["server_rss_before_kib"], r["server_rss_connected_kib"], f"{grown / max(r['connected'], 1):.0f}"))
+table("Memory per idle TLS client (server RSS, fresh server)",
+      ["connection", "clients", "RSS before KiB", "RSS connected KiB", "bytes per client"], lines)
 
 lines = cost_table(50) + cost_table(500)
 table("Server CPU time per reply at a fixed offered load, all servers at once on one core (median of rounds)",

@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use async_std::net::TcpListener;
 use async_std::task::spawn;
+use common::certs::{Leaf, TestCa};
 use common::process::{duplex, signal, start_server, wait_with_timeout};
 use common::{PATIENCE, TestServer, quick_config, within};
 use duplex::bench::{self, BenchConfig};
+use duplex::client::ClientTls;
+use duplex::server::ServerConfig;
 use duplex::shutdown::Shutdown;
 use futures::io::BufReader;
 use futures::{AsyncBufReadExt, AsyncWriteExt};
@@ -45,6 +48,43 @@ async fn measures_a_duplex_server_with_every_reply_checked() {
     // Every reply the server sent was counted by the bench.
     let totals = server.registry.snapshot().await.totals;
     assert!(totals.messages_out >= report.replies);
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn measures_a_tls_server_and_counts_connections_it_cannot_verify() {
+    let ca = TestCa::new("bench CA");
+    let server = TestServer::start(ServerConfig {
+        tls: Some(ca.leaf("server", Leaf::Good)),
+        ..quick_config()
+    })
+    .await;
+    let tls = ClientTls::new(Some(&ca.ca_pem()), "localhost").expect("TLS");
+    let report = run(BenchConfig {
+        tls: Some(tls),
+        ..config(server.addr, 5, 2, 100)
+    })
+    .await;
+    assert_eq!((report.connected, report.errors()), (5, 0), "{report}");
+    assert!(report.tls && report.replies > 0, "{report}");
+    assert!(report.connects_per_second() > 0.0, "{report}");
+    assert!(
+        report.to_string().contains("each a TLS handshake"),
+        "{report}"
+    );
+    // Trusting another CA, every connect fails, and is counted.
+    let stranger = TestCa::new("stranger CA");
+    let tls = ClientTls::new(Some(&stranger.ca_pem()), "localhost").expect("TLS");
+    let report = run(BenchConfig {
+        tls: Some(tls),
+        ..config(server.addr, 3, 1, 16)
+    })
+    .await;
+    assert_eq!(
+        (report.connected, report.connect_failures),
+        (0, 3),
+        "{report}"
+    );
     server.stop().await;
 }
 

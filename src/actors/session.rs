@@ -235,7 +235,7 @@ impl Session {
             if shaken.await? == Handshake::NotTls {
                 self.out.extend_from_slice(wire::TLS_REQUIRED_ERROR);
                 self.flush().await?;
-                self.linger().await;
+                Box::pin(self.linger()).await;
                 let reason = "not TLS (plain text on the TLS port)";
                 return Err(Failure::Handshake(HandshakeFailure {
                     reason,
@@ -423,7 +423,8 @@ mod tests {
         );
         let future = session.run();
         let size = std::mem::size_of_val(&future);
-        assert!(size <= 768, "a session's future is {size} bytes");
+        eprintln!("session future: {size} bytes");
+        assert!(size <= 640, "a session's future is {size} bytes");
     }
 
     /// A session whose task panics is dropped without having left; the

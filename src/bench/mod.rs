@@ -95,6 +95,7 @@ impl BenchConfig {
 pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchReport> {
     let addr = resolve(&config.addr).await?;
     let rss_before = config.server_pid.and_then(rss_kib);
+    let server_cpu_at_start = config.server_pid.and_then(process_cpu_ns);
     let (open_start, start) = oneshot::channel::<()>();
     let start = start.shared();
     let (stop_trigger, stop) = shutdown::channel();
@@ -136,6 +137,9 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
         }
     }
     let connect_seconds = started.elapsed().as_secs_f64();
+    let server_connect_cpu_ns = server_cpu_at_start
+        .zip(config.server_pid.and_then(process_cpu_ns))
+        .map(|(before, after)| after.saturating_sub(before));
     let rss_connected = config.server_pid.and_then(rss_kib);
 
     let progress = config
@@ -185,6 +189,9 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
         connected,
         connect_failures,
         connect_seconds,
+        server_cpu_us_per_connect: server_connect_cpu_ns
+            .filter(|_| connected > 0)
+            .map(|ns| ns as f64 / 1000.0 / connected as f64),
         tls: config.tls.is_some(),
         seconds,
         server_rss_kib: rss_before.zip(rss_connected),

@@ -15,6 +15,10 @@ pub struct BenchReport {
     pub connect_failures: u64,
     /// From the first connect to the last greeting (or failure), in seconds.
     pub connect_seconds: f64,
+    /// Server CPU time per greeted connection while connecting, in
+    /// microseconds (with `server_pid`): with TLS, what a full handshake
+    /// costs the server.
+    pub server_cpu_us_per_connect: Option<f64>,
     /// Whether the connections spoke TLS (then each connect was a handshake).
     pub tls: bool,
     /// Connections the server closed while measuring.
@@ -75,6 +79,7 @@ impl BenchReport {
             "connected": self.connected,
             "connect_seconds": self.connect_seconds,
             "connects_per_second": self.connects_per_second(),
+            "server_cpu_us_per_connect": self.server_cpu_us_per_connect,
             "tls": self.tls,
             "seconds": self.seconds,
             "replies": self.replies,
@@ -103,18 +108,22 @@ impl std::fmt::Display for BenchReport {
             "{} clients ({} connected), depth {}, {}-byte messages, {:.1} s",
             self.clients, self.connected, self.depth, self.size, self.seconds
         )?;
-        writeln!(
+        let handshake = if self.tls {
+            ", each a TLS handshake"
+        } else {
+            ""
+        };
+        write!(
             f,
-            "connects     {} in {:.2} s ({:.0}/s{})",
+            "connects     {} in {:.2} s ({:.0}/s{handshake})",
             self.connected,
             self.connect_seconds,
             self.connects_per_second(),
-            if self.tls {
-                ", each a TLS handshake"
-            } else {
-                ""
-            }
         )?;
+        match self.server_cpu_us_per_connect {
+            Some(us) => writeln!(f, ", server {us:.0} us CPU each")?,
+            None => writeln!(f)?,
+        }
         write!(f, "replies      {} ({:.0}/s)", self.replies, self.rate)?;
         match self.offered_rate {
             Some(offered) => writeln!(f, ", {offered:.0}/s offered")?,
