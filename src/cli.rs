@@ -12,7 +12,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use duplex::bench::BenchConfig;
 use duplex::client::{ClientConfig, ClientTls, ConnectionConfig, SupervisorConfig, TlsError};
 use duplex::logging::LogFormat;
-use duplex::server::{RegistryConfig, ServerConfig, SessionConfig, TlsFiles};
+use duplex::server::{RegistryConfig, ServerConfig, SessionConfig, TlsFiles, TrustedProxies};
 
 mod values;
 
@@ -117,7 +117,25 @@ pub(crate) struct Cli {
     )]
     tls_key: Option<PathBuf>,
 
-    /// A TLS handshake that has not finished this long after the connect is
+    /// Expect a PROXY protocol header (v1 or v2, as HAProxy's send-proxy
+    /// sends it) first on every connection, and show the client behind the
+    /// balancer; a connection without one, or from an untrusted address, is
+    /// closed.
+    #[arg(long, help_heading = "Server options")]
+    proxy_protocol: bool,
+
+    /// Who may send a PROXY header: CIDR blocks or addresses, comma-separated
+    /// [default: 127.0.0.1/32,::1/128]; needs --proxy-protocol.
+    #[arg(long, value_name = "CIDR,...", value_parser = TrustedProxies::parse, requires = "proxy_protocol", help_heading = "Server options")]
+    trusted_proxies: Option<TrustedProxies>,
+
+    /// Set SO_REUSEPORT, so a new server can start on the same port while
+    /// this one drains (rolling restarts refuse no connection).
+    #[arg(long, help_heading = "Server options")]
+    reuse_port: bool,
+
+    /// A TLS handshake (or, with --proxy-protocol, the PROXY header) that has
+    /// not arrived this long after the connect is
     /// closed (it still counts toward --max-clients meanwhile).
     #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
     handshake_timeout: Duration,
@@ -301,6 +319,9 @@ impl Cli {
                 .clone()
                 .zip(self.tls_key.clone())
                 .map(|(cert, key)| TlsFiles { cert, key }),
+            proxy_protocol: (self.proxy_protocol)
+                .then(|| self.trusted_proxies.clone().unwrap_or_default()),
+            reuse_port: self.reuse_port,
         }
     }
 
@@ -450,6 +471,15 @@ mod tests {
             &["--role", "server", "--tls"],
             &["--role", "client", "--tls-cert", "c", "--tls-key", "k"],
             &["--role", "server", "--handshake-timeout", "0"],
+            &["--role", "server", "--trusted-proxies", "10.0.0.0/8"],
+            &[
+                "--role",
+                "server",
+                "--proxy-protocol",
+                "--trusted-proxies",
+                "10.0.0.0/33",
+            ],
+            &["--role", "client", "--reuse-port"],
         ] {
             let error = parse(args).expect_err("rejected");
             assert_eq!(error.exit_code(), 2, "{args:?}: {error}");

@@ -18,8 +18,9 @@ mod actors;
 mod messages;
 mod net;
 mod pending;
+mod proxy;
+mod registry_log;
 mod rt;
-mod snapshot;
 mod tls;
 
 pub mod bench;

@@ -160,6 +160,10 @@ pub(crate) enum LeaveReason {
     Panicked,
     /// The TLS handshake did not finish (`--tls-cert`).
     TlsFailed(HandshakeFailure),
+    /// No valid PROXY header from a trusted proxy (`--proxy-protocol`).
+    ProxyFailed(String),
+    /// The proxy's own connection (a health check): nothing to serve.
+    ProxyLocal,
 }
 
 /// A TLS handshake that did not finish: why, in a few words, and the error
@@ -191,6 +195,8 @@ impl fmt::Display for LeaveReason {
                 reason,
                 error: Some(e),
             }) => write!(f, "TLS handshake failed: {reason}: {e}"),
+            LeaveReason::ProxyFailed(why) => write!(f, "PROXY header refused: {why}"),
+            LeaveReason::ProxyLocal => f.write_str("proxy health check"),
         }
     }
 }
@@ -209,8 +215,10 @@ pub(crate) enum Admission {
 pub struct ClientInfo {
     /// Its id, unique for the life of the server process.
     pub id: ClientId,
-    /// Its address.
+    /// Its address (the client's own, behind a PROXY-protocol balancer).
     pub peer: SocketAddr,
+    /// The balancer it came through, with `--proxy-protocol`.
+    pub via: Option<SocketAddr>,
     /// How long it has been connected.
     pub connected_for: Duration,
     /// Its traffic so far.
@@ -231,6 +239,9 @@ pub struct Snapshot {
     pub rejected: u64,
     /// Clients admitted whose TLS handshake then failed.
     pub tls_failed: u64,
+    /// Connections closed for want of a valid PROXY header from a trusted
+    /// proxy.
+    pub proxy_failed: u64,
 }
 
 /// What the registry actor's inbox carries.
@@ -243,8 +254,12 @@ pub(crate) enum RegistryMsg {
         peer: SocketAddr,
         inbox: Sender<SessionCommand>,
         stats: std::sync::Arc<SessionStats>,
+        /// A PROXY header will say who the client is: log the join then.
+        awaits_header: bool,
         respond_to: oneshot::Sender<Admission>,
     },
+    /// The PROXY header named the client behind the balancer (`peer`).
+    Identify { id: ClientId, client: SocketAddr },
     /// A session ended; the registry logs the leave with `reason`.
     Unregister { id: ClientId, reason: LeaveReason },
     /// Reply with the client list.

@@ -18,6 +18,7 @@ use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, select_biased};
 use futures_rustls::TlsStream;
 use socket2::{Domain, Socket as RawSocket, Type};
 
+use crate::proxy::ProxyHeader;
 use crate::rt::{Listener, ReadLoop, Socket, sleep_until, within};
 use crate::tls::{ClientTls, ServerTls};
 use crate::wire::{FrameError, Framer};
@@ -28,14 +29,18 @@ use crate::wire::{FrameError, Framer};
 const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds a listener on `addr` (resolved now; the first address that binds
-/// wins), with address reuse and a deep accept backlog.
-pub(crate) fn bind(addr: &str) -> io::Result<Listener> {
+/// wins), with address reuse, a deep accept backlog and, with `reuse_port`,
+/// SO_REUSEPORT (other processes may listen on the same port).
+pub(crate) fn bind(addr: &str, reuse_port: bool) -> io::Result<Listener> {
     use std::net::ToSocketAddrs;
     let mut last_error = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
     for addr in addr.to_socket_addrs()? {
         let bound =
             RawSocket::new(Domain::for_address(addr), Type::STREAM, None).and_then(|socket| {
                 socket.set_reuse_address(true)?;
+                if reuse_port {
+                    socket.set_reuse_port(true)?;
+                }
                 socket.bind(&addr.into())?;
                 socket.listen(LISTEN_BACKLOG)?;
                 Listener::new(std::net::TcpListener::from(socket))
@@ -76,6 +81,11 @@ enum Transport {
 /// The first byte of every TLS connection: a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
+/// Most plaintext rustls encrypts ahead of what the socket takes: a write
+/// waits once this much is queued, so a bounded write sees the peer's real
+/// pace (rustls's own default is 64 KiB).
+const TLS_SEND_LIMIT: usize = 16 * 1024;
+
 impl LineSocket {
     /// Wraps an accepted connection; lines longer than `max_line` bytes are
     /// a framing error.
@@ -106,6 +116,11 @@ impl LineSocket {
         }
     }
 
+    /// Whether the connection is plain TCP still (no handshake took it).
+    pub(crate) fn is_plain(&self) -> bool {
+        matches!(self.transport, Transport::Plain(_))
+    }
+
     /// The server's TLS handshake, on a connection that is still plain.
     ///
     /// A peer whose first byte cannot start a TLS handshake gets
@@ -127,9 +142,18 @@ impl LineSocket {
         else {
             unreachable!("checked above");
         };
-        let stream = tls.acceptor.accept(socket).await?;
+        let mut stream = tls.acceptor.accept(socket).await?;
+        stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_LIMIT));
         self.transport = Transport::Tls(Box::new(stream.into()));
         Ok(Handshake::Done)
+    }
+
+    /// Reads a PROXY protocol header, exactly: what follows it stays unread.
+    pub(crate) async fn read_proxy_header(&self) -> io::Result<ProxyHeader> {
+        match &self.transport {
+            Transport::Plain(socket) => crate::proxy::read_header(socket).await,
+            _ => Err(io::Error::other("not a plain connection")),
+        }
     }
 
     /// The client's TLS handshake, on a connection that is still plain. On
@@ -142,9 +166,10 @@ impl LineSocket {
         else {
             unreachable!("checked above");
         };
-        let stream = (tls.connector)
+        let mut stream = (tls.connector)
             .connect(tls.server_name.clone(), socket)
             .await?;
+        stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_LIMIT));
         self.transport = Transport::Tls(Box::new(stream.into()));
         Ok(())
     }
@@ -246,7 +271,8 @@ impl LineSocket {
     }
 
     /// The rest of a bounded write; with TLS, the final flush (of at most
-    /// one write's records) is one more step that must finish within the limit.
+    /// `TLS_SEND_LIMIT` bytes and their records) is one more step that must
+    /// finish within the limit.
     async fn write_waiting<T>(
         &mut self,
         bytes: &[u8],
@@ -292,7 +318,9 @@ impl LineSocket {
     pub(crate) async fn linger_close(&mut self) {
         if let Transport::Tls(tls) = &mut self.transport {
             tls.get_mut().1.send_close_notify();
-            if self.flush().await.is_err() {
+            // Bounded: a peer that does not read may never take these bytes.
+            if !matches!(within(LINGER_MAX, self.flush()).await, Some(Ok(()))) {
+                self.reset_on_close();
                 return;
             }
         }
@@ -326,6 +354,9 @@ pub(crate) enum Handshake {
     Done,
     /// The peer spoke something else first; the connection is still plain.
     NotTls,
+    /// The peer sent nothing within the time allowed; the connection is
+    /// still plain. (Made by the session's timeout, not by `accept_tls`.)
+    Silent,
 }
 
 fn closed() -> io::Error {

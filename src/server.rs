@@ -26,6 +26,7 @@ use crate::tls::ServerTls;
 pub use crate::actors::registry::{RegistryConfig, RegistryHandle};
 pub use crate::actors::session::SessionConfig;
 pub use crate::messages::{ClientId, ClientInfo, Counts, Snapshot};
+pub use crate::proxy::TrustedProxies;
 pub use crate::tls::{TlsError, TlsFiles, TlsReloader};
 
 /// How long cut sessions get to report to the registry before it stops anyway.
@@ -44,6 +45,12 @@ pub struct ServerConfig {
     /// Set: clients must speak TLS, with this certificate (`--tls-cert`,
     /// `--tls-key`).
     pub tls: Option<TlsFiles>,
+    /// Set: every connection starts with a PROXY header (v1 or v2), and only
+    /// these addresses may send one (`--proxy-protocol`, `--trusted-proxies`).
+    pub proxy_protocol: Option<TrustedProxies>,
+    /// Bind with SO_REUSEPORT, so a new server can listen on the same port
+    /// while this one drains (`--reuse-port`).
+    pub reuse_port: bool,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +60,8 @@ impl Default for ServerConfig {
             registry: RegistryConfig::default(),
             shutdown_timeout: Duration::from_secs(5),
             tls: None,
+            proxy_protocol: None,
+            reuse_port: false,
         }
     }
 }
@@ -108,7 +117,7 @@ impl Server {
             .map(ServerTls::load)
             .transpose()
             .map_err(StartError::Tls)?;
-        let listener = crate::net::bind(addr).map_err(StartError::Listen)?;
+        let listener = crate::net::bind(addr, config.reuse_port).map_err(StartError::Listen)?;
         let (registry, registry_task) = Registry::spawn(config.registry.clone());
         Ok(Server {
             listener,
@@ -140,6 +149,8 @@ impl Server {
             Ok(addr) => info!("listening", {
                 addr: log::kv::Value::from_display(&addr),
                 tls: self.tls.is_some(),
+                proxy_protocol: self.config.proxy_protocol.is_some(),
+                reuse_port: self.config.reuse_port,
             }),
             Err(e) => info!("listening", { addr_error: log::kv::Value::from_display(&e) }),
         }
@@ -149,6 +160,7 @@ impl Server {
             config: self.config.session.clone(),
             cut,
             tls: self.tls,
+            proxy: self.config.proxy_protocol.clone(),
         });
         let accepted = Acceptor::new(self.listener, sessions).run(shutdown).await;
 

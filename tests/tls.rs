@@ -168,6 +168,20 @@ async fn a_plain_client_on_the_tls_port_is_told_in_plain_text_and_counted() {
     server.stop().await;
 }
 
+#[async_std::test]
+async fn a_plain_client_waiting_for_its_greeting_is_told_at_the_handshake_timeout() {
+    let ca = TestCa::new("silent CA");
+    let mut config = tls_config(&ca.leaf("server", Leaf::Good));
+    config.session.handshake_timeout = Duration::from_millis(300);
+    let server = TestServer::start(config).await;
+    // It waits for "Hello", as a plain client of this protocol may.
+    let mut plain = Peer::connect(server.addr).await;
+    assert_eq!(plain.rest().await, wire::TLS_REQUIRED_ERROR);
+    server.wait_for_clients(0).await;
+    assert_eq!(server.registry.snapshot().await.tls_failed, 1);
+    server.stop().await;
+}
+
 /// Runs the duplex client binary against `addr` until it gives up, and
 /// returns its `error` line.
 fn client_error(addr: SocketAddr, ca: &std::path::Path, extra: &[&str]) -> String {

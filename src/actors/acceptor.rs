@@ -10,6 +10,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, select_biased};
@@ -28,8 +29,13 @@ use crate::wire;
 const EXHAUSTED_PAUSE_MIN: Duration = Duration::from_millis(100);
 /// Longest pause between accept attempts while resources stay exhausted.
 const EXHAUSTED_PAUSE_MAX: Duration = Duration::from_secs(1);
-/// How long a turned-away client gets to take its error line.
+/// How long a turned-away client gets to take its error line (after its
+/// PROXY header and TLS handshake, if the server takes them).
 const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Turned-away clients being told so at once, at most. Telling a TLS client
+/// takes a handshake; past this, a connect flood against a full server is
+/// closed without one, so it costs the server's core nothing more.
+const TURN_AWAYS_MAX: usize = 64;
 
 /// The acceptor's state.
 pub(crate) struct Acceptor {
@@ -40,6 +46,8 @@ pub(crate) struct Acceptor {
     /// Pause before the next accept while resources are exhausted.
     pause: Option<Duration>,
     exhausted_warnings: Throttle,
+    /// Turned-away clients still being told so.
+    turning_away: Arc<AtomicUsize>,
 }
 
 impl Acceptor {
@@ -50,6 +58,7 @@ impl Acceptor {
             next_id: 1,
             pause: None,
             exhausted_warnings: Throttle::default(),
+            turning_away: Arc::default(),
         }
     }
 
@@ -92,7 +101,13 @@ impl Acceptor {
         let (sender, inbox) = bounded(INBOX_CAPACITY);
         let stats = Arc::new(SessionStats::default());
         let admission = (self.sessions.registry)
-            .register(id, peer, sender, stats.clone())
+            .register(
+                id,
+                peer,
+                sender,
+                stats.clone(),
+                self.sessions.proxy.is_some(),
+            )
             .await;
         match admission {
             Admission::Admitted { .. } => {
@@ -100,7 +115,18 @@ impl Acceptor {
                 spawn(session.run());
             }
             Admission::Full { max } => {
-                spawn(turn_away(socket, max, self.sessions.tls.clone()));
+                if self.turning_away.fetch_add(1, Ordering::Relaxed) >= TURN_AWAYS_MAX {
+                    self.turning_away.fetch_sub(1, Ordering::Relaxed);
+                    // Closed at once, unanswered: the registry counted the rejection.
+                    socket.reset_on_close();
+                    return;
+                }
+                let (proxy, tls) = (self.sessions.proxy.is_some(), self.sessions.tls.clone());
+                let turning_away = self.turning_away.clone();
+                spawn(async move {
+                    turn_away(socket, max, proxy, tls).await;
+                    turning_away.fetch_sub(1, Ordering::Relaxed);
+                });
             }
         }
     }
@@ -116,12 +142,15 @@ impl Acceptor {
     }
 }
 
-/// Tells a client the server is full (after the TLS handshake, if the
-/// server speaks TLS), then closes it. The registry already logged the
-/// rejection.
-async fn turn_away(mut socket: LineSocket, max: usize, tls: Option<ServerTls>) {
+/// Tells a client the server is full (after its PROXY header and TLS
+/// handshake, if the server takes them), then closes it. The registry
+/// already logged the rejection.
+async fn turn_away(mut socket: LineSocket, max: usize, proxy: bool, tls: Option<ServerTls>) {
     let line = wire::server_full_error(max);
     let told = within(REJECT_WRITE_TIMEOUT, async {
+        if proxy {
+            socket.read_proxy_header().await?;
+        }
         if let Some(tls) = &tls {
             // A plain-text client on a TLS port is told in plain text.
             Box::pin(socket.accept_tls(tls)).await?;

@@ -29,8 +29,8 @@ use crate::messages::{
     Admission, ClientId, ClientInfo, Counts, LeaveReason, RegistryMsg, SessionCommand,
     SessionStats, Snapshot,
 };
+use crate::registry_log::{self as snapshot, Who};
 use crate::rt::{JoinHandle, Receiver, Sender, bounded, sleep_until, spawn};
-use crate::snapshot::{self, round_ms};
 
 /// The log target of every line about the client table, snapshots included.
 pub(crate) const LOG_TARGET: &str = module_path!();
@@ -73,11 +73,25 @@ impl RegistryConfig {
 
 struct Entry {
     peer: SocketAddr,
+    /// The balancer it came through (`--proxy-protocol`).
+    via: Option<SocketAddr>,
+    /// Its join is logged (with a PROXY header, once the header said who).
+    announced: bool,
     connected_at: Instant,
     inbox: Sender<SessionCommand>,
     stats: Arc<SessionStats>,
     /// The session has been told to close for idleness.
     closing_idle: bool,
+}
+
+impl Entry {
+    fn who(&self, id: ClientId) -> Who {
+        Who {
+            id,
+            peer: self.peer,
+            via: self.via,
+        }
+    }
 }
 
 /// The actor's state. Its logic is the synchronous [`Registry::handle`].
@@ -90,6 +104,7 @@ pub(crate) struct Registry {
     admitted: u64,
     rejected: u64,
     tls_failed: u64,
+    proxy_failed: u64,
     waiters: Vec<(usize, oneshot::Sender<()>)>,
     /// Shutdown has begun: inboxes are closed, new ones too.
     draining: bool,
@@ -149,13 +164,22 @@ impl Registry {
                 peer,
                 inbox,
                 stats,
+                awaits_header,
                 respond_to,
             } => {
-                let admission = self.register(id, peer, inbox, stats);
+                let admission = self.register(id, peer, inbox, stats, !awaits_header);
                 // The acceptor may have given up on this client; nothing to do.
                 let _ = respond_to.send(admission);
             }
             RegistryMsg::Unregister { id, reason } => self.unregister(id, &reason),
+            RegistryMsg::Identify { id, client } => {
+                let clients = self.clients.len();
+                if let Some(entry) = self.clients.get_mut(&id) {
+                    entry.via = Some(std::mem::replace(&mut entry.peer, client));
+                    entry.announced = true;
+                    snapshot::joined(&entry.who(id), clients);
+                }
+            }
             RegistryMsg::Snapshot { respond_to } => {
                 // A requester that stopped waiting does not need the answer.
                 let _ = respond_to.send(self.snapshot());
@@ -193,6 +217,7 @@ impl Registry {
         peer: SocketAddr,
         inbox: Sender<SessionCommand>,
         stats: Arc<SessionStats>,
+        announce: bool,
     ) -> Admission {
         let max = self.config.max_clients;
         if self.clients.len() >= max {
@@ -215,6 +240,8 @@ impl Registry {
             id,
             Entry {
                 peer,
+                via: None,
+                announced: announce,
                 connected_at: Instant::now(),
                 inbox,
                 stats,
@@ -223,11 +250,16 @@ impl Registry {
         );
         self.admitted += 1;
         let clients = self.clients.len();
-        info!("client joined", {
-            client_id: id,
-            peer: Value::from_display(&peer),
-            clients: clients,
-        });
+        if announce {
+            snapshot::joined(
+                &Who {
+                    id,
+                    peer,
+                    via: None,
+                },
+                clients,
+            );
+        }
         self.wake_waiters();
         Admission::Admitted { clients }
     }
@@ -240,16 +272,22 @@ impl Registry {
         let counts = entry.stats.counts();
         self.departed += counts;
         self.tls_failed += u64::from(matches!(reason, LeaveReason::TlsFailed(_)));
-        let connected_for = humantime::format_duration(round_ms(entry.connected_at.elapsed()));
-        info!("client left", {
-            client_id: id,
-            peer: Value::from_display(&entry.peer),
-            clients: self.clients.len(),
-            reason: Value::from_display(reason),
-            connected_for: Value::from_display(&connected_for),
-            messages_in: counts.messages_in,
-            messages_out: counts.messages_out,
-        });
+        self.proxy_failed += u64::from(matches!(reason, LeaveReason::ProxyFailed(_)));
+        // A connection never announced (no PROXY header yet) leaves quietly.
+        let level = if entry.announced {
+            log::Level::Info
+        } else {
+            log::Level::Debug
+        };
+        let (who, connected_for) = (entry.who(id), entry.connected_at.elapsed());
+        snapshot::left(
+            &who,
+            self.clients.len(),
+            reason,
+            connected_for,
+            counts,
+            level,
+        );
         self.wake_waiters();
     }
 
@@ -265,6 +303,7 @@ impl Registry {
                 ClientInfo {
                     id,
                     peer: entry.peer,
+                    via: entry.via,
                     connected_for: entry.connected_at.elapsed(),
                     counts,
                 }
@@ -277,6 +316,7 @@ impl Registry {
             admitted: self.admitted,
             rejected: self.rejected,
             tls_failed: self.tls_failed,
+            proxy_failed: self.proxy_failed,
         }
     }
 
@@ -314,88 +354,9 @@ impl Registry {
     }
 }
 
-/// The way into a server's registry, for the acceptor, the sessions, the
-/// server, and a program that runs a [`Server`](crate::server::Server).
-#[derive(Clone, Debug)]
-pub struct RegistryHandle {
-    inbox: Sender<RegistryMsg>,
-}
+mod handle;
 
-/// The registry's task ends only after [`RegistryHandle::stop`], which the
-/// server sends last; a handle used after that is a bug in the shutdown order.
-const REGISTRY_GONE: &str = "registry actor stopped before its last user";
-
-impl RegistryHandle {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> RegistryMsg) -> T {
-        let (respond_to, response) = oneshot::channel();
-        self.inbox
-            .send(make(respond_to))
-            .await
-            .expect(REGISTRY_GONE);
-        response.await.expect(REGISTRY_GONE)
-    }
-
-    /// Asks to admit a new client.
-    pub(crate) async fn register(
-        &self,
-        id: ClientId,
-        peer: SocketAddr,
-        inbox: Sender<SessionCommand>,
-        stats: Arc<SessionStats>,
-    ) -> Admission {
-        self.ask(|respond_to| RegistryMsg::Register {
-            id,
-            peer,
-            inbox,
-            stats,
-            respond_to,
-        })
-        .await
-    }
-
-    /// Reports that a session ended.
-    pub(crate) async fn unregister(&self, id: ClientId, reason: LeaveReason) {
-        // A session cut at shutdown may report after the registry stopped;
-        // its leave is already counted in the final snapshot as a cut.
-        let _ = self
-            .inbox
-            .send(RegistryMsg::Unregister { id, reason })
-            .await;
-    }
-
-    /// The client list now.
-    pub async fn snapshot(&self) -> Snapshot {
-        self.ask(|respond_to| RegistryMsg::Snapshot { respond_to })
-            .await
-    }
-
-    /// Asks the registry to log a snapshot. Never waits for the registry:
-    /// when its inbox is full the request is dropped, and `false` returned.
-    pub fn log_snapshot(&self) -> bool {
-        self.inbox.try_send(RegistryMsg::LogSnapshot).is_ok()
-    }
-
-    /// Starts the shutdown of every session (see [`RegistryMsg::Drain`]).
-    pub(crate) async fn drain(&self) {
-        self.ask(|respond_to| RegistryMsg::Drain { respond_to })
-            .await
-    }
-
-    /// Completes when exactly `clients` clients are registered.
-    pub async fn wait_for_clients(&self, clients: usize) {
-        self.ask(|respond_to| RegistryMsg::WaitForCount {
-            clients,
-            respond_to,
-        })
-        .await
-    }
-
-    /// Logs a final snapshot, returns it, and stops the actor.
-    pub(crate) async fn stop(&self) -> Snapshot {
-        self.ask(|respond_to| RegistryMsg::Stop { respond_to })
-            .await
-    }
-}
+pub use handle::RegistryHandle;
 
 #[cfg(test)]
 mod tests {
@@ -429,6 +390,7 @@ mod tests {
             peer: peer(40000 + id as u16),
             inbox: sender,
             stats: stats.clone(),
+            awaits_header: false,
             respond_to,
         });
         let admission = response
@@ -561,7 +523,9 @@ mod tests {
         });
         let (sender, _inbox) = bounded(1);
         let stats = Arc::new(SessionStats::default());
-        let admission = handle.register(ClientId(1), peer(1), sender, stats).await;
+        let admission = handle
+            .register(ClientId(1), peer(1), sender, stats, false)
+            .await;
         assert_eq!(admission, Admission::Admitted { clients: 1 });
         handle
             .unregister(ClientId(1), LeaveReason::PeerClosed)

@@ -24,22 +24,24 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::{FutureExt, select_biased};
 use kv_log_macro::{debug, info, warn};
 
-use crate::actors::registry::RegistryHandle;
 use crate::messages::{ClientId, HandshakeFailure, LeaveReason, SessionCommand, SessionStats};
 use crate::net::{Handshake, LineSocket};
+use crate::proxy::ProxyHeader;
 use crate::rt::{Alarm, Receiver, spawn};
-use crate::shutdown::Shutdown;
-use crate::tls::ServerTls;
 use crate::wire::{self, ReplyFormatter};
 
+mod context;
 mod waits;
 
-use waits::{Failure, handshake, next_command, write_or_cut};
+pub use context::SessionConfig;
+pub(crate) use context::SessionContext;
+
+use waits::{Failure, handshake, next_command, proxy_header, write_or_cut};
 
 /// Capacity of a session's inbox, in commands. Only the registry writes to
 /// it, and it never waits: a command that finds the inbox full is tried again
@@ -47,44 +49,6 @@ use waits::{Failure, handshake, next_command, write_or_cut};
 /// one-slot channel is a fraction of the size of a larger one, which matters
 /// with many idle clients.
 pub(crate) const INBOX_CAPACITY: usize = 1;
-
-/// The per-session part of the server's configuration; `Default` gives the
-/// CLI's defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionConfig {
-    /// Longest accepted message, in bytes (`--max-line`).
-    pub max_line: usize,
-    /// How long unterminated bytes wait before being taken as one message;
-    /// `None` waits for the newline forever (`--fragment-timeout`).
-    pub fragment_timeout: Option<Duration>,
-    /// How long a write may wait for the client to take any of its bytes
-    /// before the client is cut off; `None` waits forever (`--write-timeout`).
-    pub write_timeout: Option<Duration>,
-    /// How long a TLS handshake may take (`--handshake-timeout`).
-    pub handshake_timeout: Duration,
-}
-
-impl Default for SessionConfig {
-    fn default() -> SessionConfig {
-        SessionConfig {
-            max_line: 64 * 1024,
-            fragment_timeout: Some(Duration::from_millis(200)),
-            write_timeout: Some(Duration::from_secs(30)),
-            handshake_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// What every session of one server shares.
-#[derive(Debug)]
-pub(crate) struct SessionContext {
-    pub(crate) registry: RegistryHandle,
-    pub(crate) config: SessionConfig,
-    /// Stop now, even in the middle of a write (the shutdown timeout ran out).
-    pub(crate) cut: Shutdown,
-    /// Set: every client starts with a TLS handshake.
-    pub(crate) tls: Option<ServerTls>,
-}
 
 /// One client's actor. Build with [`Session::new`], then `run` it in its own task.
 pub(crate) struct Session {
@@ -180,6 +144,14 @@ impl Session {
             }
             Err(Failure::Cut) => LeaveReason::Cut,
             Err(Failure::Ended(reason)) => reason,
+            Err(Failure::Proxy(why)) => {
+                warn!("PROXY header refused", {
+                    client_id: self.id,
+                    peer: log::kv::Value::from_display(&self.peer),
+                    reason: why.as_str(),
+                });
+                LeaveReason::ProxyFailed(why)
+            }
             Err(Failure::Handshake(failure)) => {
                 let error = failure
                     .error
@@ -224,6 +196,22 @@ impl Session {
     }
 
     async fn serve(&mut self) -> Result<LeaveReason, Failure> {
+        if let Some(trusted) = &self.context.proxy {
+            let header = proxy_header(
+                &self.socket,
+                self.peer,
+                trusted,
+                &self.context,
+                &mut self.inbox,
+            );
+            match Box::pin(header).await? {
+                ProxyHeader::Relayed { client } => {
+                    self.peer = client;
+                    self.context.registry.identify(self.id, client).await;
+                }
+                ProxyHeader::Local => return Err(Failure::Ended(LeaveReason::ProxyLocal)),
+            }
+        }
         if let Some(tls) = &self.context.tls {
             // Boxed: a handshake's state is kilobytes, and gone once it is done.
             let shaken = Box::pin(handshake(
@@ -232,11 +220,16 @@ impl Session {
                 &self.context,
                 &mut self.inbox,
             ));
-            if shaken.await? == Handshake::NotTls {
+            let reason = match shaken.await? {
+                Handshake::Done => None,
+                Handshake::NotTls => Some("not TLS (plain text on the TLS port)"),
+                Handshake::Silent => Some("handshake timed out (nothing sent)"),
+            };
+            if let Some(reason) = reason {
+                // In plain text: a client that is not speaking TLS reads it.
                 self.out.extend_from_slice(wire::TLS_REQUIRED_ERROR);
                 self.flush().await?;
                 Box::pin(self.linger()).await;
-                let reason = "not TLS (plain text on the TLS port)";
                 return Err(Failure::Handshake(HandshakeFailure {
                     reason,
                     error: None,
@@ -387,6 +380,8 @@ mod tests {
     use super::*;
     use crate::actors::registry::{Registry, RegistryConfig};
     use crate::rt::Socket;
+    use crate::shutdown::Shutdown;
+    use std::time::Duration;
 
     /// Most of what an idle client costs the server is its session's future;
     /// docs/performance.md's memory figure depends on it staying small. (Known
@@ -412,6 +407,7 @@ mod tests {
             },
             cut: Shutdown::never(),
             tls: None,
+            proxy: None,
         });
         let session = Session::new(
             ClientId(1),
@@ -439,7 +435,7 @@ mod tests {
         let (sender, inbox) = crate::rt::bounded(INBOX_CAPACITY);
         let stats = Arc::new(SessionStats::default());
         let admitted = registry
-            .register(ClientId(1), addr, sender, stats.clone())
+            .register(ClientId(1), addr, sender, stats.clone(), false)
             .await;
         assert!(matches!(
             admitted,
@@ -450,6 +446,7 @@ mod tests {
             config: SessionConfig::default(),
             cut: Shutdown::never(),
             tls: None,
+            proxy: None,
         });
         let session = Session::new(
             ClientId(1),

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 
 use futures::future::poll_fn;
 use futures::{FutureExt, StreamExt, select_biased};
@@ -11,6 +12,7 @@ use futures::{FutureExt, StreamExt, select_biased};
 use super::SessionContext;
 use crate::messages::{HandshakeFailure, LeaveReason, SessionCommand};
 use crate::net::{Handshake, LineSocket, WriteStop};
+use crate::proxy::{ProxyHeader, TrustedProxies};
 use crate::rt::{Receiver, within};
 use crate::tls::{self, ServerTls};
 
@@ -65,7 +67,43 @@ pub(super) async fn handshake(
     match shaken {
         Some(Ok(handshake)) => Ok(handshake),
         Some(Err(e)) => Err(failed(tls::failure_reason(&e), Some(e))),
+        // Not a byte came: perhaps a plain client waiting for its greeting.
+        None if socket.is_plain() => Ok(Handshake::Silent),
         None => Err(failed("handshake timed out", None)),
+    }
+}
+
+/// The PROXY header, from a trusted `peer`, within the handshake timeout,
+/// unless the server cuts it short or the registry asks the session to
+/// close meanwhile.
+pub(super) async fn proxy_header(
+    socket: &LineSocket,
+    peer: SocketAddr,
+    trusted: &TrustedProxies,
+    context: &SessionContext,
+    inbox: &mut Receiver<SessionCommand>,
+) -> Result<ProxyHeader, Failure> {
+    if !trusted.contains(peer.ip()) {
+        return Err(Failure::Proxy(format!(
+            "{} is not a trusted proxy",
+            peer.ip()
+        )));
+    }
+    let limit = context.config.handshake_timeout;
+    let header = select_biased! {
+        _ = context.cut.wait().fuse() => return Err(Failure::Cut),
+        command = next_command(inbox).fuse() => return Err(Failure::Ended(match command {
+            Some(SessionCommand::CloseIdle) => LeaveReason::IdleTimeout,
+            None => LeaveReason::ServerShutdown,
+        })),
+        header = within(limit, socket.read_proxy_header()).fuse() => header,
+    };
+    match header {
+        Some(Ok(header)) => Ok(header),
+        Some(Err(e)) => Err(Failure::Proxy(e.to_string())),
+        None => Err(Failure::Proxy(
+            "no PROXY header within the handshake timeout".into(),
+        )),
     }
 }
 
@@ -84,6 +122,8 @@ pub(super) enum Failure {
     Handshake(HandshakeFailure),
     /// Ended before anything could be said, for this reason.
     Ended(LeaveReason),
+    /// No valid PROXY header from a trusted proxy: why.
+    Proxy(String),
 }
 
 impl From<io::Error> for Failure {

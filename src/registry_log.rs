@@ -1,0 +1,145 @@
+//! How the registry's client table reads in the log: `client joined` and
+//! `client left`, and snapshots: a `registry snapshot` summary line, then one
+//! `registry client` line per client. A client relayed by a PROXY-protocol
+//! balancer shows as its own address (`peer`) and the balancer's (`via`).
+//!
+//! The summary is logged at once. The client lines of a periodic snapshot go
+//! through [`logging::log_in_background`], so sessions keep answering while
+//! a long list is written; the final snapshot, taken when nothing is left to
+//! serve, is written in place and in full.
+//!
+//! The lines are logged under the registry's target, so that they read and
+//! filter (`RUST_LOG=duplex::actors::registry=...`) as the registry's other
+//! lines do. That takes `log`'s own macros: kv-log-macro's ignore an explicit
+//! target when key/values follow.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use log::{info, warn};
+
+use crate::actors::registry::LOG_TARGET;
+use crate::logging::{self, Listing};
+use crate::messages::{ClientId, ClientInfo, Counts, LeaveReason, Snapshot};
+
+/// A client in the table, as its log lines name it.
+pub(crate) struct Who {
+    pub(crate) id: ClientId,
+    pub(crate) peer: SocketAddr,
+    pub(crate) via: Option<SocketAddr>,
+}
+
+/// Logs a join; `clients` counts the table after it.
+pub(crate) fn joined(who: &Who, clients: usize) {
+    match who.via {
+        None => {
+            info!(target: LOG_TARGET, client_id = who.id, peer:% = who.peer, clients = clients; "client joined")
+        }
+        Some(via) => info!(
+            target: LOG_TARGET,
+            client_id = who.id, peer:% = who.peer, via:% = via, clients = clients;
+            "client joined"
+        ),
+    }
+}
+
+/// Logs a leave, at `level`; `clients` counts the table after it.
+pub(crate) fn left(
+    who: &Who,
+    clients: usize,
+    reason: &LeaveReason,
+    connected_for: Duration,
+    counts: Counts,
+    level: log::Level,
+) {
+    let connected_for = humantime::format_duration(round_ms(connected_for));
+    // `via` only when there is one: a plain server's lines stay as they were.
+    macro_rules! left {
+        ($($via:tt)*) => {
+            log::log!(
+                target: LOG_TARGET,
+                level,
+                client_id = who.id,
+                peer:% = who.peer,
+                $($via)*
+                clients = clients,
+                reason:% = reason,
+                connected_for:% = connected_for,
+                messages_in = counts.messages_in,
+                messages_out = counts.messages_out;
+                "client left"
+            )
+        };
+    }
+    match who.via {
+        None => left!(),
+        Some(via) => left!(via:% = via,),
+    }
+}
+
+/// Logs `snapshot`'s summary, and its client lines off the executor.
+pub(crate) fn log(snapshot: Snapshot) {
+    log_summary(&snapshot);
+    match logging::log_in_background(snapshot.clients, log_client) {
+        Listing::Queued | Listing::StillNoThread => {}
+        Listing::Busy => warn!(
+            target: LOG_TARGET,
+            "registry snapshot: client lines skipped, earlier ones are still being written"
+        ),
+        Listing::NoThread(e) => warn!(
+            target: LOG_TARGET,
+            error:% = e;
+            "no thread for snapshot client lines; they will be skipped"
+        ),
+    }
+}
+
+/// Logs `snapshot` in full on the calling thread: for the last one.
+pub(crate) fn log_final(snapshot: &Snapshot) {
+    log_summary(snapshot);
+    logging::log_in_place(&snapshot.clients, log_client);
+}
+
+fn log_summary(snapshot: &Snapshot) {
+    let totals = snapshot.totals;
+    info!(
+        target: LOG_TARGET,
+        clients = snapshot.clients.len(),
+        admitted = snapshot.admitted,
+        rejected = snapshot.rejected,
+        tls_failed = snapshot.tls_failed,
+        proxy_failed = snapshot.proxy_failed,
+        messages_in = totals.messages_in,
+        messages_out = totals.messages_out,
+        bytes_in = totals.bytes_in,
+        bytes_out = totals.bytes_out;
+        "registry snapshot"
+    );
+}
+
+fn log_client(client: &ClientInfo) {
+    let connected_for = humantime::format_duration(round_ms(client.connected_for));
+    macro_rules! client {
+        ($($via:tt)*) => {
+            info!(
+                target: LOG_TARGET,
+                client_id = client.id,
+                peer:% = client.peer,
+                $($via)*
+                connected_for:% = connected_for,
+                messages_in = client.counts.messages_in,
+                messages_out = client.counts.messages_out;
+                "registry client"
+            )
+        };
+    }
+    match client.via {
+        None => client!(),
+        Some(via) => client!(via:% = via,),
+    }
+}
+
+/// Whole milliseconds, so logged durations read `1m 3s 52ms`, not nanoseconds.
+pub(crate) fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))
+}
