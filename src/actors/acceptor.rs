@@ -90,6 +90,12 @@ impl Acceptor {
                 }
             }
         }
+        // Connections the kernel has already queued are taken and sent the
+        // shutdown notice, rather than reset when the listener closes: with
+        // --reuse-port, a server started beside this one takes the rest.
+        while let Some(Ok((stream, peer))) = self.listener.accept().now_or_never() {
+            self.admit(stream, peer).await;
+        }
         info!("acceptor stopped", { accepted: self.next_id - 1 });
         self.next_id - 1
     }

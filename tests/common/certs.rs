@@ -114,6 +114,16 @@ pub struct TlsPeer {
 
 impl TlsPeer {
     pub async fn connect(addr: std::net::SocketAddr, ca: &Path) -> std::io::Result<TlsPeer> {
+        TlsPeer::connect_after(addr, ca, b"").await
+    }
+
+    /// Connects, sends `prefix` in plain (a PROXY header), then starts TLS.
+    pub async fn connect_after(
+        addr: std::net::SocketAddr,
+        ca: &Path,
+        prefix: &[u8],
+    ) -> std::io::Result<TlsPeer> {
+        use futures::AsyncWriteExt;
         use futures_rustls::pki_types::pem::PemObject;
         use futures_rustls::pki_types::{CertificateDer, ServerName};
         use futures_rustls::rustls;
@@ -128,7 +138,8 @@ impl TlsPeer {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let connector = futures_rustls::TlsConnector::from(std::sync::Arc::new(config));
-        let tcp = async_std::net::TcpStream::connect(addr).await?;
+        let mut tcp = async_std::net::TcpStream::connect(addr).await?;
+        tcp.write_all(prefix).await?;
         let name = ServerName::try_from("localhost").expect("name");
         let stream = connector.connect(name, tcp).await?;
         Ok(TlsPeer {

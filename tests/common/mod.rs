@@ -121,6 +121,11 @@ impl Peer {
             .to_vec()
     }
 
+    /// Our end's address: the client address a server sees.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.writer.local_addr().expect("connected")
+    }
+
     /// Shuts down our write side (half-close).
     pub fn finish_writing(&self) {
         self.writer
@@ -137,6 +142,25 @@ impl Peer {
                 return all;
             }
             all.extend_from_slice(&line);
+        }
+    }
+
+    /// Reads until the server closes, by EOF or by a reset (what a server
+    /// that ends a connection with unread input sends); everything before.
+    pub async fn until_closed(&mut self) -> Vec<u8> {
+        let mut all = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            let read = within(PATIENCE, self.reader.read_until(b'\n', &mut line))
+                .await
+                .expect("closed in time");
+            all.extend_from_slice(&line);
+            match read {
+                Ok(0) => return all,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return all,
+                Err(e) => panic!("read: {e}"),
+            }
         }
     }
 }

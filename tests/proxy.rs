@@ -1,0 +1,122 @@
+//! The PROXY protocol, in process, with headers written by hand (the real
+//! balancer is in `tests/haproxy.rs`): both versions name the client, bytes
+//! after the header are the client's, a health check leaves quietly, and a
+//! connection without a valid header from a trusted address is closed and
+//! counted, costing nobody else anything.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::certs::{Leaf, TestCa, TlsPeer};
+use common::{Peer, TestServer, quick_config};
+use duplex::server::{ServerConfig, TrustedProxies};
+
+fn proxied(trusted: &str) -> ServerConfig {
+    let mut config = quick_config();
+    config.proxy_protocol = Some(TrustedProxies::parse(trusted).expect("CIDRs"));
+    config.session.handshake_timeout = Duration::from_millis(300);
+    config
+}
+
+/// A v2 PROXY header for a TCP/IPv4 client at `client`.
+fn v2_header(client: SocketAddr, command: u8) -> Vec<u8> {
+    let SocketAddr::V4(client) = client else {
+        panic!("IPv4")
+    };
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x20 | command, 0x11, 0, 12]);
+    header.extend_from_slice(&client.ip().octets());
+    header.extend_from_slice(&[127, 0, 0, 1]);
+    header.extend_from_slice(&client.port().to_be_bytes());
+    header.extend_from_slice(&8000u16.to_be_bytes());
+    header
+}
+
+#[async_std::test]
+async fn both_versions_name_the_client_and_what_follows_the_header_is_its() {
+    let server = TestServer::start(proxied("127.0.0.1/32")).await;
+    let mut v1 = Peer::connect(server.addr).await;
+    v1.send(b"PROXY TCP4 192.0.2.1 127.0.0.1 56324 8000\r\n")
+        .await;
+    assert_eq!(v1.line().await, b"Hello\n");
+    // The header and the first message in one write: nothing of it is lost.
+    let mut v2 = Peer::connect(server.addr).await;
+    let mut bytes = v2_header("198.51.100.7:4242".parse().unwrap(), 1);
+    bytes.extend_from_slice(b"first\n");
+    v2.send(&bytes).await;
+    assert_eq!(v2.line().await, b"Hello\n");
+    assert_eq!(v2.reply().await, b"first");
+    let snapshot = server.registry.snapshot().await;
+    let peers: Vec<String> = snapshot
+        .clients
+        .iter()
+        .map(|c| c.peer.to_string())
+        .collect();
+    assert_eq!(peers, ["192.0.2.1:56324", "198.51.100.7:4242"]);
+    assert!(
+        snapshot
+            .clients
+            .iter()
+            .all(|c| c.via.is_some_and(|via| via.ip().is_loopback()))
+    );
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn a_health_check_is_closed_quietly_and_bad_headers_are_refused_and_counted() {
+    let server = TestServer::start(proxied("127.0.0.1/32")).await;
+    let mut check = Peer::connect(server.addr).await;
+    check
+        .send(&v2_header("127.0.0.1:1".parse().unwrap(), 0))
+        .await;
+    assert_eq!(check.rest().await, b"", "closed without a greeting");
+    for bad in [
+        &b"hello\n"[..],
+        b"PROXY TCP4 nonsense\r\n",
+        b"\r\n\r\n\0\r\nQUIT\n\x21\x11\xff\xff",
+    ] {
+        let mut peer = Peer::connect(server.addr).await;
+        peer.send(bad).await;
+        assert_eq!(peer.until_closed().await, b"", "{bad:?} is closed");
+    }
+    // Nothing at all: closed at the timeout.
+    let mut silent = Peer::connect(server.addr).await;
+    assert_eq!(silent.until_closed().await, b"");
+    server.wait_for_clients(0).await;
+    let snapshot = server.registry.snapshot().await;
+    assert_eq!(
+        snapshot.proxy_failed, 4,
+        "the health check is not a failure"
+    );
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn a_header_from_an_untrusted_address_is_refused() {
+    let server = TestServer::start(proxied("10.0.0.0/8")).await;
+    let mut peer = Peer::connect(server.addr).await;
+    peer.send(b"PROXY TCP4 192.0.2.1 127.0.0.1 56324 8000\r\n")
+        .await;
+    assert_eq!(peer.until_closed().await, b"");
+    server.wait_for_clients(0).await;
+    assert_eq!(server.registry.snapshot().await.proxy_failed, 1);
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn the_header_comes_before_the_tls_handshake() {
+    let ca = TestCa::new("proxy TLS CA");
+    let mut config = proxied("127.0.0.1/32");
+    config.tls = Some(ca.leaf("server", Leaf::Good));
+    let server = TestServer::start(config).await;
+    let header = v2_header("203.0.113.9:5555".parse().unwrap(), 1);
+    let mut peer = TlsPeer::connect_after(server.addr, &ca.ca_pem(), &header)
+        .await
+        .expect("TLS after the header");
+    assert_eq!(peer.line().await, b"Hello");
+    let snapshot = server.registry.snapshot().await;
+    assert_eq!(snapshot.clients[0].peer.to_string(), "203.0.113.9:5555");
+    server.stop().await;
+}
