@@ -78,7 +78,7 @@ pub(crate) fn left(
 }
 
 /// Logs `snapshot`'s summary, and its client lines off the executor.
-pub(crate) fn log(snapshot: Snapshot) {
+pub(crate) fn snapshot(snapshot: Snapshot) {
     log_summary(&snapshot);
     match logging::log_in_background(snapshot.clients, log_client) {
         Listing::Queued | Listing::StillNoThread => {}
@@ -95,7 +95,7 @@ pub(crate) fn log(snapshot: Snapshot) {
 }
 
 /// Logs `snapshot` in full on the calling thread: for the last one.
-pub(crate) fn log_final(snapshot: &Snapshot) {
+pub(crate) fn final_snapshot(snapshot: &Snapshot) {
     log_summary(snapshot);
     logging::log_in_place(&snapshot.clients, log_client);
 }

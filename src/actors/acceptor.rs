@@ -5,7 +5,8 @@
 //! full). Accept errors never end it: running out of descriptors or buffers
 //! pauses accepting with a growing backoff and a rate-limited warning; errors
 //! that concern one connection only are skipped. It stops when the server's
-//! shutdown signal fires, dropping the listener so no one else gets in.
+//! shutdown signal fires: it takes what the kernel already queued, then drops
+//! the listener so no one else gets in.
 
 use std::io;
 use std::net::SocketAddr;

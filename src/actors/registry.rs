@@ -29,7 +29,7 @@ use crate::messages::{
     Admission, ClientId, ClientInfo, Counts, LeaveReason, RegistryMsg, SessionCommand,
     SessionStats, Snapshot,
 };
-use crate::registry_log::{self as snapshot, Who};
+use crate::registry_log::{self, Who};
 use crate::rt::{JoinHandle, Receiver, Sender, bounded, sleep_until, spawn};
 
 /// The log target of every line about the client table, snapshots included.
@@ -145,7 +145,7 @@ impl Registry {
                     }
                 }
                 _ = sleep_until(next_snapshot).fuse() => {
-                    snapshot::log(self.snapshot());
+                    registry_log::snapshot(self.snapshot());
                     next_snapshot = interval.map(|every| Instant::now() + every);
                 }
                 _ = sleep_until(next_sweep).fuse() => {
@@ -177,14 +177,14 @@ impl Registry {
                 if let Some(entry) = self.clients.get_mut(&id) {
                     entry.via = Some(std::mem::replace(&mut entry.peer, client));
                     entry.announced = true;
-                    snapshot::joined(&entry.who(id), clients);
+                    registry_log::joined(&entry.who(id), clients);
                 }
             }
             RegistryMsg::Snapshot { respond_to } => {
                 // A requester that stopped waiting does not need the answer.
                 let _ = respond_to.send(self.snapshot());
             }
-            RegistryMsg::LogSnapshot => snapshot::log(self.snapshot()),
+            RegistryMsg::LogSnapshot => registry_log::snapshot(self.snapshot()),
             RegistryMsg::Drain { respond_to } => {
                 self.draining = true;
                 for entry in self.clients.values() {
@@ -202,7 +202,7 @@ impl Registry {
             }
             RegistryMsg::Stop { respond_to } => {
                 let snapshot = self.snapshot();
-                snapshot::log_final(&snapshot);
+                registry_log::final_snapshot(&snapshot);
                 // The server may have stopped waiting; the snapshot is logged anyway.
                 let _ = respond_to.send(snapshot);
                 return Flow::Stop;
@@ -251,7 +251,7 @@ impl Registry {
         self.admitted += 1;
         let clients = self.clients.len();
         if announce {
-            snapshot::joined(
+            registry_log::joined(
                 &Who {
                     id,
                     peer,
@@ -280,7 +280,7 @@ impl Registry {
             log::Level::Debug
         };
         let (who, connected_for) = (entry.who(id), entry.connected_at.elapsed());
-        snapshot::left(
+        registry_log::left(
             &who,
             self.clients.len(),
             reason,

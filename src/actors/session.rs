@@ -7,9 +7,11 @@
 //! client through the session's bounded inbox ([`SessionCommand`]), which the
 //! same task drains.
 //!
-//! A TLS server's session starts with the handshake, within the handshake
-//! timeout (a plain-text client is told in plain text that the port speaks
-//! TLS); the waits the server can interrupt are in `session/waits.rs`.
+//! Behind a PROXY-protocol balancer, a session starts by reading the header
+//! and telling the registry who the client is; a TLS server's session then
+//! does the handshake, within the handshake timeout (a plain-text client is
+//! told in plain text that the port speaks TLS). The waits the server can
+//! interrupt are in `session/waits.rs`.
 //!
 //! A slow reader stalls only its own session: while a write waits for the
 //! socket, the session reads nothing more from that client (backpressure).
