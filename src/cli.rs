@@ -134,9 +134,9 @@ pub(crate) struct Cli {
     #[arg(long, help_heading = "Server options")]
     reuse_port: bool,
 
-    /// A TLS handshake (or, with --proxy-protocol, the PROXY header) that has
-    /// not arrived this long after the connect is
-    /// closed (it still counts toward --max-clients meanwhile).
+    /// The limit for a TLS handshake, and for a PROXY header (each gets it):
+    /// a connection that has not finished one by then is closed (it counts
+    /// toward --max-clients meanwhile).
     #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
     handshake_timeout: Duration,
 

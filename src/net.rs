@@ -26,7 +26,7 @@ use crate::wire::{FrameError, Framer};
 /// Connections the kernel queues for the acceptor; it caps this at
 /// `net.core.somaxconn`. std's fixed 128 drops SYNs under a burst of connects,
 /// which clients only retry after a second.
-const LISTEN_BACKLOG: i32 = 4096;
+pub(crate) const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds a listener on `addr` (resolved now; the first address that binds
 /// wins), with address reuse, a deep accept backlog and, with `reuse_port`,

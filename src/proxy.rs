@@ -66,8 +66,10 @@ impl fmt::Display for TrustedProxies {
 pub(crate) enum ProxyHeader {
     /// The connection is from `client`, relayed by the proxy.
     Relayed { client: SocketAddr },
-    /// The proxy's own connection (a health check, v2 `LOCAL`, or v1
-    /// `UNKNOWN`): no client behind it.
+    /// A client the proxy cannot name (v1 `UNKNOWN`, a v2 UNIX or
+    /// unspecified address): served, under the connection's own address.
+    Unnamed,
+    /// The proxy's own connection (a health check, v2 `LOCAL`): nothing to serve.
     Local,
 }
 
@@ -149,11 +151,16 @@ pub(crate) async fn read_header(socket: &Socket) -> io::Result<ProxyHeader> {
 
 fn parse(header: &[u8]) -> io::Result<ProxyHeader> {
     let relayed = |client| Ok(ProxyHeader::Relayed { client });
-    match HeaderResult::parse(header) {
+    // By the first byte, so that a bad v2 header is reported as one.
+    let parsed: HeaderResult = match header.first() {
+        Some(b'P') => v1::Header::try_from(header).into(),
+        _ => v2::Header::try_from(header).into(),
+    };
+    match parsed {
         HeaderResult::V1(Ok(parsed)) => match parsed.addresses {
             v1::Addresses::Tcp4(a) => relayed(SocketAddr::from((a.source_address, a.source_port))),
             v1::Addresses::Tcp6(a) => relayed(SocketAddr::from((a.source_address, a.source_port))),
-            v1::Addresses::Unknown => Ok(ProxyHeader::Local),
+            v1::Addresses::Unknown => Ok(ProxyHeader::Unnamed),
         },
         HeaderResult::V2(Ok(parsed)) => match (parsed.command, parsed.addresses) {
             (v2::Command::Local, _) => Ok(ProxyHeader::Local),
@@ -164,7 +171,7 @@ fn parse(header: &[u8]) -> io::Result<ProxyHeader> {
                 relayed(SocketAddr::from((a.source_address, a.source_port)))
             }
             // A relayed UNIX or unspecified client has no address to show.
-            (v2::Command::Proxy, _) => Ok(ProxyHeader::Local),
+            (v2::Command::Proxy, _) => Ok(ProxyHeader::Unnamed),
         },
         HeaderResult::V1(Err(e)) => Err(invalid(format!("invalid PROXY v1 header: {e}"))),
         HeaderResult::V2(Err(e)) => Err(invalid(format!("invalid PROXY v2 header: {e}"))),
@@ -201,7 +208,10 @@ mod tests {
                 client: "192.0.2.1:56324".parse().unwrap()
             }
         );
-        assert_eq!(parse(b"PROXY UNKNOWN\r\n").expect("v1"), ProxyHeader::Local);
+        assert_eq!(
+            parse(b"PROXY UNKNOWN\r\n").expect("v1"),
+            ProxyHeader::Unnamed
+        );
         let mut v2 = V2_SIGNATURE.to_vec();
         v2.extend_from_slice(&[
             0x21, 0x11, 0, 12, 192, 0, 2, 1, 198, 51, 100, 2, 0xdc, 0x04, 0x1f, 0x40,

@@ -180,9 +180,15 @@ fn behind_haproxy_clients_keep_their_addresses_survive_a_killed_server_and_a_rol
     // A rolling restart of the survivor: the new one first, then SIGTERM the
     // old one, while a prober keeps connecting straight to its port.
     let probing = Arc::new(AtomicBool::new(true));
-    let (refused, probes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let counter = || Arc::new(AtomicU64::new(0));
+    let (refused, reset, probes) = (counter(), counter(), counter());
     let prober = {
-        let (probing, refused, probes) = (probing.clone(), refused.clone(), probes.clone());
+        let (probing, refused, reset, probes) = (
+            probing.clone(),
+            refused.clone(),
+            reset.clone(),
+            probes.clone(),
+        );
         let addr: SocketAddr = second_addr.parse().expect("address");
         std::thread::spawn(move || {
             // A v2 LOCAL header: what a health check sends; closed quietly.
@@ -191,7 +197,13 @@ fn behind_haproxy_clients_keep_their_addresses_survive_a_killed_server_and_a_rol
                 probes.fetch_add(1, Ordering::Relaxed);
                 match TcpStream::connect(addr) {
                     Ok(mut stream) => {
+                        // Closed quietly after the header, by whichever
+                        // server took it; a reset means it was dropped.
                         let _ = std::io::Write::write_all(&mut stream, local);
+                        let mut rest = Vec::new();
+                        if std::io::Read::read_to_end(&mut stream, &mut rest).is_err() {
+                            reset.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     Err(_) => {
                         refused.fetch_add(1, Ordering::Relaxed);
@@ -215,22 +227,25 @@ fn behind_haproxy_clients_keep_their_addresses_survive_a_killed_server_and_a_rol
     std::thread::sleep(Duration::from_millis(200));
     probing.store(false, Ordering::Relaxed);
     prober.join().expect("prober");
+    let probes = probes.load(Ordering::Relaxed);
     assert_eq!(
         refused.load(Ordering::Relaxed),
         0,
-        "of {} probes",
-        probes.load(Ordering::Relaxed)
+        "refused, of {probes} probes"
     );
+    // The old server takes what was queued for it before it closes; only a
+    // connect in the instant between that and the close could still be reset.
+    assert!(
+        reset.load(Ordering::Relaxed) <= 1,
+        "reset, of {probes} probes"
+    );
+    assert!(probes > 50, "the prober ran through the restart: {probes}");
 
     async_std::task::block_on(async {
         for client in clients {
             let summary = within(common::PATIENCE, client.stop())
                 .await
                 .expect("stops");
-            assert!(
-                summary.reconnects >= 1 || summary.replied > 0,
-                "{summary:?}"
-            );
             assert_eq!(summary.dropped, 0, "{summary:?}");
             assert!(
                 summary.replied + summary.pending as u64 >= summary.sent,

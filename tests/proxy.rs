@@ -120,3 +120,32 @@ async fn the_header_comes_before_the_tls_handshake() {
     assert_eq!(snapshot.clients[0].peer.to_string(), "203.0.113.9:5555");
     server.stop().await;
 }
+
+#[async_std::test]
+async fn a_client_the_proxy_cannot_name_is_served_under_the_proxys_address() {
+    let server = TestServer::start(proxied("127.0.0.1/32")).await;
+    let mut peer = Peer::connect(server.addr).await;
+    peer.send(b"PROXY UNKNOWN\r\nhi\n").await;
+    assert_eq!(peer.line().await, b"Hello\n");
+    assert_eq!(peer.reply().await, b"hi");
+    let snapshot = server.registry.snapshot().await;
+    assert_eq!(snapshot.clients[0].peer, peer.local_addr());
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn a_shutdown_waits_for_a_header_on_its_way_and_sends_the_notice() {
+    let server = TestServer::start(proxied("127.0.0.1/32")).await;
+    let mut peer = Peer::connect(server.addr).await;
+    server.wait_for_clients(1).await;
+    // The server starts shutting down before the header comes.
+    server.trigger.trigger();
+    async_std::task::sleep(Duration::from_millis(50)).await;
+    peer.send(b"PROXY TCP4 192.0.2.1 127.0.0.1 56324 8000\r\n")
+        .await;
+    let rest = peer.until_closed().await;
+    assert_eq!(rest, b"Hello\nnotice: server shutting down\n");
+    common::within(common::PATIENCE, server.task)
+        .await
+        .expect("stops");
+}

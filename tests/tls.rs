@@ -410,3 +410,47 @@ fn a_certificate_that_does_not_load_stops_the_server_with_a_clear_error() {
         );
     }
 }
+
+#[test]
+fn with_tls_alone_the_client_trusts_the_systems_store() {
+    let ca = TestCa::new("system store CA");
+    let files = ca.leaf("server", Leaf::Good);
+    let mut command = server_command(&[]);
+    command
+        .arg("--tls-cert")
+        .arg(&files.cert)
+        .arg("--tls-key")
+        .arg(&files.key);
+    let (server, addr, _logs) = start_server_from(command);
+    // rustls-native-certs reads SSL_CERT_FILE as the system's store.
+    let run = |store: &std::path::Path| {
+        duplex()
+            .args([
+                "--role",
+                "client",
+                "--tls",
+                "--count",
+                "1",
+                "--interval",
+                "20ms",
+            ])
+            .args(["--max-restarts", "0", "--addr", &addr])
+            .env("SSL_CERT_FILE", store)
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .expect("run client")
+    };
+    let trusted = run(&ca.ca_pem());
+    assert!(trusted.status.success(), "{trusted:?}");
+    assert!(String::from_utf8_lossy(&trusted.stdout).contains("server reply: "));
+    let stranger = TestCa::new("not in the store");
+    let refused = run(&stranger.ca_pem());
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("tls=certificate issuer unknown"),
+        "{stderr}"
+    );
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+}

@@ -94,8 +94,14 @@ impl Acceptor {
         // Connections the kernel has already queued are taken and sent the
         // shutdown notice, rather than reset when the listener closes: with
         // --reuse-port, a server started beside this one takes the rest.
-        while let Some(Ok((stream, peer))) = self.listener.accept().now_or_never() {
-            self.admit(stream, peer).await;
+        // Bounded, so a connect flood cannot keep it from ever stopping.
+        for _ in 0..crate::net::LISTEN_BACKLOG {
+            match self.listener.accept().now_or_never() {
+                Some(Ok((stream, peer))) => self.admit(stream, peer).await,
+                // One connection gone before it was taken: the next may be fine.
+                Some(Err(e)) if !is_resource_exhaustion(&e) => {}
+                _ => break,
+            }
         }
         info!("acceptor stopped", { accepted: self.next_id - 1 });
         self.next_id - 1

@@ -211,6 +211,8 @@ impl Session {
                     self.peer = client;
                     self.context.registry.identify(self.id, client).await;
                 }
+                // Served under the balancer's address, which is all there is.
+                ProxyHeader::Unnamed => self.context.registry.identify(self.id, self.peer).await,
                 ProxyHeader::Local => return Err(Failure::Ended(LeaveReason::ProxyLocal)),
             }
         }

@@ -56,10 +56,11 @@ pub(super) async fn handshake(
     let limit = context.config.handshake_timeout;
     let shaken = select_biased! {
         _ = context.cut.wait().fuse() => return Err(Failure::Cut),
-        // Nothing can be said to a client before its handshake.
-        command = next_command(inbox).fuse() => return Err(Failure::Ended(match command {
-            Some(SessionCommand::CloseIdle) => LeaveReason::IdleTimeout,
-            None => LeaveReason::ServerShutdown,
+        // Idle before its handshake: nothing can be said to it. A shutdown
+        // (the inbox closing) waits for the handshake, so the client gets
+        // its notice; `cut` and the timeout bound that wait.
+        command = idle_command(inbox).fuse() => return Err(Failure::Ended(match command {
+            SessionCommand::CloseIdle => LeaveReason::IdleTimeout,
         })),
         shaken = within(limit, socket.accept_tls(tls)).fuse() => shaken,
     };
@@ -92,9 +93,9 @@ pub(super) async fn proxy_header(
     let limit = context.config.handshake_timeout;
     let header = select_biased! {
         _ = context.cut.wait().fuse() => return Err(Failure::Cut),
-        command = next_command(inbox).fuse() => return Err(Failure::Ended(match command {
-            Some(SessionCommand::CloseIdle) => LeaveReason::IdleTimeout,
-            None => LeaveReason::ServerShutdown,
+        // As for the handshake: a shutdown waits for the header.
+        command = idle_command(inbox).fuse() => return Err(Failure::Ended(match command {
+            SessionCommand::CloseIdle => LeaveReason::IdleTimeout,
         })),
         header = within(limit, socket.read_proxy_header()).fuse() => header,
     };
