@@ -280,6 +280,14 @@ impl Cli {
                 ));
             }
         }
+        if let (Some(pid), Role::Bench) = (cli.server_pid, cli.role) {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                return Err(command.error(
+                    ErrorKind::ValueValidation,
+                    format!("--server-pid {pid}: no such process on this machine"),
+                ));
+            }
+        }
         if let Some((flag, heading)) = wrong_role {
             let options = heading.to_lowercase();
             return Err(command.error(
@@ -480,6 +488,7 @@ mod tests {
                 "10.0.0.0/33",
             ],
             &["--role", "client", "--reuse-port"],
+            &["--role", "bench", "--server-pid", "4294967295"],
         ] {
             let error = parse(args).expect_err("rejected");
             assert_eq!(error.exit_code(), 2, "{args:?}: {error}");

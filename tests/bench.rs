@@ -85,6 +85,8 @@ async fn measures_a_tls_server_and_counts_connections_it_cannot_verify() {
         (0, 3),
         "{report}"
     );
+    let reasons: Vec<&String> = report.connect_errors.keys().collect();
+    assert_eq!(reasons, ["TLS: certificate issuer unknown"], "{report}");
     server.stop().await;
 }
 
@@ -160,6 +162,19 @@ async fn a_server_that_is_not_there_is_a_counted_failure() {
     let report = run(config(common::refused_addr(), 3, 1, 16)).await;
     assert_eq!(report.connected, 0);
     assert_eq!(report.connect_failures, 3);
+    // Why, and that no latency was measured.
+    let reasons: Vec<_> = report.connect_errors.iter().collect();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].0.contains("refused") && *reasons[0].1 == 3,
+        "{reasons:?}"
+    );
+    let text = report.to_string();
+    assert!(text.contains("latency      no replies"), "{text}");
+    assert!(
+        text.contains("failed connect: Connection refused"),
+        "{text}"
+    );
 }
 
 #[test]

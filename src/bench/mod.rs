@@ -129,11 +129,14 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
     drop(ready_sender);
     let mut connected = 0;
     let mut connect_failures = 0;
+    let mut connect_errors = std::collections::BTreeMap::new();
     while let Ok(greeted) = ready.recv().await {
-        if greeted {
-            connected += 1;
-        } else {
-            connect_failures += 1;
+        match greeted {
+            Ok(()) => connected += 1,
+            Err(reason) => {
+                connect_failures += 1;
+                *connect_errors.entry(reason).or_insert(0) += 1;
+            }
         }
     }
     let connect_seconds = started.elapsed().as_secs_f64();
@@ -188,6 +191,7 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
         size: config.size,
         connected,
         connect_failures,
+        connect_errors,
         connect_seconds,
         server_cpu_us_per_connect: server_connect_cpu_ns
             .filter(|_| connected > 0)

@@ -13,6 +13,9 @@ pub struct BenchReport {
     pub connected: usize,
     /// Connections that failed to connect or be greeted in time.
     pub connect_failures: u64,
+    /// Why they failed: each reason (refused, timed out, a TLS failure...)
+    /// and how many.
+    pub connect_errors: std::collections::BTreeMap<String, u64>,
     /// From the first connect to the last greeting (or failure), in seconds.
     pub connect_seconds: f64,
     /// Server CPU time per greeted connection while connecting, in
@@ -91,6 +94,7 @@ impl BenchReport {
             "errors": self.errors(),
             "mismatches": self.mismatches,
             "connect_failures": self.connect_failures,
+            "connect_errors": self.connect_errors,
             "disconnects": self.disconnects,
             "server_rss_before_kib": rss_before,
             "server_rss_connected_kib": rss_connected,
@@ -129,11 +133,15 @@ impl std::fmt::Display for BenchReport {
             Some(offered) => writeln!(f, ", {offered:.0}/s offered")?,
             None => writeln!(f)?,
         }
-        writeln!(
-            f,
-            "latency      p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
-            self.p50_us, self.p99_us, self.p999_us, self.max_us
-        )?;
+        if self.replies == 0 {
+            writeln!(f, "latency      no replies")?;
+        } else {
+            writeln!(
+                f,
+                "latency      p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
+                self.p50_us, self.p99_us, self.p999_us, self.max_us
+            )?;
+        }
         if let Some((before, connected)) = self.server_rss_kib {
             let per_client =
                 (connected.saturating_sub(before) * 1024) as f64 / self.connected.max(1) as f64;
@@ -158,7 +166,11 @@ impl std::fmt::Display for BenchReport {
             self.mismatches,
             self.connect_failures,
             self.disconnects
-        )
+        )?;
+        for (reason, count) in &self.connect_errors {
+            write!(f, "\n  failed connect: {reason} ({count})")?;
+        }
+        Ok(())
     }
 }
 

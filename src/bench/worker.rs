@@ -52,31 +52,34 @@ impl Worker {
     pub(super) async fn run(
         self,
         addr: SocketAddr,
-        ready: Sender<bool>,
+        ready: Sender<Result<(), String>>,
         start: StartGate,
         stop: Shutdown,
     ) -> WorkerResult {
         let max_line = self.config.size + 256;
         let connected = within(CONNECT_TIMEOUT, async {
-            let mut socket = LineSocket::connect(addr, max_line).await?;
+            let connect = LineSocket::connect(addr, max_line).await;
+            let mut socket = connect.map_err(|e| e.to_string())?;
             if let Some(tls) = &self.config.tls {
-                Box::pin(socket.connect_tls(tls)).await?;
+                let shaken = Box::pin(socket.connect_tls(tls)).await;
+                shaken.map_err(|e| format!("TLS: {}", crate::tls::failure_reason(&e)))?;
             }
-            greeting(&mut socket).await?;
-            Ok::<_, io::Error>(socket)
+            greeting(&mut socket).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(socket)
         })
         .await;
         let mut socket = match connected {
             Some(Ok(socket)) => socket,
-            _ => {
+            failed => {
+                let reason = failed.map_or("timed out".to_owned(), |e| e.err().unwrap_or_default());
                 // The coordinator counts every answer; it only stops listening
                 // once all senders are gone.
-                let _ = ready.send(false).await;
+                let _ = ready.send(Err(reason)).await;
                 return WorkerResult::default();
             }
         };
         // As above: an answer nobody waits for any more needs no handling.
-        let _ = ready.send(true).await;
+        let _ = ready.send(Ok(())).await;
         drop(ready);
         select_biased! {
             _ = stop.wait().fuse() => return WorkerResult::default(),
