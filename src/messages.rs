@@ -317,8 +317,9 @@ pub(crate) enum ConnectionEnd {
         reason: &'static str,
         error: io::Error,
     },
-    /// The server closed the connection (the `end` event).
-    ServerClosed,
+    /// The server closed the connection (the `end` event), after saying
+    /// why, if it did (its last `error: …` or `notice: …` line).
+    ServerClosed { said: Option<String> },
     /// Messages were outstanding and nothing arrived for `--timeout`.
     Timeout,
     /// Reading or writing failed (the `error` event).
@@ -337,7 +338,12 @@ impl fmt::Display for ConnectionEnd {
             ConnectionEnd::Lookup(e) => write!(f, "lookup failed: {e}"),
             ConnectionEnd::Connect(e) => write!(f, "connect failed: {e}"),
             ConnectionEnd::Tls { reason, .. } => write!(f, "TLS handshake failed: {reason}"),
-            ConnectionEnd::ServerClosed => f.write_str("server closed the connection"),
+            ConnectionEnd::ServerClosed { said: None } => {
+                f.write_str("server closed the connection")
+            }
+            ConnectionEnd::ServerClosed { said: Some(said) } => {
+                write!(f, "server closed the connection: {said}")
+            }
             ConnectionEnd::Timeout => f.write_str("no reply within the timeout"),
             ConnectionEnd::Io(e) => write!(f, "io error: {e}"),
             ConnectionEnd::LineTooLong => f.write_str("server sent a line that is too long"),

@@ -93,3 +93,45 @@ async fn a_silent_server_is_declared_dead_and_the_connection_restarted() {
     assert!(summary.reconnects >= 1);
     assert_eq!(summary.replied, 0);
 }
+
+#[test]
+fn the_client_says_why_the_server_sent_it_away_and_backs_off_from_a_full_server() {
+    use common::process::{
+        duplex, signal, start_server, stderr_lines, wait_for, wait_with_timeout,
+    };
+    use std::io::BufRead;
+    let (server, addr, _logs) = start_server(&["--max-clients", "1"]);
+    // One client holds the only slot.
+    let holder = std::net::TcpStream::connect(&addr).expect("connect");
+    let mut greeting = String::new();
+    std::io::BufReader::new(&holder)
+        .read_line(&mut greeting)
+        .expect("greeted");
+    let mut client = duplex()
+        .args(["--role", "client", "--addr", &addr, "--backoff", "100ms"])
+        .args(["--max-restarts", "3"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn client");
+    let logs = stderr_lines(&mut client);
+    let close = wait_for(&logs, "INFO  duplex::actors::connection] close");
+    assert!(
+        close.contains("reason=server closed the connection: error: server full (max 1 clients)"),
+        "{close}"
+    );
+    let backoffs: Vec<u64> = (0..3)
+        .map(|_| {
+            let line = wait_for(&logs, "restarting connection");
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix("backoff_ms="))
+                .and_then(|ms| ms.parse().ok())
+                .expect("backoff_ms")
+        })
+        .collect();
+    // 100 ms, then doubling (±20 % jitter): each wait longer than the last.
+    assert!(backoffs.windows(2).all(|w| w[0] < w[1]), "{backoffs:?}");
+    assert_eq!(wait_with_timeout(client).code(), Some(1));
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+}

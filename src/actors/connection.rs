@@ -56,6 +56,8 @@ pub(crate) struct Connection {
     sink: LineSink,
     start: ConnectionStart,
     replied: u64,
+    /// The server's last `error: …` or `notice: …` line: why it closes.
+    said: Option<String>,
 }
 
 impl Connection {
@@ -69,6 +71,7 @@ impl Connection {
             sink,
             start,
             replied: 0,
+            said: None,
         }
     }
 
@@ -208,7 +211,8 @@ impl Connection {
                     let n = read.map_err(ConnectionEnd::Io)?;
                     if n == 0 {
                         info!("end", { replied: self.replied });
-                        return Err(ConnectionEnd::ServerClosed);
+                        let said = self.said.take();
+                        return Err(ConnectionEnd::ServerClosed { said });
                     }
                     quiet_since = Instant::now();
                     debug!("data", { bytes: n });
@@ -232,6 +236,9 @@ impl Connection {
                 return Err(ConnectionEnd::LineTooLong);
             };
             (self.sink)(line);
+            if line.starts_with(b"error: ") || line.starts_with(b"notice: ") {
+                self.said = Some(String::from_utf8_lossy(line).into_owned());
+            }
             if let Some(echo) = wire::reply_echo(line) {
                 self.replied += 1;
                 self.start.pending.acknowledge(echo);

@@ -132,6 +132,13 @@ impl Backoff {
     }
 }
 
+/// How a server's "full" line starts (`wire::server_full_error`).
+const SERVER_FULL: &str = "error: server full";
+
+/// The longest wait between tries of a server that said it is full, when
+/// `--backoff-max` does not say.
+const FULL_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 /// Why the supervisor stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -179,6 +186,9 @@ pub(crate) struct Supervisor {
     /// `None` while a connection holds the queue.
     pending: Option<PendingQueue>,
     backoff: Backoff,
+    /// The backoff after the server said it is full: exponential, up to
+    /// `--backoff-max` (or `FULL_BACKOFF_MAX`), whatever `backoff` is.
+    full_backoff: Backoff,
     restarts: VecDeque<Instant>,
     replied: u64,
     reconnects: u64,
@@ -190,6 +200,10 @@ impl Supervisor {
         Supervisor {
             pending: Some(PendingQueue::new(config.max_pending)),
             backoff: Backoff::from_config(&config),
+            full_backoff: Backoff::exponential(
+                config.backoff,
+                config.backoff_max.unwrap_or(FULL_BACKOFF_MAX),
+            ),
             next_tick: Instant::now() + config.interval,
             config,
             start_connection,
@@ -218,12 +232,21 @@ impl Supervisor {
             }
             if exit.replied > 0 {
                 self.backoff.reset();
+                self.full_backoff.reset();
             }
             if self.restart_limit_exceeded() {
                 self.pending = Some(pending);
                 break Outcome::GaveUp;
             }
-            let delay = self.backoff.next_delay();
+            // A server that said it is full is asked again less and less often.
+            let delay = match &exit.end {
+                ConnectionEnd::ServerClosed { said: Some(said) }
+                    if said.starts_with(SERVER_FULL) =>
+                {
+                    self.full_backoff.next_delay()
+                }
+                _ => self.backoff.next_delay(),
+            };
             info!("restarting connection", {
                 reason: Value::from_display(&exit.end),
                 backoff_ms: delay.as_millis() as u64,
@@ -381,7 +404,7 @@ mod tests {
             let _ = report.try_send((Instant::now(), texts));
             async move {
                 ConnectionExit {
-                    end: ConnectionEnd::ServerClosed,
+                    end: ConnectionEnd::ServerClosed { said: None },
                     pending: start.pending,
                     replied: 0,
                 }
