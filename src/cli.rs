@@ -153,8 +153,9 @@ pub(crate) struct Cli {
     #[arg(long, value_parser = duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Client options")]
     backoff_max: Option<Duration>,
 
-    /// Limit for lookup, connect and writes; with messages unanswered, a
-    /// connection silent this long is declared dead and restarted.
+    /// Limit for lookup, connect, the TLS handshake and writes; with messages
+    /// unanswered, a connection that gets no reply this long is declared dead
+    /// and restarted (other lines from the server do not count).
     #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Client options")]
     timeout: Duration,
 

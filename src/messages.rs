@@ -320,8 +320,10 @@ pub(crate) enum ConnectionEnd {
     /// The server closed the connection (the `end` event), after saying
     /// why, if it did (its last `error: …` or `notice: …` line).
     ServerClosed { said: Option<String> },
-    /// Messages were outstanding and nothing arrived for `--timeout`.
+    /// Messages were outstanding and no reply arrived for `--timeout`.
     Timeout,
+    /// A write did not finish within `--timeout`: the server takes no bytes.
+    WriteTimeout,
     /// Reading or writing failed (the `error` event).
     Io(io::Error),
     /// The server sent a line longer than the client accepts.
@@ -345,6 +347,7 @@ impl fmt::Display for ConnectionEnd {
                 write!(f, "server closed the connection: {said}")
             }
             ConnectionEnd::Timeout => f.write_str("no reply within the timeout"),
+            ConnectionEnd::WriteTimeout => f.write_str("a write did not finish within the timeout"),
             ConnectionEnd::Io(e) => write!(f, "io error: {e}"),
             ConnectionEnd::LineTooLong => f.write_str("server sent a line that is too long"),
             ConnectionEnd::CountReached => f.write_str("count reached"),

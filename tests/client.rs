@@ -94,6 +94,34 @@ async fn a_silent_server_is_declared_dead_and_the_connection_restarted() {
     assert_eq!(summary.replied, 0);
 }
 
+#[async_std::test]
+async fn a_server_that_talks_but_never_answers_is_declared_dead_too() {
+    use async_std::io::WriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut config = config(listener.local_addr().expect("bound"));
+    config.connection.timeout = Duration::from_millis(300);
+    let client = TestClient::start(config);
+    let (mut first, _) = within(PATIENCE, listener.accept())
+        .await
+        .expect("first connect in time")
+        .expect("accept");
+    // A line every 50 ms, none of them a reply.
+    let chatter = async_std::task::spawn(async move {
+        while first.write_all(b"notice: still here\n").await.is_ok() {
+            async_std::task::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let reconnected = within(PATIENCE, listener.accept()).await;
+    assert!(
+        reconnected.is_some(),
+        "the chatty, answerless server was kept"
+    );
+    let summary = client.stop().await;
+    assert!(summary.reconnects >= 1);
+    assert_eq!(summary.replied, 0);
+    chatter.cancel().await;
+}
+
 #[test]
 fn the_client_says_why_the_server_sent_it_away_and_backs_off_from_a_full_server() {
     use common::process::{

@@ -187,7 +187,9 @@ impl Connection {
             out.push(b'\n');
         }
         self.write(socket, &mut out).await?;
-        // Silence counts only while replies are owed, from when they became owed.
+        // The wait for replies counts only while they are owed, from when
+        // they became owed or the last one came. Other lines do not count: a
+        // server that talks but never answers is as dead as a silent one.
         let mut quiet_since = Instant::now();
         loop {
             let deadline =
@@ -214,9 +216,12 @@ impl Connection {
                         let said = self.said.take();
                         return Err(ConnectionEnd::ServerClosed { said });
                     }
-                    quiet_since = Instant::now();
                     debug!("data", { bytes: n });
+                    let replied_before = self.replied;
                     self.take_lines(socket)?;
+                    if self.replied > replied_before {
+                        quiet_since = Instant::now();
+                    }
                 }
                 _ = sleep_until(deadline).fuse() => {
                     info!("timeout", {
@@ -261,7 +266,7 @@ impl Connection {
             Some(Err(e)) => Err(ConnectionEnd::Io(e)),
             None => {
                 info!("timeout", { during: "write" });
-                Err(ConnectionEnd::Timeout)
+                Err(ConnectionEnd::WriteTimeout)
             }
         }
     }
