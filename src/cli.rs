@@ -236,6 +236,14 @@ pub(crate) struct Cli {
 /// The heading of the TLS flags the client and the bench share.
 const TLS_HEADING: &str = "Client and bench TLS options";
 
+/// Whether `args` ask for `--log-format json` (looked at before they parse).
+fn wants_json_log(args: &[std::ffi::OsString]) -> bool {
+    args.iter().enumerate().any(|(i, arg)| {
+        arg == "--log-format=json"
+            || (arg == "--log-format" && args.get(i + 1).is_some_and(|v| v == "json"))
+    })
+}
+
 /// Each role's own flags are listed under a help heading, which is also
 /// how a flag given for the wrong role is recognised.
 const ROLE_HEADINGS: [(&[Role], &str); 4] = [
@@ -253,7 +261,21 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Cli::try_parse_args(args).unwrap_or_else(|e| e.exit())
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        Cli::try_parse_args(&args).unwrap_or_else(|e| {
+            // Asked for a JSON log, a usage error is a JSON line too.
+            if e.use_stderr() && wants_json_log(&args) {
+                let line = serde_json::json!({
+                    "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    "level": "ERROR",
+                    "target": "duplex::cli",
+                    "msg": e.render().to_string().trim_end(),
+                });
+                eprintln!("{line}");
+                std::process::exit(e.exit_code());
+            }
+            e.exit()
+        })
     }
 
     /// Parses `args`, rejecting flags given for the other role.

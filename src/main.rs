@@ -15,18 +15,29 @@ use std::sync::Arc;
 
 use cli::{Cli, Role};
 use duplex::client::{self, Outcome};
+use duplex::logging::LogFormat;
 use duplex::server::{Server, StartError};
 use duplex::{bench, logging, shutdown};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_or_exit(std::env::args_os());
-    let log = logging::init(cli.log_format);
+    let format = cli.log_format;
+    let log = logging::init(format);
     let outcome = duplex::block_on(run(cli));
-    // Queued log lines first, so that an error below is the last line.
-    log.finish();
     match outcome {
-        Ok(code) => code,
+        Ok(code) => {
+            log.finish();
+            code
+        }
+        // A JSON log stays all JSON: the error is its last line.
+        Err(e) if format == LogFormat::Json => {
+            log::error!(target: "duplex", "{e}");
+            log.finish();
+            ExitCode::FAILURE
+        }
         Err(e) => {
+            // Queued log lines first, so that the error is the last line.
+            log.finish();
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
@@ -54,10 +65,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error + Send + Sync>> {
         Role::Client => {
             // Stdout closing (say, piped into `head`) is a reason to stop, not to fail.
             let stdout_closed = trigger.clone();
+            let said = std::sync::atomic::AtomicBool::new(false);
             let sink = Arc::new(move |line: &[u8]| {
                 let mut out = std::io::stdout().lock();
                 let written = out.write_all(line).and_then(|()| out.write_all(b"\n"));
-                if written.and_then(|()| out.flush()).is_err() {
+                if let Err(e) = written.and_then(|()| out.flush()) {
+                    if !said.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        kv_log_macro::info!("stdout closed: stopping", {
+                            error: log::kv::Value::from_display(&e),
+                        });
+                    }
                     stdout_closed.trigger();
                 }
             });

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use futures::future::{BoxFuture, FusedFuture, poll_fn};
 
 pub(crate) use async_std::channel::{Receiver, Sender, bounded};
-pub(crate) use async_std::net::ToSocketAddrs;
 pub(crate) use async_std::task::{JoinHandle, sleep, spawn};
 
 /// A listening socket on the reactor.
@@ -42,6 +41,16 @@ where
     F::Output: Send + 'static,
 {
     futures::executor::block_on(spawn(future))
+}
+
+/// Resolves `host:port` on a blocking-pool thread, with the resolver's own
+/// error (async-std's `ToSocketAddrs` replaces it with a generic one).
+pub(crate) async fn resolve(addr: &str) -> io::Result<Vec<std::net::SocketAddr>> {
+    let addr = addr.to_owned();
+    async_std::task::spawn_blocking(move || {
+        std::net::ToSocketAddrs::to_socket_addrs(&addr).map(Iterator::collect)
+    })
+    .await
 }
 
 /// Completes at `deadline`, or never when there is none.

@@ -57,7 +57,7 @@ pub(crate) fn install(trigger: ShutdownTrigger, server: Option<ServerSignals>) -
                     }
                     _ if triggered => {
                         warn!("second signal: exiting now", { signal: signal });
-                        std::process::exit(FORCED_EXIT_CODE);
+                        duplex::logging::exit_now(FORCED_EXIT_CODE);
                     }
                     _ => {
                         info!("signal received: shutting down", { signal: signal });

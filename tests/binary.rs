@@ -239,3 +239,86 @@ fn a_server_that_cannot_listen_says_why_and_exits_1() {
         "{stderr}"
     );
 }
+
+#[test]
+fn with_a_json_log_fatal_and_usage_errors_are_json_lines_too() {
+    for (args, code, says) in [
+        (
+            &["--addr", "192.0.2.1:8000"][..],
+            1,
+            "cannot listen on 192.0.2.1:8000",
+        ),
+        (&["--addr", "nonsense"], 2, "expected HOST:PORT"),
+    ] {
+        let output = duplex()
+            .args(["--role", "server", "--log-format", "json"])
+            .args(args)
+            .output()
+            .expect("run server");
+        assert_eq!(output.status.code(), Some(code), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<serde_json::Value> = stderr
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+            .collect();
+        let last = lines.last().expect("a line");
+        assert_eq!(last["level"], "ERROR", "{stderr}");
+        assert!(
+            last["msg"].as_str().is_some_and(|m| m.contains(says)),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_client_names_an_unresolvable_host_and_a_closed_stdout() {
+    let output = duplex()
+        .args([
+            "--role",
+            "client",
+            "--addr",
+            "nosuch.invalid:8000",
+            "--max-restarts",
+            "0",
+        ])
+        .output()
+        .expect("run client");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("error=nosuch.invalid:8000: "), "{stderr}");
+    assert!(!stderr.contains("could not resolve address"), "{stderr}");
+
+    let (server, addr, _logs) = start_server(&[]);
+    let output = duplex()
+        .args(["--role", "client", "--addr", &addr, "--interval", "50ms"])
+        .stdout(
+            std::fs::File::options()
+                .write(true)
+                .open("/dev/full")
+                .expect("/dev/full"),
+        )
+        .output()
+        .expect("run client");
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("stdout closed: stopping"), "{stderr}");
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+}
+
+#[test]
+fn a_second_signal_exits_130_after_saying_so() {
+    let (server, addr, logs) = start_server(&["--shutdown-timeout", "30s", "--write-timeout", "0"]);
+    // A client that floods and never reads keeps the shutdown waiting.
+    let mut stuck = TcpStream::connect(&addr).expect("connect");
+    stuck.set_nonblocking(true).expect("nonblocking");
+    let flood = common::flood_of_long_lines();
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(500) {
+        let _ = stuck.write(&flood);
+    }
+    signal(&server, libc::SIGTERM);
+    wait_for(&logs, "shutting down");
+    signal(&server, libc::SIGTERM);
+    wait_for(&logs, "second signal: exiting now");
+    assert_eq!(wait_with_timeout(server).code(), Some(130));
+}

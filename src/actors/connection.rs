@@ -25,7 +25,7 @@ use log::kv::Value;
 
 use crate::messages::{ConnectionEnd, ConnectionExit, ConnectionMsg, ConnectionStart};
 use crate::net::LineSocket;
-use crate::rt::{ToSocketAddrs, sleep_until, within};
+use crate::rt::{resolve, sleep_until, within};
 use crate::tls::{self, ClientTls};
 use crate::wire;
 
@@ -123,9 +123,12 @@ impl Connection {
     async fn connect(&self) -> Result<LineSocket, ConnectionEnd> {
         let timeout = self.config.timeout;
         let addr = self.config.addr.as_str();
-        let addrs: Vec<SocketAddr> = match within(timeout, addr.to_socket_addrs()).await {
-            Some(Ok(addrs)) => addrs.collect(),
-            Some(Err(e)) => return Err(ConnectionEnd::Lookup(e)),
+        let addrs: Vec<SocketAddr> = match within(timeout, resolve(addr)).await {
+            Some(Ok(addrs)) => addrs,
+            Some(Err(e)) => {
+                let named = io::Error::new(e.kind(), format!("{addr}: {e}"));
+                return Err(ConnectionEnd::Lookup(named));
+            }
             None => return Err(ConnectionEnd::Lookup(timed_out("lookup"))),
         };
         info!("lookup", {

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 use futures::{FutureExt, select_biased};
 
-use crate::rt::{ToSocketAddrs, bounded, sleep, spawn};
+use crate::rt::{self, bounded, sleep, spawn};
 use crate::shutdown::{self, Shutdown};
 use crate::tls::ClientTls;
 use pacer::{Credits, release};
@@ -223,7 +223,10 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
 }
 
 async fn resolve(addr: &str) -> io::Result<SocketAddr> {
-    addr.to_socket_addrs().await?.next().ok_or_else(|| {
+    let resolved = rt::resolve(addr).await;
+    let resolved =
+        resolved.map_err(|e| io::Error::new(e.kind(), format!("cannot resolve {addr}: {e}")))?;
+    resolved.into_iter().next().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
             format!("{addr} resolves to no address"),

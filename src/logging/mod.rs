@@ -255,25 +255,40 @@ impl Drop for LogWriter {
         let Some(thread) = self.thread.take() else {
             return;
         };
+        if self.queue.close_and_wait() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl LogQueue {
+    /// Closes the queue and waits, at most [`FINISH_WAIT`], for the writer
+    /// thread to write out what is queued; whether it did.
+    fn close_and_wait(&self) -> bool {
         let deadline = Instant::now() + FINISH_WAIT;
-        let mut state = self.queue.lock();
+        let mut state = self.lock();
         state.closed = true;
-        self.queue.filled.notify_one();
+        self.filled.notify_one();
         while !state.finished {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return;
+                return false;
             }
-            state = self
-                .queue
-                .taken
-                .wait_timeout(state, left)
+            state = (self.taken.wait_timeout(state, left))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        drop(state);
-        let _ = thread.join();
+        true
     }
+}
+
+/// Exits the process with `code` at once, from any thread, after writing out
+/// the lines already logged (waiting at most [`FINISH_WAIT`] for stderr).
+pub fn exit_now(code: i32) -> ! {
+    if let Some(queue) = QUEUE.get() {
+        queue.close_and_wait();
+    }
+    std::process::exit(code)
 }
 
 /// Copies key/values into a JSON object, keeping numbers and booleans typed.
