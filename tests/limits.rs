@@ -184,3 +184,34 @@ fn a_client_over_its_restart_limit_gives_up_with_exit_1_and_a_summary() {
         assert!(summary.contains(key), "{key} missing from {summary}");
     }
 }
+
+#[test]
+fn a_flood_of_connects_against_a_full_server_holds_few_descriptors() {
+    let (server, addr, _logs) = start_server(&["--max-clients", "1", "--registry-interval", "0"]);
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("fds")
+            .count()
+    };
+    let mut holder = LineClient::connect(&addr);
+    assert_eq!(holder.line(), "Hello\n");
+    holder.round_trip("hold");
+    let idle = fds(server.id());
+    // 1 000 connects that never read their "server full" line, all kept open.
+    let flood: Vec<std::net::TcpStream> = (0..1000)
+        .map(|_| std::net::TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    // Sample the server's descriptors while it turns them away.
+    let mut most = 0;
+    let sampling = Instant::now();
+    while sampling.elapsed() < Duration::from_secs(2) {
+        most = most.max(fds(server.id()).saturating_sub(idle));
+        thread::sleep(Duration::from_millis(20));
+    }
+    // At most 64 are being told at once; the rest are closed unanswered.
+    assert!(most <= 64 + 8, "the flood held {most} descriptors");
+    holder.round_trip("still served");
+    drop(flood);
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+}
