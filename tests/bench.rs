@@ -135,6 +135,49 @@ async fn fake_server(reply: fn(&[u8]) -> Vec<u8>) -> std::net::SocketAddr {
 }
 
 #[async_std::test]
+async fn a_server_that_answers_per_read_is_named_not_counted_as_wrong() {
+    // As the original Node server: one reply per chunk read, echoing the
+    // chunk (here two pipelined messages), then a blank line.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound");
+    spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            spawn(async move {
+                let mut reader = BufReader::new(stream.clone());
+                let mut writer = stream;
+                writer.write_all(b"Hello\n").await.ok()?;
+                let (mut first, mut second) = (Vec::new(), Vec::new());
+                loop {
+                    first.clear();
+                    second.clear();
+                    reader.read_until(b'\n', &mut first).await.ok()?;
+                    if reader.read_until(b'\n', &mut second).await.ok()? == 0 {
+                        return Some(());
+                    }
+                    let mut reply = b"1:2:3 - server reply: ".to_vec();
+                    reply.extend_from_slice(&first);
+                    reply.extend_from_slice(&second);
+                    reply.push(b'\n');
+                    writer.write_all(&reply).await.ok()?;
+                }
+            });
+        }
+    });
+    let report = run(config(addr, 2, 2, 16)).await;
+    assert_eq!(report.errors(), 0, "{report}");
+    assert!(
+        report.merged > 0 && report.replies >= report.merged,
+        "{report}"
+    );
+    assert!(
+        report
+            .to_string()
+            .contains("replies per read, not per line"),
+        "{report}"
+    );
+}
+
+#[async_std::test]
 async fn wrong_echoes_are_counted_as_mismatches() {
     let addr = fake_server(|_| b"1:2:3 - server reply: something else\n".to_vec()).await;
     let report = run(config(addr, 2, 1, 16)).await;

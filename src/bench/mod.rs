@@ -206,6 +206,7 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
     for task in tasks {
         let result = task.await;
         report.mismatches += result.mismatches;
+        report.merged += result.merged;
         report.disconnects += u64::from(result.disconnected);
         latencies.extend(result.latencies_ns);
     }

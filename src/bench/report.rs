@@ -28,6 +28,10 @@ pub struct BenchReport {
     pub disconnects: u64,
     /// Replies that did not echo the message they answered.
     pub mismatches: u64,
+    /// Messages the server echoed inside the reply to an earlier one (it
+    /// answers per read, not per line, as the original Node server does);
+    /// counted as replies, not as errors.
+    pub merged: u64,
     /// Correct replies while measuring.
     pub replies: u64,
     /// How long the measurement ran.
@@ -93,6 +97,7 @@ impl BenchReport {
             "max_us": self.max_us,
             "errors": self.errors(),
             "mismatches": self.mismatches,
+            "merged": self.merged,
             "connect_failures": self.connect_failures,
             "connect_errors": self.connect_errors,
             "disconnects": self.disconnects,
@@ -140,6 +145,15 @@ impl std::fmt::Display for BenchReport {
                 f,
                 "latency      p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
                 self.p50_us, self.p99_us, self.p999_us, self.max_us
+            )?;
+        }
+        if self.merged > 0 {
+            writeln!(
+                f,
+                "merged       {} messages were answered inside the reply to an earlier one: \
+                 this server replies per read, not per line (as the original Node server \
+                 does); its latencies at --depth above 1 are per batch",
+                self.merged
             )?;
         }
         if let Some((before, connected)) = self.server_rss_kib {
