@@ -111,6 +111,12 @@ async fn a_paced_run_offers_its_rate_and_no_more() {
 
 /// A server that greets, then answers each line with `reply(line)`.
 async fn fake_server(reply: fn(&[u8]) -> Vec<u8>) -> std::net::SocketAddr {
+    fake_server_per(1, reply).await
+}
+
+/// A server that greets, then reads `lines` lines at a time and answers them
+/// with one `reply(lines)` (without the last newline).
+async fn fake_server_per(lines: usize, reply: fn(&[u8]) -> Vec<u8>) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("bound");
     spawn(async move {
@@ -119,14 +125,16 @@ async fn fake_server(reply: fn(&[u8]) -> Vec<u8>) -> std::net::SocketAddr {
                 let mut reader = BufReader::new(stream.clone());
                 let mut writer = stream;
                 writer.write_all(b"Hello\n").await.ok()?;
-                let mut line = Vec::new();
+                let mut read = Vec::new();
                 loop {
-                    line.clear();
-                    if reader.read_until(b'\n', &mut line).await.ok()? == 0 {
-                        return Some(());
+                    read.clear();
+                    for _ in 0..lines {
+                        if reader.read_until(b'\n', &mut read).await.ok()? == 0 {
+                            return Some(());
+                        }
                     }
-                    line.pop();
-                    writer.write_all(&reply(&line)).await.ok()?;
+                    read.pop();
+                    writer.write_all(&reply(&read)).await.ok()?;
                 }
             });
         }
@@ -137,32 +145,14 @@ async fn fake_server(reply: fn(&[u8]) -> Vec<u8>) -> std::net::SocketAddr {
 #[async_std::test]
 async fn a_server_that_answers_per_read_is_named_not_counted_as_wrong() {
     // As the original Node server: one reply per chunk read, echoing the
-    // chunk (here two pipelined messages), then a blank line.
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("bound");
-    spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            spawn(async move {
-                let mut reader = BufReader::new(stream.clone());
-                let mut writer = stream;
-                writer.write_all(b"Hello\n").await.ok()?;
-                let (mut first, mut second) = (Vec::new(), Vec::new());
-                loop {
-                    first.clear();
-                    second.clear();
-                    reader.read_until(b'\n', &mut first).await.ok()?;
-                    if reader.read_until(b'\n', &mut second).await.ok()? == 0 {
-                        return Some(());
-                    }
-                    let mut reply = b"1:2:3 - server reply: ".to_vec();
-                    reply.extend_from_slice(&first);
-                    reply.extend_from_slice(&second);
-                    reply.push(b'\n');
-                    writer.write_all(&reply).await.ok()?;
-                }
-            });
-        }
-    });
+    // chunk (here two pipelined messages).
+    let addr = fake_server_per(2, |read| {
+        let mut reply = b"1:2:3 - server reply: ".to_vec();
+        reply.extend_from_slice(read);
+        reply.extend_from_slice(b"\n");
+        reply
+    })
+    .await;
     let report = run(config(addr, 2, 2, 16)).await;
     assert_eq!(report.errors(), 0, "{report}");
     assert!(
