@@ -138,14 +138,23 @@ impl LineSocket {
         if first[0] != TLS_HANDSHAKE_RECORD {
             return Ok(Handshake::NotTls);
         }
-        let Transport::Plain(socket) = std::mem::replace(&mut self.transport, Transport::Closed)
-        else {
-            unreachable!("checked above");
-        };
+        let socket = self.take_plain()?;
         let mut stream = tls.acceptor.accept(socket).await?;
         stream.get_mut().1.set_buffer_limit(Some(TLS_SEND_LIMIT));
         self.transport = Transport::Tls(Box::new(stream.into()));
         Ok(Handshake::Done)
+    }
+
+    /// Takes the plain socket out for a handshake, leaving `Closed` until
+    /// the handshake puts the TLS stream back.
+    fn take_plain(&mut self) -> io::Result<Socket> {
+        match std::mem::replace(&mut self.transport, Transport::Closed) {
+            Transport::Plain(socket) => Ok(socket),
+            other => {
+                self.transport = other;
+                Err(io::Error::other("not a plain connection"))
+            }
+        }
     }
 
     /// Reads a PROXY protocol header, exactly: what follows it stays unread.
@@ -159,13 +168,7 @@ impl LineSocket {
     /// The client's TLS handshake, on a connection that is still plain. On
     /// an error the connection is closed.
     pub(crate) async fn connect_tls(&mut self, tls: &ClientTls) -> io::Result<()> {
-        let Transport::Plain(_) = &self.transport else {
-            return Err(io::Error::other("not a plain connection"));
-        };
-        let Transport::Plain(socket) = std::mem::replace(&mut self.transport, Transport::Closed)
-        else {
-            unreachable!("checked above");
-        };
+        let socket = self.take_plain()?;
         let mut stream = (tls.connector)
             .connect(tls.server_name.clone(), socket)
             .await?;

@@ -199,22 +199,23 @@ impl Session {
 
     async fn serve(&mut self) -> Result<LeaveReason, Failure> {
         if let Some(trusted) = &self.context.proxy {
-            let header = proxy_header(
+            // Boxed, as the handshake below: its state is gone once it is done.
+            let header = Box::pin(proxy_header(
                 &self.socket,
                 self.peer,
                 trusted,
                 &self.context,
                 &mut self.inbox,
-            );
-            match Box::pin(header).await? {
-                ProxyHeader::Relayed { client } => {
-                    self.peer = client;
-                    self.context.registry.identify(self.id, client).await;
-                }
+            ));
+            match header.await? {
+                ProxyHeader::Relayed { client } => self.peer = client,
                 // Served under the balancer's address, which is all there is.
-                ProxyHeader::Unnamed => self.context.registry.identify(self.id, self.peer).await,
+                ProxyHeader::Unnamed => {}
                 ProxyHeader::Local => return Err(Failure::Ended(LeaveReason::ProxyLocal)),
             }
+            // Once per connection, so boxed too: inline, the send would sit
+            // in every idle session's future.
+            Box::pin(self.context.registry.identify(self.id, self.peer)).await;
         }
         if let Some(tls) = &self.context.tls {
             // Boxed: a handshake's state is kilobytes, and gone once it is done.
@@ -382,10 +383,21 @@ const OUT_SHRINK_ABOVE: usize = 16 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::registry::{Registry, RegistryConfig};
+    use crate::actors::registry::{Registry, RegistryConfig, RegistryHandle};
     use crate::rt::Socket;
     use crate::shutdown::Shutdown;
     use std::time::Duration;
+
+    /// What the sessions of a plain server without a balancer share.
+    fn plain_context(registry: RegistryHandle, config: SessionConfig) -> Arc<SessionContext> {
+        Arc::new(SessionContext {
+            registry,
+            config,
+            cut: Shutdown::never(),
+            tls: None,
+            proxy: None,
+        })
+    }
 
     /// Most of what an idle client costs the server is its session's future;
     /// docs/performance.md's memory figure depends on it staying small. (Known
@@ -403,16 +415,11 @@ mod tests {
         let stream =
             Socket::new(std::net::TcpStream::connect(addr).expect("connect")).expect("register");
         let (_sender, inbox) = crate::rt::bounded(INBOX_CAPACITY);
-        let context = Arc::new(SessionContext {
-            registry,
-            config: SessionConfig {
-                max_line: 1024,
-                ..SessionConfig::default()
-            },
-            cut: Shutdown::never(),
-            tls: None,
-            proxy: None,
-        });
+        let config = SessionConfig {
+            max_line: 1024,
+            ..SessionConfig::default()
+        };
+        let context = plain_context(registry, config);
         let session = Session::new(
             ClientId(1),
             addr,
@@ -445,13 +452,7 @@ mod tests {
             admitted,
             crate::messages::Admission::Admitted { .. }
         ));
-        let context = Arc::new(SessionContext {
-            registry: registry.clone(),
-            config: SessionConfig::default(),
-            cut: Shutdown::never(),
-            tls: None,
-            proxy: None,
-        });
+        let context = plain_context(registry.clone(), SessionConfig::default());
         let session = Session::new(
             ClientId(1),
             addr,

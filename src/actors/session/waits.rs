@@ -53,17 +53,7 @@ pub(super) async fn handshake(
     context: &SessionContext,
     inbox: &mut Receiver<SessionCommand>,
 ) -> Result<Handshake, Failure> {
-    let limit = context.config.handshake_timeout;
-    let shaken = select_biased! {
-        _ = context.cut.wait().fuse() => return Err(Failure::Cut),
-        // Idle before its handshake: nothing can be said to it. A shutdown
-        // (the inbox closing) waits for the handshake, so the client gets
-        // its notice; `cut` and the timeout bound that wait.
-        command = idle_command(inbox).fuse() => return Err(Failure::Ended(match command {
-            SessionCommand::CloseIdle => LeaveReason::IdleTimeout,
-        })),
-        shaken = within(limit, socket.accept_tls(tls)).fuse() => shaken,
-    };
+    let shaken = opening_step(context, inbox, socket.accept_tls(tls)).await?;
     let failed = |reason, error| Failure::Handshake(HandshakeFailure { reason, error });
     match shaken {
         Some(Ok(handshake)) => Ok(handshake),
@@ -90,21 +80,33 @@ pub(super) async fn proxy_header(
             peer.ip()
         )));
     }
-    let limit = context.config.handshake_timeout;
-    let header = select_biased! {
-        _ = context.cut.wait().fuse() => return Err(Failure::Cut),
-        // As for the handshake: a shutdown waits for the header.
-        command = idle_command(inbox).fuse() => return Err(Failure::Ended(match command {
-            SessionCommand::CloseIdle => LeaveReason::IdleTimeout,
-        })),
-        header = within(limit, socket.read_proxy_header()).fuse() => header,
-    };
-    match header {
+    match opening_step(context, inbox, socket.read_proxy_header()).await? {
         Some(Ok(header)) => Ok(header),
         Some(Err(e)) => Err(Failure::Proxy(e.to_string())),
         None => Err(Failure::Proxy(
             "no PROXY header within the handshake timeout".into(),
         )),
+    }
+}
+
+/// Runs one step of a connection's opening (the PROXY header, the TLS
+/// handshake) within the handshake timeout (`None` past it), unless the
+/// server cuts it short or the registry finds the client idle meanwhile:
+/// nothing can be said to a client before its opening. A shutdown (the inbox
+/// closing) waits for the step, so the client still gets its notice; `cut`
+/// and the timeout bound that wait.
+async fn opening_step<T>(
+    context: &SessionContext,
+    inbox: &mut Receiver<SessionCommand>,
+    step: impl Future<Output = T>,
+) -> Result<Option<T>, Failure> {
+    let limit = context.config.handshake_timeout;
+    select_biased! {
+        _ = context.cut.wait().fuse() => Err(Failure::Cut),
+        command = idle_command(inbox).fuse() => Err(Failure::Ended(match command {
+            SessionCommand::CloseIdle => LeaveReason::IdleTimeout,
+        })),
+        done = within(limit, step).fuse() => Ok(done),
     }
 }
 
