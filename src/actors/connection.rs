@@ -169,7 +169,7 @@ impl Connection {
         let shaken = Box::pin(within(self.config.timeout, socket.connect_tls(tls))).await;
         let e = match shaken {
             Some(Ok(())) => {
-                info!("secure connect", { server_name: Value::from_debug(&tls.server_name) });
+                info!("secure connect", { server_name: tls.server_name.to_str().as_ref() });
                 return Ok(socket);
             }
             Some(Err(e)) => e,
