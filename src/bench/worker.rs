@@ -70,10 +70,9 @@ impl Worker {
             Ok::<_, String>(socket)
         })
         .await;
-        let mut socket = match connected {
-            Some(Ok(socket)) => socket,
-            failed => {
-                let reason = failed.map_or("timed out".to_owned(), |e| e.err().unwrap_or_default());
+        let mut socket = match connected.unwrap_or_else(|| Err("timed out".to_owned())) {
+            Ok(socket) => socket,
+            Err(reason) => {
                 // The coordinator counts every answer; it only stops listening
                 // once all senders are gone.
                 let _ = ready.send(Err(reason)).await;
