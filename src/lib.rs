@@ -15,6 +15,8 @@
 #![warn(unreachable_pub)]
 
 mod actors;
+mod buffers;
+mod mailbox;
 mod messages;
 mod net;
 mod pending;

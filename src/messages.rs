@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 
+use crate::mailbox::Mailbox;
 use crate::pending::PendingQueue;
-use crate::rt::{Receiver, Sender};
+use crate::rt::Receiver;
 use crate::shutdown::Shutdown;
 
 // ---------------------------------------------------------------- server side
@@ -129,6 +130,15 @@ impl std::ops::AddAssign for Counts {
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
     }
+}
+
+/// What the registry and one session share: the counters the session bumps
+/// and the registry reads, and the session's inbox, which the registry posts
+/// to. One allocation per client, made by the acceptor.
+#[derive(Debug, Default)]
+pub(crate) struct SessionLink {
+    pub(crate) stats: SessionStats,
+    pub(crate) inbox: Mailbox,
 }
 
 /// What the registry can ask of a session, through the session's inbox.
@@ -252,8 +262,7 @@ pub(crate) enum RegistryMsg {
     Register {
         id: ClientId,
         peer: SocketAddr,
-        inbox: Sender<SessionCommand>,
-        stats: std::sync::Arc<SessionStats>,
+        link: std::sync::Arc<SessionLink>,
         /// A PROXY header will say who the client is: log the join then.
         awaits_header: bool,
         respond_to: oneshot::Sender<Admission>,

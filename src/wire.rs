@@ -6,6 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{Local, TimeZone, Timelike};
 
+use crate::buffers;
+
 /// Sent to every client as soon as it is admitted.
 pub const GREETING: &[u8] = b"Hello\n";
 
@@ -31,17 +33,8 @@ pub fn server_full_error(max: usize) -> Vec<u8> {
     format!("error: server full (max {max} clients)\n").into_bytes()
 }
 
-/// Smallest buffer a framer allocates, in bytes: enough for a burst of short
-/// messages while keeping an idle connection cheap (an idle session holds
-/// this while it waits to read).
-const INITIAL_BUFFER: usize = 512;
-
 /// Free space, in bytes, a framer guarantees before each read.
 const MIN_READ: usize = 256;
-
-/// Above this size, in bytes, an emptied buffer is released instead of kept,
-/// so one long line does not pin its memory for the life of the connection.
-const SHRINK_ABOVE: usize = 16 * 1024;
 
 /// Why a byte stream could not be framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,12 +58,15 @@ impl std::error::Error for FrameError {}
 
 /// Splits a byte stream into `\n`-terminated messages.
 ///
-/// Owns one buffer that the caller reads into ([`read_buf`](Framer::read_buf)
-/// then [`filled`](Framer::filled)) and hands out complete messages with
-/// [`next_line`](Framer::next_line), a trailing `\r` removed. Bytes after the
-/// last `\n` stay buffered as a fragment until more arrive or the caller takes
-/// them with [`take_fragment`](Framer::take_fragment). The buffer never holds
-/// more than `max_line` + 1 unterminated bytes plus one read.
+/// Borrows a buffer (from [`crate::buffers`]) that the caller reads into
+/// ([`read_buf`](Framer::read_buf) then [`filled`](Framer::filled)) and hands
+/// out complete messages with [`next_line`](Framer::next_line), a trailing
+/// `\r` removed. Bytes after the last `\n` stay buffered as a fragment until
+/// more arrive or the caller takes them with
+/// [`take_fragment`](Framer::take_fragment). The buffer never holds more than
+/// `max_line` + 1 unterminated bytes plus one read, and once every byte in it
+/// is handed out it goes back ([`release`](Framer::release), which
+/// `next_line` does itself): an idle connection's framer holds no memory.
 #[derive(Debug)]
 pub(crate) struct Framer {
     buf: Vec<u8>,
@@ -98,12 +94,14 @@ impl Framer {
     /// Free space to read into; pass the byte count read to [`filled`](Framer::filled).
     pub(crate) fn read_buf(&mut self) -> &mut [u8] {
         if self.start == self.end {
+            if self.buf.len() != buffers::READ_SIZE {
+                // None borrowed yet, or one that grew for a long line.
+                self.release();
+                self.buf = buffers::take_read();
+            }
             self.start = 0;
             self.end = 0;
             self.scanned = 0;
-            if self.buf.len() > SHRINK_ABOVE {
-                self.buf = Vec::new();
-            }
         } else if self.start > 0 && self.buf.len() - self.end < MIN_READ {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -113,16 +111,23 @@ impl Framer {
         if self.buf.len() - self.end < MIN_READ {
             // `next_line` keeps at most max_line + 1 unterminated bytes, so
             // this cap always leaves MIN_READ bytes free.
-            let cap = (self.max_line.saturating_add(1 + MIN_READ)).max(INITIAL_BUFFER);
-            let len = (self.buf.len() * 2)
-                .max(INITIAL_BUFFER)
-                .max(self.end + MIN_READ)
-                .min(cap);
+            let cap = (self.max_line.saturating_add(1 + MIN_READ)).max(buffers::READ_SIZE);
+            let len = (self.buf.len() * 2).max(self.end + MIN_READ).min(cap);
             // Exact, so the buffer's memory is what the limits above say.
             self.buf.reserve_exact(len - self.buf.len());
             self.buf.resize(len, 0);
         }
         &mut self.buf[self.end..]
+    }
+
+    /// Gives the buffer back if nothing in it waits to be handed out.
+    pub(crate) fn release(&mut self) {
+        if self.start == self.end && !self.buf.is_empty() {
+            buffers::give_read(std::mem::take(&mut self.buf));
+            self.start = 0;
+            self.end = 0;
+            self.scanned = 0;
+        }
     }
 
     /// Records that `n` bytes were read into the slice from [`read_buf`](Framer::read_buf).
@@ -175,6 +180,7 @@ impl Framer {
                 if self.end - self.start > self.max_line.saturating_add(1) {
                     Some(Err(self.too_long()))
                 } else {
+                    self.release();
                     None
                 }
             }
@@ -216,37 +222,42 @@ impl Framer {
     }
 }
 
-/// Writes reply lines, formatting the timestamp once per second.
-///
-/// Each session owns one, so formatting costs a clock read and a copy per
-/// message, and a time-zone lookup once per second.
-#[derive(Debug, Default)]
-pub(crate) struct ReplyFormatter {
-    /// Unix second the cached prefix belongs to.
+/// The reply prefix of one second, cached per thread.
+#[derive(Default)]
+struct CachedPrefix {
+    /// Unix second the prefix belongs to.
     second: Option<u64>,
     /// `H:M:S - server reply: ` for that second.
     prefix: Vec<u8>,
 }
 
-impl ReplyFormatter {
-    /// Appends `H:M:S - server reply: <message>\n` (local time, now) to `out`.
-    pub(crate) fn write_reply(&mut self, out: &mut Vec<u8>, message: &[u8]) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if self.second != Some(now) {
-            self.second = Some(now);
-            self.prefix.clear();
+thread_local! {
+    static PREFIX: std::cell::RefCell<CachedPrefix> = std::cell::RefCell::default();
+}
+
+/// Appends `H:M:S - server reply: <message>\n` (local time, now) to `out`.
+///
+/// Costs a clock read and a copy per message: the timestamp is formatted (a
+/// time-zone lookup) once per second per thread, not per session, so that no
+/// session carries a cache of its own.
+pub(crate) fn write_reply(out: &mut Vec<u8>, message: &[u8]) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    PREFIX.with_borrow_mut(|cached| {
+        if cached.second != Some(now) {
+            cached.second = Some(now);
+            cached.prefix.clear();
             let local = i64::try_from(now)
                 .ok()
                 .and_then(|secs| Local.timestamp_opt(secs, 0).single())
                 .unwrap_or_else(Local::now);
-            write_prefix(&mut self.prefix, &local);
+            write_prefix(&mut cached.prefix, &local);
         }
-        out.extend_from_slice(&self.prefix);
-        out.extend_from_slice(message);
-        out.push(b'\n');
-    }
+        out.extend_from_slice(&cached.prefix);
+    });
+    out.extend_from_slice(message);
+    out.push(b'\n');
 }
 
 /// Appends `H:M:S - server reply: ` for `time`, without zero padding, as the
@@ -392,13 +403,28 @@ mod tests {
     }
 
     #[test]
-    fn an_emptied_large_buffer_is_released() {
+    fn a_framer_holds_a_buffer_only_while_bytes_wait_in_it() {
         let mut framer = Framer::new(1 << 20);
-        framer.push(&vec![b'y'; SHRINK_ABOVE * 2]);
+        assert_eq!(framer.capacity(), 0, "none before the first read");
+        framer.push(b"one\ntw");
+        assert_eq!(lines(&mut framer), vec![b"one".to_vec()]);
+        assert!(framer.capacity() > 0, "a partial line keeps its bytes");
+        framer.push(b"o\n");
+        assert_eq!(lines(&mut framer), vec![b"two".to_vec()]);
+        assert_eq!(framer.capacity(), 0, "given back once all is handed out");
+        // One that grew for a long line is given back too (and freed).
+        framer.push(&vec![b'y'; buffers::READ_SIZE * 8]);
+        assert!(lines(&mut framer).is_empty());
+        assert!(framer.capacity() > buffers::READ_SIZE);
         framer.push(b"\n");
         assert_eq!(lines(&mut framer).len(), 1);
-        framer.read_buf();
-        assert!(framer.capacity() <= INITIAL_BUFFER);
+        assert_eq!(framer.capacity(), 0);
+        framer.push(b"x");
+        assert_eq!(
+            framer.capacity(),
+            buffers::READ_SIZE,
+            "a standard one again"
+        );
     }
 
     #[test]
@@ -418,7 +444,7 @@ mod tests {
     fn a_reply_echoes_the_message_after_the_local_time() {
         let before = Local::now();
         let mut out = Vec::new();
-        ReplyFormatter::default().write_reply(&mut out, b"\xffabc");
+        write_reply(&mut out, b"\xffabc");
         let after = Local::now();
         let expected = |t: chrono::DateTime<Local>| {
             let mut line = Vec::new();
@@ -482,7 +508,7 @@ mod tests {
                 let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
                 cuts.push(stream.len());
                 cuts.sort_unstable();
-                let bound = (max_line + 1 + MIN_READ).max(INITIAL_BUFFER);
+                let bound = (max_line + 1 + MIN_READ).max(buffers::READ_SIZE);
                 let mut framer = Framer::new(max_line);
                 let mut lines = Vec::new();
                 let mut failed = false;

@@ -198,9 +198,12 @@ fn a_flood_of_connects_against_a_full_server_holds_few_descriptors() {
     holder.round_trip("hold");
     let idle = fds(server.id());
     // 1 000 connects that never read their "server full" line, all kept open.
+    // Under a loaded machine the kernel may refuse a few (its SYN queue
+    // overflows while the server is busy); those hold nothing.
     let flood: Vec<std::net::TcpStream> = (0..1000)
-        .map(|_| std::net::TcpStream::connect(&addr).expect("connect"))
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
         .collect();
+    assert!(flood.len() >= 500, "only {} connects", flood.len());
     // Sample the server's descriptors while it turns them away.
     let mut most = 0;
     let sampling = Instant::now();

@@ -17,11 +17,11 @@ use std::time::Duration;
 use futures::{FutureExt, select_biased};
 use kv_log_macro::{debug, info, warn};
 
-use crate::actors::session::{INBOX_CAPACITY, Session, SessionContext};
+use crate::actors::session::{Session, SessionContext};
 use crate::logging::Throttle;
-use crate::messages::{Admission, ClientId, SessionStats};
+use crate::messages::{Admission, ClientId, SessionLink};
 use crate::net::LineSocket;
-use crate::rt::{Listener, Socket, bounded, sleep, spawn, within};
+use crate::rt::{Listener, Socket, sleep, spawn, spawn_detached, within};
 use crate::shutdown::Shutdown;
 use crate::tls::ServerTls;
 use crate::wire;
@@ -111,21 +111,14 @@ impl Acceptor {
         let id = ClientId(self.next_id);
         self.next_id += 1;
         let socket = LineSocket::new(stream, self.sessions.config.max_line);
-        let (sender, inbox) = bounded(INBOX_CAPACITY);
-        let stats = Arc::new(SessionStats::default());
+        let link = Arc::new(SessionLink::default());
         let admission = (self.sessions.registry)
-            .register(
-                id,
-                peer,
-                sender,
-                stats.clone(),
-                self.sessions.proxy.is_some(),
-            )
+            .register(id, peer, link.clone(), self.sessions.proxy.is_some())
             .await;
         match admission {
             Admission::Admitted { .. } => {
-                let session = Session::new(id, peer, socket, stats, inbox, self.sessions.clone());
-                spawn(session.run());
+                let session = Session::new(id, peer, socket, link, self.sessions.clone());
+                spawn_detached(session.run());
             }
             Admission::Full { max } => {
                 if self.turning_away.fetch_add(1, Ordering::Relaxed) >= TURN_AWAYS_MAX {

@@ -1,8 +1,9 @@
 //! The registry actor: the server's client table, and what follows from it.
 //!
-//! Owns, per client: id, peer address, connection time, the sender of the
-//! session's inbox and the counters the session bumps itself (so it is never
-//! on the per-message path). The acceptor asks it to admit each new client
+//! Owns, per client: id, peer address, connection time, and the
+//! [`SessionLink`] it shares with the session: the session's inbox and the
+//! counters the session bumps itself (so it is never on the per-message
+//! path). The acceptor asks it to admit each new client
 //! (the cap lives here, beside the count); sessions tell it when they leave.
 //! It logs every join and leave, and a snapshot every `--registry-interval`
 //! and on SIGUSR1 (through [`crate::snapshot`]). One periodic sweep finds
@@ -26,11 +27,11 @@ use log::kv::Value;
 
 use crate::logging::Throttle;
 use crate::messages::{
-    Admission, ClientId, ClientInfo, Counts, LeaveReason, RegistryMsg, SessionCommand,
-    SessionStats, Snapshot,
+    Admission, ClientId, ClientInfo, Counts, LeaveReason, RegistryMsg, SessionCommand, SessionLink,
+    Snapshot,
 };
 use crate::registry_log::{self, Who};
-use crate::rt::{JoinHandle, Receiver, Sender, bounded, sleep_until, spawn};
+use crate::rt::{JoinHandle, Receiver, bounded, sleep_until, spawn};
 
 /// The log target of every line about the client table, snapshots included.
 pub(crate) const LOG_TARGET: &str = module_path!();
@@ -74,12 +75,14 @@ impl RegistryConfig {
 struct Entry {
     peer: SocketAddr,
     /// The balancer it came through (`--proxy-protocol`).
-    via: Option<SocketAddr>,
+    /// Boxed: most servers have no balancer, and every byte of an entry
+    /// is paid per client (and again for the table's spare room).
+    via: Option<Box<SocketAddr>>,
     /// Its join is logged (with a PROXY header, once the header said who).
     announced: bool,
     connected_at: Instant,
-    inbox: Sender<SessionCommand>,
-    stats: Arc<SessionStats>,
+    /// The session's inbox and counters.
+    link: Arc<SessionLink>,
     /// The session has been told to close for idleness.
     closing_idle: bool,
 }
@@ -89,7 +92,7 @@ impl Entry {
         Who {
             id,
             peer: self.peer,
-            via: self.via,
+            via: self.via.as_deref().copied(),
         }
     }
 }
@@ -162,12 +165,11 @@ impl Registry {
             RegistryMsg::Register {
                 id,
                 peer,
-                inbox,
-                stats,
+                link,
                 awaits_header,
                 respond_to,
             } => {
-                let admission = self.register(id, peer, inbox, stats, !awaits_header);
+                let admission = self.register(id, peer, link, !awaits_header);
                 // The acceptor may have given up on this client; nothing to do.
                 let _ = respond_to.send(admission);
             }
@@ -175,7 +177,7 @@ impl Registry {
             RegistryMsg::Identify { id, client } => {
                 let clients = self.clients.len();
                 if let Some(entry) = self.clients.get_mut(&id) {
-                    entry.via = Some(std::mem::replace(&mut entry.peer, client));
+                    entry.via = Some(Box::new(std::mem::replace(&mut entry.peer, client)));
                     entry.announced = true;
                     registry_log::joined(&entry.who(id), clients);
                 }
@@ -188,7 +190,7 @@ impl Registry {
             RegistryMsg::Drain { respond_to } => {
                 self.draining = true;
                 for entry in self.clients.values() {
-                    entry.inbox.close();
+                    entry.link.inbox.close();
                 }
                 // The server waits for this answer; if it stopped, no matter.
                 let _ = respond_to.send(());
@@ -215,8 +217,7 @@ impl Registry {
         &mut self,
         id: ClientId,
         peer: SocketAddr,
-        inbox: Sender<SessionCommand>,
-        stats: Arc<SessionStats>,
+        link: Arc<SessionLink>,
         announce: bool,
     ) -> Admission {
         let max = self.config.max_clients;
@@ -234,7 +235,7 @@ impl Registry {
             return Admission::Full { max };
         }
         if self.draining {
-            inbox.close();
+            link.inbox.close();
         }
         self.clients.insert(
             id,
@@ -243,8 +244,7 @@ impl Registry {
                 via: None,
                 announced: announce,
                 connected_at: Instant::now(),
-                inbox,
-                stats,
+                link,
                 closing_idle: false,
             },
         );
@@ -269,7 +269,7 @@ impl Registry {
             warn!("leave from an unknown client", { client_id: id });
             return;
         };
-        let counts = entry.stats.counts();
+        let counts = entry.link.stats.counts();
         self.departed += counts;
         self.tls_failed += u64::from(matches!(reason, LeaveReason::TlsFailed(_)));
         self.proxy_failed += u64::from(matches!(reason, LeaveReason::ProxyFailed(_)));
@@ -298,12 +298,12 @@ impl Registry {
             .clients
             .iter()
             .map(|(&id, entry)| {
-                let counts = entry.stats.counts();
+                let counts = entry.link.stats.counts();
                 totals += counts;
                 ClientInfo {
                     id,
                     peer: entry.peer,
-                    via: entry.via,
+                    via: entry.via.as_deref().copied(),
                     connected_for: entry.connected_at.elapsed(),
                     counts,
                 }
@@ -326,16 +326,16 @@ impl Registry {
             return;
         };
         for (id, entry) in &mut self.clients {
-            if entry.closing_idle || entry.stats.idle_for(now) < idle_timeout {
+            if entry.closing_idle || entry.link.stats.idle_for(now) < idle_timeout {
                 continue;
             }
             // A full inbox is tried again at the next sweep; a closed one
             // belongs to a session whose leave is on its way.
-            if entry.inbox.try_send(SessionCommand::CloseIdle).is_ok() {
+            if entry.link.inbox.post(SessionCommand::CloseIdle) {
                 entry.closing_idle = true;
                 info!("closing idle client", {
                     client_id: *id,
-                    idle_ms: entry.stats.idle_for(now).as_millis() as u64,
+                    idle_ms: entry.link.stats.idle_for(now).as_millis() as u64,
                 });
             }
         }
@@ -377,19 +377,15 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
-    /// Registers client `id` and returns the admission, its inbox and its stats.
-    fn register(
-        registry: &mut Registry,
-        id: u64,
-    ) -> (Admission, Receiver<SessionCommand>, Arc<SessionStats>) {
-        let (sender, inbox) = bounded(1);
-        let stats = Arc::new(SessionStats::default());
+    /// Registers client `id` and returns the admission and its link (the
+    /// session's inbox and stats).
+    fn register(registry: &mut Registry, id: u64) -> (Admission, Arc<SessionLink>) {
+        let link = Arc::new(SessionLink::default());
         let (respond_to, mut response) = oneshot::channel();
         registry.handle(RegistryMsg::Register {
             id: ClientId(id),
             peer: peer(40000 + id as u16),
-            inbox: sender,
-            stats: stats.clone(),
+            link: link.clone(),
             awaits_header: false,
             respond_to,
         });
@@ -397,7 +393,7 @@ mod tests {
             .try_recv()
             .expect("registry answered")
             .expect("answered at once");
-        (admission, inbox, stats)
+        (admission, link)
     }
 
     fn leave(registry: &mut Registry, id: u64) {
@@ -441,11 +437,11 @@ mod tests {
     #[test]
     fn snapshot_totals_include_clients_that_left() {
         let mut registry = registry(10);
-        let (_, _inbox1, stats1) = register(&mut registry, 1);
-        let (_, _inbox2, stats2) = register(&mut registry, 2);
-        stats1.received(3, 30, Instant::now());
-        stats1.sent(3, 90);
-        stats2.received(1, 5, Instant::now());
+        let (_, link1) = register(&mut registry, 1);
+        let (_, link2) = register(&mut registry, 2);
+        link1.stats.received(3, 30, Instant::now());
+        link1.stats.sent(3, 90);
+        link2.stats.received(1, 5, Instant::now());
         leave(&mut registry, 1);
         let snapshot = registry.snapshot();
         assert_eq!(snapshot.clients[0].counts.messages_in, 1);
@@ -470,35 +466,44 @@ mod tests {
     #[test]
     fn a_client_idle_for_the_timeout_is_told_to_close_once() {
         let mut registry = registry(10);
-        let (_, quiet, quiet_stats) = register(&mut registry, 1);
-        let (_, busy, busy_stats) = register(&mut registry, 2);
+        let (_, quiet) = register(&mut registry, 1);
+        let (_, busy) = register(&mut registry, 2);
         let later = Instant::now() + Duration::from_secs(61);
-        busy_stats.received(1, 2, later - Duration::from_secs(1));
+        busy.stats.received(1, 2, later - Duration::from_secs(1));
         registry.close_idle(later);
-        assert!(matches!(quiet.try_recv(), Ok(SessionCommand::CloseIdle)));
-        assert!(busy.try_recv().is_err(), "the busy client is left alone");
+        assert!(matches!(
+            quiet.inbox.try_recv(),
+            Some(Some(SessionCommand::CloseIdle))
+        ));
+        assert!(
+            busy.inbox.try_recv().is_none(),
+            "the busy client is left alone"
+        );
         registry.close_idle(later + Duration::from_secs(1));
-        assert!(quiet.try_recv().is_err(), "told only once");
-        assert!(quiet_stats.idle_for(later) >= Duration::from_secs(60));
+        assert!(quiet.inbox.try_recv().is_none(), "told only once");
+        assert!(quiet.stats.idle_for(later) >= Duration::from_secs(60));
     }
 
     #[test]
     fn drain_closes_every_inbox_after_what_it_holds_and_later_ones_at_once() {
         let mut registry = registry(10);
-        let (_, idle, _) = register(&mut registry, 1);
+        let (_, idle) = register(&mut registry, 1);
         // Client 2 has just sent something, so only client 1 is idle.
         let later = Instant::now() + Duration::from_secs(61);
-        let (_, busy, busy_stats) = register(&mut registry, 2);
-        busy_stats.received(1, 2, later);
+        let (_, busy) = register(&mut registry, 2);
+        busy.stats.received(1, 2, later);
         registry.close_idle(later);
         let (respond_to, mut response) = oneshot::channel();
         registry.handle(RegistryMsg::Drain { respond_to });
         assert_eq!(response.try_recv(), Ok(Some(())));
         // A command already queued is still delivered; then the inbox is closed.
-        assert!(matches!(idle.try_recv(), Ok(SessionCommand::CloseIdle)));
-        assert!(idle.is_closed() && busy.is_closed());
-        let (_, late, _) = register(&mut registry, 3);
-        assert!(late.is_closed());
+        assert!(matches!(
+            idle.inbox.try_recv(),
+            Some(Some(SessionCommand::CloseIdle))
+        ));
+        assert!(idle.inbox.is_closed() && busy.inbox.is_closed());
+        let (_, late) = register(&mut registry, 3);
+        assert!(late.inbox.is_closed());
     }
 
     #[test]
@@ -521,11 +526,8 @@ mod tests {
             snapshot_interval: Some(Duration::from_millis(1)),
             idle_timeout: Some(Duration::from_millis(1)),
         });
-        let (sender, _inbox) = bounded(1);
-        let stats = Arc::new(SessionStats::default());
-        let admission = handle
-            .register(ClientId(1), peer(1), sender, stats, false)
-            .await;
+        let link = Arc::new(SessionLink::default());
+        let admission = handle.register(ClientId(1), peer(1), link, false).await;
         assert_eq!(admission, Admission::Admitted { clients: 1 });
         handle
             .unregister(ClientId(1), LeaveReason::PeerClosed)

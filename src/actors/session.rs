@@ -29,28 +29,23 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{FutureExt, select_biased};
-use kv_log_macro::{debug, info, warn};
+use kv_log_macro::warn;
 
-use crate::messages::{ClientId, HandshakeFailure, LeaveReason, SessionCommand, SessionStats};
+use crate::buffers;
+use crate::messages::{ClientId, HandshakeFailure, LeaveReason, SessionCommand, SessionLink};
 use crate::net::{Handshake, LineSocket};
 use crate::proxy::ProxyHeader;
-use crate::rt::{Alarm, Receiver, spawn};
-use crate::wire::{self, ReplyFormatter};
+use crate::rt::{Alarm, spawn};
+use crate::wire;
 
 mod context;
+mod leave;
 mod waits;
 
 pub use context::SessionConfig;
 pub(crate) use context::SessionContext;
 
-use waits::{Failure, handshake, next_command, proxy_header, write_or_cut};
-
-/// Capacity of a session's inbox, in commands. Only the registry writes to
-/// it, and it never waits: a command that finds the inbox full is tried again
-/// at the next sweep. Commands are rare, so one slot is enough; and a
-/// one-slot channel is a fraction of the size of a larger one, which matters
-/// with many idle clients.
-pub(crate) const INBOX_CAPACITY: usize = 1;
+use waits::{Failure, handshake, proxy_header, write_or_cut};
 
 /// One client's actor. Build with [`Session::new`], then `run` it in its own task.
 pub(crate) struct Session {
@@ -61,9 +56,8 @@ pub(crate) struct Session {
     out: Vec<u8>,
     /// Replies in `out`.
     replies_queued: u64,
-    formatter: ReplyFormatter,
-    stats: Arc<SessionStats>,
-    inbox: Receiver<SessionCommand>,
+    /// Its counters and inbox, shared with the registry.
+    link: Arc<SessionLink>,
     context: Arc<SessionContext>,
     /// It has told the registry it left; until then, dropping it (a panic
     /// unwinding its task) tells the registry instead.
@@ -88,13 +82,21 @@ enum Event {
     Deadline,
 }
 
+/// How the exchange of lines ended, when the session still has something to
+/// say: [`Session::finish`] says it.
+enum Ending {
+    PeerClosed,
+    TooLong(wire::FrameError),
+    Idle,
+    Shutdown,
+}
+
 impl Session {
     pub(crate) fn new(
         id: ClientId,
         peer: SocketAddr,
         socket: LineSocket,
-        stats: Arc<SessionStats>,
-        inbox: Receiver<SessionCommand>,
+        link: Arc<SessionLink>,
         context: Arc<SessionContext>,
     ) -> Session {
         Session {
@@ -103,9 +105,7 @@ impl Session {
             socket,
             out: Vec::new(),
             replies_queued: 0,
-            formatter: ReplyFormatter::default(),
-            stats,
-            inbox,
+            link,
             context,
             left: false,
         }
@@ -125,87 +125,23 @@ impl Session {
         }
     }
 
-    /// Closes the connection as its end requires and tells the registry why.
-    async fn leave(mut self, served: Result<LeaveReason, Failure>) {
-        let reason = match served {
-            Err(Failure::Stalled(reason)) => {
-                // Nothing more can reach this client: reset, do not linger.
-                self.socket.reset_on_close();
-                warn!("client not reading: cut", {
-                    client_id: self.id,
-                    peer: log::kv::Value::from_display(&self.peer),
-                    reason: log::kv::Value::from_display(&reason),
-                });
-                reason
-            }
-            Ok(reason) => {
-                if !matches!(reason, LeaveReason::PeerClosed) {
-                    self.linger().await;
-                }
-                reason
-            }
-            Err(Failure::Cut) => LeaveReason::Cut,
-            Err(Failure::Ended(reason)) => reason,
-            Err(Failure::Proxy(why)) => {
-                warn!("PROXY header refused", {
-                    client_id: self.id,
-                    peer: log::kv::Value::from_display(&self.peer),
-                    reason: why.as_str(),
-                });
-                LeaveReason::ProxyFailed(why)
-            }
-            Err(Failure::Handshake(failure)) => {
-                let error = failure
-                    .error
-                    .as_ref()
-                    .map_or(String::new(), |e| e.to_string());
-                info!("TLS handshake failed", {
-                    client_id: self.id,
-                    peer: log::kv::Value::from_display(&self.peer),
-                    reason: failure.reason,
-                    error: error,
-                });
-                LeaveReason::TlsFailed(failure)
-            }
-            Err(Failure::Io(e)) if self.context.cut.is_triggered() => {
-                debug!("session cut", { client_id: self.id, error: log::kv::Value::from_display(&e) });
-                LeaveReason::Cut
-            }
-            Err(Failure::Io(e)) => LeaveReason::Io(e),
-        };
-        if let LeaveReason::Io(e) = &reason {
-            // A peer that resets or vanishes is routine, not the server's
-            // trouble: info. Anything else is worth a look.
-            let routine = matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-            );
-            let level = if routine {
-                log::Level::Info
-            } else {
-                log::Level::Warn
-            };
-            kv_log_macro::log!(level, "session failed", {
-                client_id: self.id,
-                peer: log::kv::Value::from_display(&self.peer),
-                error: log::kv::Value::from_display(e),
-            });
-        }
-        self.context.registry.unregister(self.id, reason).await;
-        self.left = true;
+    async fn serve(&mut self) -> Result<LeaveReason, Failure> {
+        // Once per connection, so boxed: inline, the opening's state would
+        // sit in every idle session's future.
+        Box::pin(self.open()).await?;
+        self.exchange().await
     }
 
-    async fn serve(&mut self) -> Result<LeaveReason, Failure> {
+    /// The connection's opening: the PROXY header, the TLS handshake, then
+    /// the greeting.
+    async fn open(&mut self) -> Result<(), Failure> {
         if let Some(trusted) = &self.context.proxy {
-            // Boxed, as the handshake below: its state is gone once it is done.
             let header = Box::pin(proxy_header(
                 &self.socket,
                 self.peer,
                 trusted,
                 &self.context,
-                &mut self.inbox,
+                &self.link.inbox,
             ));
             match header.await? {
                 ProxyHeader::Relayed { client } => self.peer = client,
@@ -213,9 +149,7 @@ impl Session {
                 ProxyHeader::Unnamed => {}
                 ProxyHeader::Local => return Err(Failure::Ended(LeaveReason::ProxyLocal)),
             }
-            // Once per connection, so boxed too: inline, the send would sit
-            // in every idle session's future.
-            Box::pin(self.context.registry.identify(self.id, self.peer)).await;
+            self.context.registry.identify(self.id, self.peer).await;
         }
         if let Some(tls) = &self.context.tls {
             // Boxed: a handshake's state is kilobytes, and gone once it is done.
@@ -223,7 +157,7 @@ impl Session {
                 &mut self.socket,
                 tls,
                 &self.context,
-                &mut self.inbox,
+                &self.link.inbox,
             ));
             let reason = match shaken.await? {
                 Handshake::Done => None,
@@ -245,10 +179,14 @@ impl Session {
         write_or_cut(
             &mut self.socket,
             &self.context,
-            &mut self.inbox,
+            &self.link.inbox,
             wire::GREETING,
         )
-        .await?;
+        .await
+    }
+
+    /// Answers the client's lines until the exchange ends.
+    async fn exchange(&mut self) -> Result<LeaveReason, Failure> {
         let mut fragment_since: Option<Instant> = None;
         // The alarm lives across iterations, so waiting on it registers a
         // timer only when it is armed, not once per message (the inbox keeps
@@ -256,72 +194,94 @@ impl Session {
         // idle clients are found by the registry, so an idle session holds no
         // timer.
         let mut alarm = Alarm::new();
-        loop {
-            let fragment_deadline = fragment_since
-                .zip(self.context.config.fragment_timeout)
-                .map(|(since, wait)| since + wait);
-            if let Some(deadline) = fragment_deadline {
+        let end = loop {
+            if let Some(deadline) = self.fragment_deadline(fragment_since) {
                 alarm.arm_by(deadline);
             }
             let event = select_biased! {
-                command = next_command(&mut self.inbox).fuse() => Event::Command(command),
+                command = self.link.inbox.recv().fuse() => Event::Command(command),
                 read = self.socket.read().fuse() => Event::Read(read),
                 _ = alarm => Event::Deadline,
             };
-            match event {
-                Event::Read(Ok(0)) => {
-                    if let Err(too_long) = self.answer_fragment() {
-                        return self.refuse(too_long).await;
-                    }
-                    self.flush().await?;
-                    return Ok(LeaveReason::PeerClosed);
-                }
+            let end = match event {
+                Event::Read(Ok(0)) => Ending::PeerClosed,
                 Event::Read(Ok(n)) => {
                     let now = Instant::now();
                     let queued_before = self.replies_queued;
                     let framed = self.answer_lines();
-                    self.stats
+                    self.link
+                        .stats
                         .received(self.replies_queued - queued_before, n as u64, now);
                     if let Err(too_long) = framed {
-                        return self.refuse(too_long).await;
+                        break Ending::TooLong(too_long);
                     }
                     fragment_since = self.socket.has_fragment().then_some(now);
                     self.flush().await?;
+                    continue;
                 }
                 Event::Read(Err(e)) => return Err(e.into()),
-                Event::Command(Some(SessionCommand::CloseIdle)) => {
-                    self.out.extend_from_slice(wire::IDLE_TIMEOUT_ERROR);
-                    self.flush().await?;
-                    return Ok(LeaveReason::IdleTimeout);
-                }
+                Event::Command(Some(SessionCommand::CloseIdle)) => Ending::Idle,
                 // The registry closed our inbox: the server is shutting down.
-                Event::Command(None) => {
-                    if let Err(too_long) = self.answer_fragment() {
-                        return self.refuse(too_long).await;
-                    }
-                    self.out.extend_from_slice(wire::SHUTDOWN_NOTICE);
-                    self.flush().await?;
-                    return Ok(LeaveReason::ServerShutdown);
-                }
+                Event::Command(None) => Ending::Shutdown,
                 Event::Deadline => {
                     // The alarm may have been armed for an earlier deadline
                     // than the one that stands now; that is checked here.
                     let now = Instant::now();
-                    let due = fragment_deadline.is_some_and(|at| at <= now);
+                    let due = self
+                        .fragment_deadline(fragment_since)
+                        .is_some_and(|at| at <= now);
                     if let Some(since) = fragment_since.filter(|_| due) {
                         let messages = u64::from(self.socket.has_fragment());
                         if let Err(too_long) = self.answer_fragment() {
-                            return self.refuse(too_long).await;
+                            break Ending::TooLong(too_long);
                         }
                         // The client's last input is when the fragment came,
                         // not now: the idle timeout counts from then.
-                        self.stats.received(messages, 0, since);
+                        self.link.stats.received(messages, 0, since);
                         fragment_since = None;
                         self.flush().await?;
                     }
+                    continue;
                 }
-            }
+            };
+            break end;
+        };
+        // Once per connection, so boxed: inline, its state would sit in
+        // every idle session's future.
+        Box::pin(self.finish(end)).await
+    }
+
+    /// When a fragment that came at `since` is taken as a message.
+    fn fragment_deadline(&self, since: Option<Instant>) -> Option<Instant> {
+        since
+            .zip(self.context.config.fragment_timeout)
+            .map(|(since, wait)| since + wait)
+    }
+
+    /// The session's last words, as its ending calls for.
+    async fn finish(&mut self, end: Ending) -> Result<LeaveReason, Failure> {
+        let (answer_fragment, last_line, reason) = match end {
+            Ending::TooLong(too_long) => return self.refuse(too_long).await,
+            Ending::PeerClosed => (true, None, LeaveReason::PeerClosed),
+            Ending::Idle => (
+                false,
+                Some(wire::IDLE_TIMEOUT_ERROR),
+                LeaveReason::IdleTimeout,
+            ),
+            Ending::Shutdown => (
+                true,
+                Some(wire::SHUTDOWN_NOTICE),
+                LeaveReason::ServerShutdown,
+            ),
+        };
+        if answer_fragment && let Err(too_long) = self.answer_fragment() {
+            return self.refuse(too_long).await;
         }
+        if let Some(line) = last_line {
+            self.out.extend_from_slice(line);
+        }
+        self.flush().await?;
+        Ok(reason)
     }
 
     /// Closes so that the client's last line arrives, unless the server cuts it short.
@@ -335,7 +295,7 @@ impl Session {
     /// Formats a reply for every complete line buffered.
     fn answer_lines(&mut self) -> Result<(), wire::FrameError> {
         while let Some(line) = self.socket.next_line() {
-            self.formatter.write_reply(&mut self.out, line?);
+            wire::write_reply(buffers::lend_out(&mut self.out), line?);
             self.replies_queued += 1;
         }
         Ok(())
@@ -344,7 +304,7 @@ impl Session {
     /// Takes buffered unterminated bytes as one message and formats its reply.
     fn answer_fragment(&mut self) -> Result<(), wire::FrameError> {
         if let Some(fragment) = self.socket.take_fragment() {
-            self.formatter.write_reply(&mut self.out, fragment?);
+            wire::write_reply(buffers::lend_out(&mut self.out), fragment?);
             self.replies_queued += 1;
         }
         Ok(())
@@ -365,20 +325,16 @@ impl Session {
         if self.out.is_empty() {
             return Ok(());
         }
-        write_or_cut(&mut self.socket, &self.context, &mut self.inbox, &self.out).await?;
-        self.stats.sent(self.replies_queued, self.out.len() as u64);
+        write_or_cut(&mut self.socket, &self.context, &self.link.inbox, &self.out).await?;
+        self.link
+            .stats
+            .sent(self.replies_queued, self.out.len() as u64);
         self.replies_queued = 0;
-        self.out.clear();
-        if self.out.capacity() > OUT_SHRINK_ABOVE {
-            self.out = Vec::new();
-        }
+        // Given back: an idle client holds no reply buffer.
+        buffers::give_out(std::mem::take(&mut self.out));
         Ok(())
     }
 }
-
-/// Above this capacity, in bytes, an emptied reply buffer is released, so one
-/// burst does not pin its memory for the life of an idle connection.
-const OUT_SHRINK_ABOVE: usize = 16 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -402,7 +358,8 @@ mod tests {
     /// Most of what an idle client costs the server is its session's future;
     /// docs/performance.md's memory figure depends on it staying small. (Known
     /// ways to blow it up: an inline buffer, `async fn` arguments stored twice,
-    /// a long-lived temporary next to another await.)
+    /// a long-lived temporary next to another await, a rare path's wait
+    /// left inline instead of boxed.) It is 400 bytes now.
     #[async_std::test]
     async fn a_session_future_stays_small() {
         let (registry, _task) = Registry::spawn(RegistryConfig {
@@ -414,7 +371,6 @@ mod tests {
         let addr = listener.local_addr().expect("bound");
         let stream =
             Socket::new(std::net::TcpStream::connect(addr).expect("connect")).expect("register");
-        let (_sender, inbox) = crate::rt::bounded(INBOX_CAPACITY);
         let config = SessionConfig {
             max_line: 1024,
             ..SessionConfig::default()
@@ -425,13 +381,12 @@ mod tests {
             addr,
             LineSocket::new(stream, 1024),
             Arc::default(),
-            inbox,
             context,
         );
         let future = session.run();
         let size = std::mem::size_of_val(&future);
         eprintln!("session future: {size} bytes");
-        assert!(size <= 640, "a session's future is {size} bytes");
+        assert!(size <= 432, "a session's future is {size} bytes");
     }
 
     /// A session whose task panics is dropped without having left; the
@@ -443,10 +398,9 @@ mod tests {
         let addr = listener.local_addr().expect("bound");
         let stream =
             Socket::new(std::net::TcpStream::connect(addr).expect("connect")).expect("register");
-        let (sender, inbox) = crate::rt::bounded(INBOX_CAPACITY);
-        let stats = Arc::new(SessionStats::default());
+        let link = Arc::new(SessionLink::default());
         let admitted = registry
-            .register(ClientId(1), addr, sender, stats.clone(), false)
+            .register(ClientId(1), addr, link.clone(), false)
             .await;
         assert!(matches!(
             admitted,
@@ -457,8 +411,7 @@ mod tests {
             ClientId(1),
             addr,
             LineSocket::new(stream, 1024),
-            stats,
-            inbox,
+            link,
             context,
         );
         drop(session);

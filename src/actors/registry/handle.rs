@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use futures::channel::oneshot;
 
-use crate::messages::{
-    Admission, ClientId, LeaveReason, RegistryMsg, SessionCommand, SessionStats, Snapshot,
-};
+use crate::messages::{Admission, ClientId, LeaveReason, RegistryMsg, SessionLink, Snapshot};
 use crate::rt::Sender;
 
 /// The way into a server's registry, for the acceptor, the sessions, the
@@ -38,15 +36,13 @@ impl RegistryHandle {
         &self,
         id: ClientId,
         peer: SocketAddr,
-        inbox: Sender<SessionCommand>,
-        stats: Arc<SessionStats>,
+        link: Arc<SessionLink>,
         awaits_header: bool,
     ) -> Admission {
         self.ask(|respond_to| RegistryMsg::Register {
             id,
             peer,
-            inbox,
-            stats,
+            link,
             awaits_header,
             respond_to,
         })

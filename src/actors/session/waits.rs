@@ -6,14 +6,14 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
-use futures::future::poll_fn;
-use futures::{FutureExt, StreamExt, select_biased};
+use futures::{FutureExt, select_biased};
 
 use super::SessionContext;
+use crate::mailbox::Mailbox;
 use crate::messages::{HandshakeFailure, LeaveReason, SessionCommand};
 use crate::net::{Handshake, LineSocket, WriteStop};
 use crate::proxy::{ProxyHeader, TrustedProxies};
-use crate::rt::{Receiver, within};
+use crate::rt::within;
 use crate::tls::{self, ServerTls};
 
 /// Writes `bytes` to the client, unless the server cuts it short, the client
@@ -21,14 +21,31 @@ use crate::tls::{self, ServerTls};
 /// meanwhile (a client that neither sends nor reads is idle too). The
 /// session's fields it needs, not the session, so that the bytes can be the
 /// session's own reply buffer.
+///
+/// Nearly every write completes at once. The wait for a client slow to take
+/// its bytes is boxed: inline, its state would sit in every session's future,
+/// and so in what every idle client costs.
 pub(super) async fn write_or_cut(
     socket: &mut LineSocket,
     context: &SessionContext,
-    inbox: &mut Receiver<SessionCommand>,
+    inbox: &Mailbox,
+    bytes: &[u8],
+) -> Result<(), Failure> {
+    match socket.write_now(bytes)? {
+        None => Ok(()),
+        Some(written) => Box::pin(write_waiting(socket, context, inbox, &bytes[written..])).await,
+    }
+}
+
+/// The rest of [`write_or_cut`], once the client did not take it all at once.
+async fn write_waiting(
+    socket: &mut LineSocket,
+    context: &SessionContext,
+    inbox: &Mailbox,
     bytes: &[u8],
 ) -> Result<(), Failure> {
     let cut = &context.cut;
-    let interrupt = || async move {
+    let interrupt = async move {
         select_biased! {
             _ = cut.wait().fuse() => Failure::Cut,
             command = idle_command(inbox).fuse() => match command {
@@ -51,7 +68,7 @@ pub(super) async fn handshake(
     socket: &mut LineSocket,
     tls: &ServerTls,
     context: &SessionContext,
-    inbox: &mut Receiver<SessionCommand>,
+    inbox: &Mailbox,
 ) -> Result<Handshake, Failure> {
     let shaken = opening_step(context, inbox, socket.accept_tls(tls)).await?;
     let failed = |reason, error| Failure::Handshake(HandshakeFailure { reason, error });
@@ -72,7 +89,7 @@ pub(super) async fn proxy_header(
     peer: SocketAddr,
     trusted: &TrustedProxies,
     context: &SessionContext,
-    inbox: &mut Receiver<SessionCommand>,
+    inbox: &Mailbox,
 ) -> Result<ProxyHeader, Failure> {
     if !trusted.contains(peer.ip()) {
         return Err(Failure::Proxy(format!(
@@ -97,7 +114,7 @@ pub(super) async fn proxy_header(
 /// and the timeout bound that wait.
 async fn opening_step<T>(
     context: &SessionContext,
-    inbox: &mut Receiver<SessionCommand>,
+    inbox: &Mailbox,
     step: impl Future<Output = T>,
 ) -> Result<Option<T>, Failure> {
     let limit = context.config.handshake_timeout;
@@ -138,21 +155,9 @@ impl From<io::Error> for Failure {
 /// A command that ends the session even in the middle of a write. The inbox
 /// closing (the server's drain) does not: a session finishes its writes then,
 /// and the shutdown timeout's `cut` bounds them.
-async fn idle_command(inbox: &mut Receiver<SessionCommand>) -> SessionCommand {
-    match next_command(inbox).await {
+async fn idle_command(inbox: &Mailbox) -> SessionCommand {
+    match inbox.recv().await {
         Some(command) => command,
         None => futures::future::pending().await,
     }
-}
-
-/// The next command, or `None` once the registry has closed the inbox.
-///
-/// Not `inbox.next()`: a closed, empty channel makes that future report
-/// itself terminated, and `select!` skips terminated futures, so the close
-/// (the shutdown) would never be seen. The receiver keeps its listener across
-/// calls either way.
-pub(super) fn next_command(
-    inbox: &mut Receiver<SessionCommand>,
-) -> impl Future<Output = Option<SessionCommand>> + '_ {
-    poll_fn(move |cx| inbox.poll_next_unpin(cx))
 }

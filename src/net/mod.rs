@@ -16,42 +16,15 @@ use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, select_biased};
 use futures_rustls::TlsStream;
-use socket2::{Domain, Socket as RawSocket, Type};
 
 use crate::proxy::ProxyHeader;
-use crate::rt::{Listener, ReadLoop, Socket, sleep_until, within};
+use crate::rt::{ReadLoop, Socket, sleep_until, within};
 use crate::tls::{ClientTls, ServerTls};
 use crate::wire::{FrameError, Framer};
 
-/// Connections the kernel queues for the acceptor; it caps this at
-/// `net.core.somaxconn`. std's fixed 128 drops SYNs under a burst of connects,
-/// which clients only retry after a second.
-pub(crate) const LISTEN_BACKLOG: i32 = 4096;
+mod bind;
 
-/// Binds a listener on `addr` (resolved now; the first address that binds
-/// wins), with address reuse, a deep accept backlog and, with `reuse_port`,
-/// SO_REUSEPORT (other processes may listen on the same port).
-pub(crate) fn bind(addr: &str, reuse_port: bool) -> io::Result<Listener> {
-    use std::net::ToSocketAddrs;
-    let mut last_error = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
-    for addr in addr.to_socket_addrs()? {
-        let bound =
-            RawSocket::new(Domain::for_address(addr), Type::STREAM, None).and_then(|socket| {
-                socket.set_reuse_address(true)?;
-                if reuse_port {
-                    socket.set_reuse_port(true)?;
-                }
-                socket.bind(&addr.into())?;
-                socket.listen(LISTEN_BACKLOG)?;
-                Listener::new(std::net::TcpListener::from(socket))
-            });
-        match bound {
-            Ok(listener) => return Ok(listener),
-            Err(e) => last_error = e,
-        }
-    }
-    Err(last_error)
-}
+pub(crate) use bind::{LISTEN_BACKLOG, bind};
 
 /// A TCP connection, plain or TLS, that reads `\n`-terminated lines and
 /// writes bytes.
@@ -179,25 +152,47 @@ impl LineSocket {
 
     /// Reads what the peer sent into the framer; `Ok(0)` is the end of its
     /// stream. Dropped before it completes, it reads nothing.
+    ///
+    /// While it waits for the peer, the framer holds no buffer (unless a
+    /// partial line is in it): the buffer is borrowed only once the socket
+    /// is readable, and given back when the read finds nothing after all.
     pub(crate) async fn read(&mut self) -> io::Result<usize> {
-        let socket = self.socket().ok_or_else(closed)?;
-        self.reads.ready(socket).await?;
-        let buf = self.framer.read_buf();
-        let room = buf.len();
-        let n = match &mut self.transport {
-            Transport::Plain(socket) => (&*socket).read(buf).await?,
-            // A peer that closes without TLS's close_notify has still
-            // closed: the protocol's lines carry their own ends, so a cut
-            // stream cannot pass for a whole one.
-            Transport::Tls(tls) => match tls.read(buf).await {
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
-                read => read?,
-            },
-            Transport::Closed => return Err(closed()),
-        };
-        self.reads.record(n, room);
-        self.framer.filled(n);
-        Ok(n)
+        loop {
+            self.framer.release();
+            let socket = self.socket().ok_or_else(closed)?;
+            self.reads.ready(socket).await?;
+            let buf = self.framer.read_buf();
+            let room = buf.len();
+            let read = match &mut self.transport {
+                // Tried, not awaited: a read that waited would hold the buffer.
+                Transport::Plain(socket) => io::Read::read(&mut socket.get_ref(), buf),
+                // Tried first, as plain; what is left (a record that came in
+                // part, a reply rustls must write) waits boxed, so that its
+                // state is in no idle future.
+                Transport::Tls(tls) => match tls.read(buf).now_or_never() {
+                    Some(read) => read,
+                    None => Box::pin(tls.read(buf)).await,
+                },
+                Transport::Closed => return Err(closed()),
+            };
+            let n = match read {
+                Ok(n) => n,
+                // A peer that closes without TLS's close_notify has still
+                // closed: the protocol's lines carry their own ends, so a cut
+                // stream cannot pass for a whole one.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !self.is_plain() => 0,
+                // Not readable after all: wait again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.reads.record(0, room);
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.reads.record(n, room);
+            self.framer.filled(n);
+            return Ok(n);
+        }
     }
 
     /// The next complete line read, without its `\n` or `\r\n`; `None` when
@@ -250,33 +245,28 @@ impl LineSocket {
         }
     }
 
-    /// Writes all of `bytes`, where every write must take some of them
-    /// within `progress_within` (`None`: no limit), and `interrupt` (made
-    /// only if a write has to wait) ends it early when it completes first.
+    /// Writes what the connection takes of `bytes` now, without waiting:
+    /// `None` when all of it went (with TLS: and was sent), else how many
+    /// bytes went; the rest is for [`write_bounded`](Self::write_bounded).
     ///
-    /// Nearly every write completes at once. The wait for a peer that is slow
-    /// to take its bytes is boxed, so its state (a timer among it) sits in no
-    /// caller's future while the caller idles.
-    pub(crate) async fn write_bounded<T, F: Future<Output = T>>(
-        &mut self,
-        bytes: &[u8],
-        progress_within: Option<Duration>,
-        interrupt: impl FnOnce() -> F,
-    ) -> Result<(), WriteStop<T>> {
+    /// Nearly every write completes here, so a caller can keep the wait for a
+    /// peer slow to take its bytes (and its state: a timer among it) out of
+    /// its own future, boxed, as the session does.
+    pub(crate) fn write_now(&mut self, bytes: &[u8]) -> io::Result<Option<usize>> {
         let written = match self.write(bytes).now_or_never() {
-            Some(n) => n.map_err(WriteStop::Failed)?,
+            Some(n) => n?,
             None => 0,
         };
-        if written == bytes.len() && self.flush().now_or_never().is_some_and(|f| f.is_ok()) {
-            return Ok(());
-        }
-        Box::pin(self.write_waiting(&bytes[written..], progress_within, interrupt())).await
+        let sent = written == bytes.len() && self.flush().now_or_never().is_some_and(|f| f.is_ok());
+        Ok((!sent).then_some(written))
     }
 
-    /// The rest of a bounded write; with TLS, the final flush (of at most
-    /// `TLS_SEND_LIMIT` bytes and their records) is one more step that must
-    /// finish within the limit.
-    async fn write_waiting<T>(
+    /// Writes all of `bytes` (the rest of a [`write_now`](Self::write_now)),
+    /// where every write must take some of them within `progress_within`
+    /// (`None`: no limit), unless `interrupt` completes first. With TLS, the
+    /// final flush (of at most `TLS_SEND_LIMIT` bytes and their records) is
+    /// one more step that must finish within the limit.
+    pub(crate) async fn write_bounded<T>(
         &mut self,
         bytes: &[u8],
         progress_within: Option<Duration>,
