@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use duplex::bench::BenchConfig;
+use duplex::bench::{BenchConfig, SourceAddrs};
 use duplex::client::{ClientConfig, ClientTls, ConnectionConfig, SupervisorConfig, TlsError};
 use duplex::logging::LogFormat;
 use duplex::server::{RegistryConfig, ServerConfig, SessionConfig, TlsFiles, TrustedProxies};
@@ -221,6 +221,21 @@ pub(crate) struct Cli {
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Bench options")]
     connect_rate: u32,
 
+    /// Every connection sends exactly one message once all are connected,
+    /// then holds on; the run ends when every reply is in (or at
+    /// --duration). Shows whether a server holding --clients connections
+    /// still answers every one. With --rate, the messages go out at that rate.
+    #[arg(long, conflicts_with = "depth", help_heading = "Bench options")]
+    once: bool,
+
+    /// Local addresses to connect from, in turn, each with its own range of
+    /// ephemeral ports (about 28 000), to open more connections than one
+    /// address can: addresses (IPv4 or IPv6) and IPv4 ranges, comma-separated,
+    /// such as 127.0.0.1-127.0.0.8 (all of 127/8 is local on Linux)
+    /// [default: the kernel's choice].
+    #[arg(long, value_name = "IP,...", value_parser = SourceAddrs::parse, help_heading = "Bench options")]
+    source_addrs: Option<SourceAddrs>,
+
     /// Print one JSON object instead of the text report.
     #[arg(long, help_heading = "Bench options")]
     pub(crate) json: bool,
@@ -313,6 +328,8 @@ impl Cli {
             progress: !self.json,
             server_pid: self.server_pid,
             tls: self.client_tls()?,
+            once: self.once,
+            source_addrs: self.source_addrs.clone(),
         })
     }
 }
@@ -388,6 +405,27 @@ mod tests {
     }
 
     #[test]
+    fn the_bench_takes_once_and_source_addresses() {
+        let cli = parse(&[
+            "--role",
+            "bench",
+            "--once",
+            "--rate",
+            "100",
+            "--source-addrs",
+            "127.0.0.1-127.0.0.3,::1",
+        ])
+        .expect("valid");
+        let config = cli.bench_config().expect("no TLS to load");
+        assert!(config.once);
+        let sources = config.source_addrs.expect("given");
+        assert_eq!(sources.addrs().len(), 4);
+        let error = parse(&["--role", "bench", "--source-addrs", "127.0.0.1-::1"])
+            .expect_err("a range across families");
+        assert!(error.to_string().contains("IPv4 only"), "{error}");
+    }
+
+    #[test]
     fn bad_values_and_wrong_role_flags_are_usage_errors() {
         for args in [
             &["--role", "server", "--fragment-timeout", "soon"][..],
@@ -427,6 +465,12 @@ mod tests {
             ],
             &["--role", "client", "--reuse-port"],
             &["--role", "bench", "--server-pid", "4294967295"],
+            &["--role", "bench", "--once", "--depth", "2"],
+            &["--role", "server", "--once"],
+            &["--role", "bench", "--source-addrs", "127.0.0.8-127.0.0.1"],
+            &["--role", "bench", "--source-addrs", "localhost"],
+            &["--role", "bench", "--source-addrs", ""],
+            &["--role", "client", "--source-addrs", "127.0.0.1"],
         ] {
             let error = parse(args).expect_err("rejected");
             assert_eq!(error.exit_code(), 2, "{args:?}: {error}");
