@@ -295,6 +295,22 @@ async fn connections_come_from_every_source_address_in_turn() {
 }
 
 #[async_std::test]
+async fn a_source_address_of_the_other_family_is_refused_before_any_connect() {
+    let (addr, seen) = FakeServer::new(echo).start().await;
+    let config = BenchConfig {
+        source_addrs: Some(SourceAddrs::parse("127.0.0.1,::1").expect("valid")),
+        ..config(addr, 2, 1, 16)
+    };
+    let error = within(PATIENCE, bench::run(config, Shutdown::never()))
+        .await
+        .expect("in time")
+        .expect_err("::1 cannot reach 127.0.0.1");
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(error.to_string().contains("source address ::1"), "{error}");
+    assert!(seen.try_recv().is_err(), "nothing connected");
+}
+
+#[async_std::test]
 async fn once_every_connection_sends_one_message_and_the_run_ends_with_the_last_reply() {
     let server = TestServer::start(quick_config()).await;
     let clients = 20;
@@ -419,6 +435,7 @@ fn the_bench_role_prints_one_json_summary_and_reports_server_memory() {
             &pid,
         ])
         .args(["--clients", "4", "--duration", "300ms", "--depth", "2"])
+        .args(["--source-addrs", "127.0.0.1-127.0.0.2"])
         .stderr(Stdio::null())
         .output()
         .expect("run bench");
@@ -435,6 +452,17 @@ fn the_bench_role_prints_one_json_summary_and_reports_server_memory() {
             .as_f64()
             .expect("server CPU")
             > 0.0
+    );
+    assert!(report["bench_cpu_us_per_reply"].as_f64().expect("own CPU") > 0.0);
+    // Latency percentiles, p90 among them, and what they count from.
+    let us = |key: &str| report[key].as_f64().expect(key);
+    assert!(us("p50_us") <= us("p90_us") && us("p90_us") <= us("p99_us"));
+    assert_eq!(report["latency_from"], "send time (closed loop)");
+    assert!(report["sent_p99_us"].is_null(), "closed loop: one measure");
+    // Two connections from each source address.
+    assert_eq!(
+        report["source_addrs"],
+        serde_json::json!({"127.0.0.1": 2, "127.0.0.2": 2})
     );
     // One figure per CPU the machine has online, each a percentage.
     // SAFETY: sysconf has no preconditions.
