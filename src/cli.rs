@@ -195,7 +195,8 @@ pub(crate) struct Cli {
     #[arg(long, default_value_t = 50, value_parser = positive_usize, help_heading = "Bench options")]
     clients: usize,
 
-    /// How long to measure, once every connection is greeted.
+    /// How long to measure, once every connection is greeted (less if every
+    /// connection is done sooner: with --once, answered; otherwise dropped).
     #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Bench options")]
     duration: Duration,
 
@@ -211,8 +212,10 @@ pub(crate) struct Cli {
 
     /// Offered load, in messages per second over all connections, released
     /// to them in turn (each still keeps at most --depth in flight), so that
-    /// servers can be compared under the very same load [default: send the
-    /// next message as soon as a reply comes back].
+    /// servers can be compared under the very same load; latency then counts
+    /// from when each message was due, however late a slow server let it be
+    /// written (the uncorrected figures are shown beside it) [default: send
+    /// the next message as soon as a reply comes back].
     #[arg(long, value_name = "N", value_parser = positive_rate, help_heading = "Bench options")]
     rate: Option<f64>,
 
