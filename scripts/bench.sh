@@ -10,9 +10,10 @@
 #   scripts/bench.sh                  # everything: about 16 minutes
 #   DURATION=10s REPEAT=7 scripts/bench.sh  # cost, scaling and snapshot runs: longer, more rounds
 #   THROUGHPUT_REPEAT=21 ONLY=throughput scripts/bench.sh  # (and LATENCY_REPEAT, SCALING_REPEAT)
-#   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|tls|syscalls|instructions
+#   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|tls|syscalls|instructions|hold
 #   (cost: CPU per reply at a fixed rate, then throughput unpaced, with all servers at once;
-#   syscalls: system calls per reply of each server and each bench, with perf)
+#   syscalls: system calls per reply of each server and each bench, with perf;
+#   hold: HOLD_CLIENTS (19 500) connections held idle, then one message each)
 #   BASELINE=/path/to/other/duplex ONLY=cost scripts/bench.sh  # also compare another build (cost, syscalls)
 #   scripts/pool_rounds.py run1.jsonl run2.jsonl  # pool the throughput rounds of saved runs
 #
@@ -34,6 +35,12 @@ LATENCY_DURATION=${LATENCY_DURATION:-3s}
 THROUGHPUT_REPEAT=${THROUGHPUT_REPEAT:-11}
 THROUGHPUT_DURATION=${THROUGHPUT_DURATION:-3s}
 ONLY=${ONLY:-}
+# The hold section: this many clients, under the machine's 20 000 open files
+# (the server and the bench each need one per client), connecting from these
+# local addresses (from one, the kernel's search for a free port halves the
+# connect rate past 10 000 connections; docs/performance.md).
+HOLD_CLIENTS=${HOLD_CLIENTS:-19500}
+HOLD_SOURCES=${HOLD_SOURCES:-127.0.0.1-127.0.0.8}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 SEED=${SEED:-../shared/seed}
@@ -126,7 +133,7 @@ bench() {
 import json, sys
 r = json.load(sys.stdin)
 cpu = "/".join("%.0f" % c for c in r.get("cpu_busy_pct", []))
-print("%.0f/s p50 %.0f us p99 %.0f us, server %.2f us CPU per reply, CPUs busy %s%%, errors %s" % (r.get("rate", 0), r.get("p50_us", 0), r.get("p99_us", 0), r.get("server_cpu_us_per_reply") or 0, cpu, r.get("errors")))')" >&2
+print("%.0f/s p50 %.0f us p99 %.0f us, server %.2f us CPU per reply, bench %.2f, CPUs busy %s%%, errors %s" % (r.get("rate", 0), r.get("p50_us", 0), r.get("p99_us", 0), r.get("server_cpu_us_per_reply") or 0, r.get("bench_cpu_us_per_reply") or 0, cpu, r.get("errors")))')" >&2
 }
 
 # interleave SECTION RUNS "NAME..." [bench flags...]: RUNS rounds, each server once per round
@@ -262,6 +269,16 @@ if want tls; then
     rm -rf "$TLS_DIR"
 fi
 
+if want hold; then
+    # Hold HOLD_CLIENTS connections idle (a fresh server), then every one
+    # sends exactly one message (--once): is every reply still there?
+    sources=()
+    [ -z "$HOLD_SOURCES" ] || sources=(--source-addrs "$HOLD_SOURCES")
+    start hold 8160 duplex --registry-interval 0 --max-clients "$HOLD_CLIENTS"
+    bench hold hold --clients "$HOLD_CLIENTS" --once --duration 30s "${sources[@]}"
+    stop_all
+fi
+
 if want syscalls && perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1; then
     # System calls per reply, counted by the kernel (perf's tracepoints) over
     # 3 s in the middle of a fixed-rate run: every server at once on CPU 0,
@@ -393,7 +410,7 @@ def side_table(clients):
         lines.append((clients, name, f"{statistics.median(r['rate'] for r in found):.0f}",
                       f"{statistics.median(ratios):.2f}x" if ratios else "-",
                       " ".join(f"{x:.2f}" for x in ratios),
-                      f"{statistics.median(cpu):.2f}" if cpu else "-",
+                      f"{statistics.median(cpu):.2f}" if cpu else "-", bench_cpu(found),
                       sum(r.get("errors", 0) for r in found)))
     return lines
 
@@ -411,10 +428,15 @@ def cost_table(clients):
         offered = found[0].get("offered_rate") or 0
         kept_up = min(r.get("rate", 0) for r in found) / offered if offered else 0
         errors = sum(r.get("errors", 0) for r in found)
-        lines.append((clients, name, f"{statistics.median(costs):.2f}",
+        lines.append((clients, name, f"{statistics.median(costs):.2f}", bench_cpu(found),
                       f"{statistics.median(ratios):.2f}x" if ratios else "-",
                       " ".join(f"{x:.2f}" for x in ratios), f"{offered:.0f}", f"{kept_up:.1%}", errors))
     return lines
+
+def bench_cpu(found):
+    """The median of the benches' own CPU per reply (each bench loaded one server)."""
+    cpu = [r["bench_cpu_us_per_reply"] for r in found if r.get("bench_cpu_us_per_reply")]
+    return f"{statistics.median(cpu):.2f}" if cpu else "-"
 
 lines = []
 for clients in (50, 500):
@@ -469,10 +491,10 @@ table("Memory per idle TLS client (server RSS, fresh server)",
 
 lines = cost_table(50) + cost_table(500)
 table("Server CPU time per reply at a fixed offered load, all servers at once on one core (median of rounds)",
-      ["clients", "server", "us CPU per reply", "vs duplex (median of rounds)", "every round, vs duplex", "offered/s each", "lowest rate reached", "errors (all rounds)"], lines)
+      ["clients", "server", "us CPU per reply", "its bench's us CPU per reply", "vs duplex (median of rounds)", "every round, vs duplex", "offered/s each", "lowest rate reached", "errors (all rounds)"], lines)
 
 table("Throughput side by side: all servers saturated at once on one core, each by its own bench (median of rounds)",
-      ["clients", "server", "replies/s", "vs reference (median of rounds)", "every round, vs reference", "us CPU per reply", "errors (all rounds)"],
+      ["clients", "server", "replies/s", "vs reference (median of rounds)", "every round, vs reference", "us CPU per reply", "its bench's us CPU per reply", "errors (all rounds)"],
       side_table(50) + side_table(500))
 
 lines = []
@@ -537,4 +559,16 @@ for server, label in (("quiet", "no snapshots"), ("snapshotting", "a 10 001-line
         lines.append((label, f"{r['rate']:.0f}", us(r["p50_us"]), us(r["p99_us"]), us(r["p999_us"]), r["errors_all"], rates(r)))
 table("Registry snapshots with 10 000 busy clients, depth 1 (median of interleaved runs)",
       ["duplex", "replies/s", "p50 us", "p99 us", "p99.9 us", "errors (all runs)", "every run, replies/s"], lines)
+
+lines = []
+for r in (run["result"] for run in runs if run["section"] == "hold"):
+    rss = r.get("server_rss_before_kib"), r.get("server_rss_connected_kib")
+    per_client = f"{(rss[1] - rss[0]) * 1024 / max(r['connected'], 1):.0f}" if None not in rss else "-"
+    sources = len(r.get("source_addrs") or {}) or 1
+    lines.append((r.get("clients"), sources, r.get("connected"), f"{r.get('connects_per_second', 0):.0f}", r.get("replies"),
+                  r.get("errors"), per_client, us(r.get("p50_us", 0)), us(r.get("max_us", 0)),
+                  f"{r.get('bench_cpu_us_per_reply') or 0:.2f}"))
+table("Holding clients idle, then one message each (--once; a fresh server)",
+      ["clients", "source addresses", "connected", "connects/s", "replies", "errors", "server RSS bytes per client",
+       "p50 us", "max us", "bench us CPU per reply"], lines)
 PY

@@ -5,15 +5,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::error::ErrorKind;
-use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{Parser, ValueEnum};
 
-use duplex::bench::BenchConfig;
+use duplex::bench::{BenchConfig, SourceAddrs};
 use duplex::client::{ClientConfig, ClientTls, ConnectionConfig, SupervisorConfig, TlsError};
 use duplex::logging::LogFormat;
 use duplex::server::{RegistryConfig, ServerConfig, SessionConfig, TlsFiles, TrustedProxies};
 
+mod parse;
 mod values;
 
 use values::{
@@ -196,7 +195,8 @@ pub(crate) struct Cli {
     #[arg(long, default_value_t = 50, value_parser = positive_usize, help_heading = "Bench options")]
     clients: usize,
 
-    /// How long to measure, once every connection is greeted.
+    /// How long to measure, once every connection is greeted (less if every
+    /// connection is done sooner: with --once, answered; otherwise dropped).
     #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Bench options")]
     duration: Duration,
 
@@ -212,8 +212,10 @@ pub(crate) struct Cli {
 
     /// Offered load, in messages per second over all connections, released
     /// to them in turn (each still keeps at most --depth in flight), so that
-    /// servers can be compared under the very same load [default: send the
-    /// next message as soon as a reply comes back].
+    /// servers can be compared under the very same load; latency then counts
+    /// from when each message was due, however late a slow server let it be
+    /// written (the uncorrected figures are shown beside it) [default: send
+    /// the next message as soon as a reply comes back].
     #[arg(long, value_name = "N", value_parser = positive_rate, help_heading = "Bench options")]
     rate: Option<f64>,
 
@@ -221,6 +223,21 @@ pub(crate) struct Cli {
     /// measures holding capacity, not a SYN burst.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Bench options")]
     connect_rate: u32,
+
+    /// Every connection sends exactly one message once all are connected,
+    /// then holds on; the run ends when every reply is in (or at
+    /// --duration). Shows whether a server holding --clients connections
+    /// still answers every one. With --rate, the messages go out at that rate.
+    #[arg(long, conflicts_with = "depth", help_heading = "Bench options")]
+    once: bool,
+
+    /// Local addresses to connect from, in turn, each with its own range of
+    /// ephemeral ports (about 28 000), to open more connections than one
+    /// address can: addresses (IPv4 or IPv6) and IPv4 ranges, comma-separated,
+    /// such as 127.0.0.1-127.0.0.8 (all of 127/8 is local on Linux)
+    /// [default: the kernel's choice].
+    #[arg(long, value_name = "IP,...", value_parser = SourceAddrs::parse, help_heading = "Bench options")]
+    source_addrs: Option<SourceAddrs>,
 
     /// Print one JSON object instead of the text report.
     #[arg(long, help_heading = "Bench options")]
@@ -236,91 +253,7 @@ pub(crate) struct Cli {
 /// The heading of the TLS flags the client and the bench share.
 const TLS_HEADING: &str = "Client and bench TLS options";
 
-/// Whether `args` ask for `--log-format json` (looked at before they parse).
-fn wants_json_log(args: &[std::ffi::OsString]) -> bool {
-    args.iter().enumerate().any(|(i, arg)| {
-        arg == "--log-format=json"
-            || (arg == "--log-format" && args.get(i + 1).is_some_and(|v| v == "json"))
-    })
-}
-
-/// Each role's own flags are listed under a help heading, which is also
-/// how a flag given for the wrong role is recognised.
-const ROLE_HEADINGS: [(&[Role], &str); 4] = [
-    (&[Role::Server], "Server options"),
-    (&[Role::Client], "Client options"),
-    (&[Role::Bench], "Bench options"),
-    (&[Role::Client, Role::Bench], TLS_HEADING),
-];
-
 impl Cli {
-    /// Parses `args` (program name first); on error or `--help`, prints and
-    /// exits (code 2 for errors), as clap does.
-    pub(crate) fn parse_or_exit<I, T>(args: I) -> Cli
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-        Cli::try_parse_args(&args).unwrap_or_else(|e| {
-            // Asked for a JSON log, a usage error is a JSON line too.
-            if e.use_stderr() && wants_json_log(&args) {
-                let line = serde_json::json!({
-                    "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    "level": "ERROR",
-                    "target": "duplex::cli",
-                    "msg": e.render().to_string().trim_end(),
-                });
-                eprintln!("{line}");
-                std::process::exit(e.exit_code());
-            }
-            e.exit()
-        })
-    }
-
-    /// Parses `args`, rejecting flags given for the other role.
-    fn try_parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        let mut command = Cli::command();
-        let matches = command.try_get_matches_from_mut(args)?;
-        let cli = Cli::from_arg_matches(&matches)?;
-        let wrong_role = command.get_arguments().find_map(|arg| {
-            let heading = arg.get_help_heading()?;
-            let (owners, heading) = ROLE_HEADINGS.iter().find(|(_, h)| *h == heading)?;
-            let given =
-                matches.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine);
-            (given && !owners.contains(&cli.role))
-                .then(|| (arg.get_long().unwrap_or_default(), *heading))
-        });
-        if let (Some(max), true) = (cli.backoff_max, cli.role == Role::Client) {
-            if max < cli.backoff {
-                return Err(command.error(
-                    ErrorKind::ValueValidation,
-                    "--backoff-max must be at least --backoff",
-                ));
-            }
-        }
-        if let (Some(pid), Role::Bench) = (cli.server_pid, cli.role) {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                return Err(command.error(
-                    ErrorKind::ValueValidation,
-                    format!("--server-pid {pid}: no such process on this machine"),
-                ));
-            }
-        }
-        if let Some((flag, heading)) = wrong_role {
-            let options = heading.to_lowercase();
-            return Err(command.error(
-                ErrorKind::ArgumentConflict,
-                format!("--{flag} is one of the {options}; it has no effect with this --role"),
-            ));
-        }
-        Ok(cli)
-    }
-
     /// The address to listen on or connect to.
     pub(crate) fn addr(&self) -> &str {
         match (&self.addr, self.role) {
@@ -398,6 +331,8 @@ impl Cli {
             progress: !self.json,
             server_pid: self.server_pid,
             tls: self.client_tls()?,
+            once: self.once,
+            source_addrs: self.source_addrs.clone(),
         })
     }
 }
@@ -473,6 +408,27 @@ mod tests {
     }
 
     #[test]
+    fn the_bench_takes_once_and_source_addresses() {
+        let cli = parse(&[
+            "--role",
+            "bench",
+            "--once",
+            "--rate",
+            "100",
+            "--source-addrs",
+            "127.0.0.1-127.0.0.3,::1",
+        ])
+        .expect("valid");
+        let config = cli.bench_config().expect("no TLS to load");
+        assert!(config.once);
+        let sources = config.source_addrs.expect("given");
+        assert_eq!(sources.addrs().len(), 4);
+        let error = parse(&["--role", "bench", "--source-addrs", "127.0.0.1-::1"])
+            .expect_err("a range across families");
+        assert!(error.to_string().contains("IPv4 only"), "{error}");
+    }
+
+    #[test]
     fn bad_values_and_wrong_role_flags_are_usage_errors() {
         for args in [
             &["--role", "server", "--fragment-timeout", "soon"][..],
@@ -512,6 +468,12 @@ mod tests {
             ],
             &["--role", "client", "--reuse-port"],
             &["--role", "bench", "--server-pid", "4294967295"],
+            &["--role", "bench", "--once", "--depth", "2"],
+            &["--role", "server", "--once"],
+            &["--role", "bench", "--source-addrs", "127.0.0.8-127.0.0.1"],
+            &["--role", "bench", "--source-addrs", "localhost"],
+            &["--role", "bench", "--source-addrs", ""],
+            &["--role", "client", "--source-addrs", "127.0.0.1"],
         ] {
             let error = parse(args).expect_err("rejected");
             assert_eq!(error.exit_code(), 2, "{args:?}: {error}");

@@ -3,15 +3,17 @@
 
 mod common;
 
+use std::net::IpAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
+use async_std::channel::Receiver;
 use async_std::net::TcpListener;
-use async_std::task::spawn;
+use async_std::task::{sleep, spawn};
 use common::certs::{Leaf, TestCa};
 use common::process::{duplex, signal, start_server, wait_with_timeout};
 use common::{PATIENCE, TestServer, quick_config, within};
-use duplex::bench::{self, BenchConfig};
+use duplex::bench::{self, BenchConfig, LatencyFrom, SourceAddrs};
 use duplex::client::ClientTls;
 use duplex::server::ServerConfig;
 use duplex::shutdown::Shutdown;
@@ -44,7 +46,14 @@ async fn measures_a_duplex_server_with_every_reply_checked() {
     assert_eq!(report.connected, 5);
     assert_eq!(report.errors(), 0, "{report}");
     assert!(report.replies > 0);
-    assert!(report.p50_us > 0.0 && report.p50_us <= report.p99_us);
+    let latency = report.latency;
+    assert!(
+        latency.p50_us > 0.0 && latency.p50_us <= latency.p90_us,
+        "{report}"
+    );
+    assert!(latency.p90_us <= latency.p99_us && latency.p99_us <= latency.max_us);
+    assert_eq!(report.latency_from, bench::LatencyFrom::SendTime);
+    assert!(report.sent_latency.is_none(), "closed loop: one measure");
     // Every reply the server sent was counted by the bench.
     let totals = server.registry.snapshot().await.totals;
     assert!(totals.messages_out >= report.replies);
@@ -111,48 +120,249 @@ async fn a_paced_run_offers_its_rate_and_no_more() {
 
 /// A server that greets, then answers each line with `reply(line)`.
 async fn fake_server(reply: fn(&[u8]) -> Vec<u8>) -> std::net::SocketAddr {
-    fake_server_per(1, reply).await
+    FakeServer::new(reply).start().await.0
 }
 
 /// A server that greets, then reads `lines` lines at a time and answers them
 /// with one `reply(lines)` (without the last newline).
 async fn fake_server_per(lines: usize, reply: fn(&[u8]) -> Vec<u8>) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("bound");
-    spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            spawn(async move {
-                let mut reader = BufReader::new(stream.clone());
-                let mut writer = stream;
-                writer.write_all(b"Hello\n").await.ok()?;
-                let mut read = Vec::new();
-                loop {
-                    read.clear();
-                    for _ in 0..lines {
-                        if reader.read_until(b'\n', &mut read).await.ok()? == 0 {
+    FakeServer {
+        lines,
+        ..FakeServer::new(reply)
+    }
+    .start()
+    .await
+    .0
+}
+
+/// The fake servers' parts.
+struct FakeServer {
+    /// Lines read for each reply.
+    lines: usize,
+    reply: fn(&[u8]) -> Vec<u8>,
+    /// On every connection, once, after answering this many replies, stop
+    /// reading (and so answering) for this long.
+    stall: Option<(usize, Duration)>,
+    /// Close each connection after this many replies.
+    close_after: Option<usize>,
+}
+
+/// A duplex-style reply to one line.
+fn echo(line: &[u8]) -> Vec<u8> {
+    let mut reply = b"1:2:3 - server reply: ".to_vec();
+    reply.extend_from_slice(line);
+    reply.push(b'\n');
+    reply
+}
+
+impl FakeServer {
+    fn new(reply: fn(&[u8]) -> Vec<u8>) -> FakeServer {
+        FakeServer {
+            lines: 1,
+            reply,
+            stall: None,
+            close_after: None,
+        }
+    }
+
+    /// Listens on a loopback port; also returns every peer's address as it
+    /// connects.
+    async fn start(self) -> (std::net::SocketAddr, Receiver<std::net::SocketAddr>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        let (peers, seen) = async_std::channel::unbounded(); // a test's few peers
+        let FakeServer {
+            lines,
+            reply,
+            stall,
+            close_after,
+        } = self;
+        spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                // The test may not be listening.
+                let _ = peers.try_send(peer);
+                spawn(async move {
+                    let mut reader = BufReader::new(stream.clone());
+                    let mut writer = stream;
+                    writer.write_all(b"Hello\n").await.ok()?;
+                    let mut read = Vec::new();
+                    for replies in 1.. {
+                        read.clear();
+                        for _ in 0..lines {
+                            if reader.read_until(b'\n', &mut read).await.ok()? == 0 {
+                                return Some(());
+                            }
+                        }
+                        read.pop();
+                        writer.write_all(&reply(&read)).await.ok()?;
+                        match stall {
+                            Some((after, pause)) if after == replies => sleep(pause).await,
+                            _ => {}
+                        }
+                        if close_after == Some(replies) {
                             return Some(());
                         }
                     }
-                    read.pop();
-                    writer.write_all(&reply(&read)).await.ok()?;
-                }
-            });
-        }
-    });
-    addr
+                    Some(())
+                });
+            }
+        });
+        (addr, seen)
+    }
+}
+
+#[async_std::test]
+async fn a_paced_run_measures_from_the_due_time_so_a_stall_shows_in_its_p99() {
+    // Each connection stalls for 200 ms once, after its 40th reply (about
+    // 200 ms into the run, at 200 messages/s each).
+    let stall = Duration::from_millis(200);
+    let (addr, _) = FakeServer {
+        stall: Some((40, stall)),
+        ..FakeServer::new(echo)
+    }
+    .start()
+    .await;
+    let report = run(BenchConfig {
+        rate: Some(400.0),
+        duration: Duration::from_secs(1),
+        ..config(addr, 2, 1, 16)
+    })
+    .await;
+    assert_eq!(report.errors(), 0, "{report}");
+    assert_eq!(report.latency_from, LatencyFrom::DueTime);
+    let corrected = report.latency;
+    let sent = report.sent_latency.expect("a paced run reports both");
+    // Every message due in the stall's first 100 ms (about 40 of the run's
+    // 400: a tenth) waits at least its last 100 ms for its reply, however
+    // late it was written.
+    assert!(corrected.p99_us >= 100_000.0, "{report}");
+    // Measured from the write, only the one message in flight on each
+    // connection when it stalled sees it: the stall is in the max...
+    assert!(sent.max_us >= 100_000.0, "{report}");
+    // ...and a message is never written before it is due, so the
+    // uncorrected figures can only be lower.
+    for (from_write, from_due) in [
+        (sent.p50_us, corrected.p50_us),
+        (sent.p90_us, corrected.p90_us),
+        (sent.p99_us, corrected.p99_us),
+        (sent.max_us, corrected.max_us),
+    ] {
+        assert!(from_write <= from_due, "{report}");
+    }
+    let text = report.to_string();
+    assert!(
+        text.contains("from due time (corrected for coordinated omission)"),
+        "{text}"
+    );
+    assert!(text.contains("  from send  p50 "), "{text}");
+    let json = report.to_json();
+    assert_eq!(
+        json["latency_from"],
+        "due time (corrected for coordinated omission)"
+    );
+    assert_eq!(json["sent_p99_us"], sent.p99_us);
+}
+
+#[async_std::test]
+async fn connections_come_from_every_source_address_in_turn() {
+    let (addr, seen) = FakeServer::new(echo).start().await;
+    let sources = SourceAddrs::parse("127.0.0.1,127.0.0.2").expect("valid");
+    let report = run(BenchConfig {
+        source_addrs: Some(sources),
+        ..config(addr, 6, 1, 16)
+    })
+    .await;
+    assert_eq!((report.connected, report.errors()), (6, 0), "{report}");
+    assert!(report.replies > 0, "{report}");
+    // The server saw three peers from each address...
+    let mut peers = std::collections::BTreeMap::new();
+    while let Ok(peer) = seen.try_recv() {
+        *peers.entry(peer.ip()).or_insert(0u64) += 1;
+    }
+    let one: IpAddr = "127.0.0.1".parse().expect("ip");
+    let two: IpAddr = "127.0.0.2".parse().expect("ip");
+    assert_eq!(peers, [(one, 3), (two, 3)].into(), "{report}");
+    // ...and the report counts the same, adding up to every connection.
+    assert_eq!(report.source_addrs, peers, "{report}");
+    let counted: u64 = report.source_addrs.values().sum();
+    assert_eq!(counted, report.connected as u64);
+    let text = report.to_string();
+    assert!(
+        text.contains("from         127.0.0.1 3, 127.0.0.2 3 (connections per source address)"),
+        "{text}"
+    );
+    assert_eq!(report.to_json()["source_addrs"]["127.0.0.2"], 3);
+}
+
+#[async_std::test]
+async fn a_source_address_of_the_other_family_is_refused_before_any_connect() {
+    let (addr, seen) = FakeServer::new(echo).start().await;
+    let config = BenchConfig {
+        source_addrs: Some(SourceAddrs::parse("127.0.0.1,::1").expect("valid")),
+        ..config(addr, 2, 1, 16)
+    };
+    let error = within(PATIENCE, bench::run(config, Shutdown::never()))
+        .await
+        .expect("in time")
+        .expect_err("::1 cannot reach 127.0.0.1");
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(error.to_string().contains("source address ::1"), "{error}");
+    assert!(seen.try_recv().is_err(), "nothing connected");
+}
+
+#[async_std::test]
+async fn once_every_connection_sends_one_message_and_the_run_ends_with_the_last_reply() {
+    let server = TestServer::start(quick_config()).await;
+    let clients = 20;
+    let report = run(BenchConfig {
+        once: true,
+        // Far longer than the run takes: it ends when the replies are in.
+        duration: PATIENCE,
+        ..config(server.addr, clients, 1, 16)
+    })
+    .await;
+    assert_eq!(report.connected, clients, "{report}");
+    assert_eq!(
+        (report.replies, report.errors()),
+        (clients as u64, 0),
+        "{report}"
+    );
+    assert!(report.seconds < PATIENCE.as_secs_f64() / 2.0, "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("once         one message per connection: 20 of 20 answered"),
+        "{report}"
+    );
+    // Exactly one message each reached the server.
+    let totals = server.registry.snapshot().await.totals;
+    assert_eq!(totals.messages_in, clients as u64);
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn a_run_whose_every_connection_is_dropped_ends_then() {
+    // A server that closes every connection after its third reply.
+    let (addr, _) = FakeServer {
+        close_after: Some(3),
+        ..FakeServer::new(echo)
+    }
+    .start()
+    .await;
+    let report = run(BenchConfig {
+        duration: PATIENCE,
+        ..config(addr, 2, 1, 16)
+    })
+    .await;
+    assert_eq!((report.disconnects, report.replies), (2, 6), "{report}");
+    assert!(report.seconds < PATIENCE.as_secs_f64() / 2.0, "{report}");
 }
 
 #[async_std::test]
 async fn a_server_that_answers_per_read_is_named_not_counted_as_wrong() {
     // As the original Node server: one reply per chunk read, echoing the
     // chunk (here two pipelined messages).
-    let addr = fake_server_per(2, |read| {
-        let mut reply = b"1:2:3 - server reply: ".to_vec();
-        reply.extend_from_slice(read);
-        reply.extend_from_slice(b"\n");
-        reply
-    })
-    .await;
+    let addr = fake_server_per(2, echo).await;
     let report = run(config(addr, 2, 2, 16)).await;
     assert_eq!(report.errors(), 0, "{report}");
     assert!(
@@ -225,6 +435,7 @@ fn the_bench_role_prints_one_json_summary_and_reports_server_memory() {
             &pid,
         ])
         .args(["--clients", "4", "--duration", "300ms", "--depth", "2"])
+        .args(["--source-addrs", "127.0.0.1-127.0.0.2"])
         .stderr(Stdio::null())
         .output()
         .expect("run bench");
@@ -241,6 +452,17 @@ fn the_bench_role_prints_one_json_summary_and_reports_server_memory() {
             .as_f64()
             .expect("server CPU")
             > 0.0
+    );
+    assert!(report["bench_cpu_us_per_reply"].as_f64().expect("own CPU") > 0.0);
+    // Latency percentiles, p90 among them, and what they count from.
+    let us = |key: &str| report[key].as_f64().expect(key);
+    assert!(us("p50_us") <= us("p90_us") && us("p90_us") <= us("p99_us"));
+    assert_eq!(report["latency_from"], "send time (closed loop)");
+    assert!(report["sent_p99_us"].is_null(), "closed loop: one measure");
+    // Two connections from each source address.
+    assert_eq!(
+        report["source_addrs"],
+        serde_json::json!({"127.0.0.1": 2, "127.0.0.2": 2})
     );
     // One figure per CPU the machine has online, each a percentage.
     // SAFETY: sysconf has no preconditions.

@@ -5,26 +5,34 @@
 //! then keeps `depth` messages of `size` bytes in flight on each connection for
 //! `duration`: as fast as replies come back (closed loop), or, with `rate`, at
 //! a fixed offered load, so that what a reply costs the server can be compared
-//! between servers under the very same load. Every reply is checked against
-//! the message it should echo (replies come in order, so against the oldest
-//! one in flight); mismatches, failed connects and dropped connections are
-//! counted and reported. It also reports how busy each CPU was, and with a
-//! server PID, the server's CPU time per reply. Works against any server
-//! speaking the protocol, including the original Node server (empty lines,
-//! which it adds after each reply, are skipped).
+//! between servers under the very same load. With `once`, every connection
+//! sends one message instead, and the run ends when every reply is in. Every
+//! reply is checked against the message it should echo (replies come in
+//! order, so against the oldest one in flight); mismatches, failed connects
+//! and dropped connections are counted and reported. Latency is measured from
+//! when each message was due (with `rate`; not from its write, which a
+//! stalled server delays) and kept in histograms, in bounded memory. It also
+//! reports how busy each CPU was, its own CPU time per reply, and with a
+//! server PID, the server's. Works against any server speaking the protocol,
+//! including the original Node server (empty lines, which it adds after each
+//! reply, are skipped).
 //!
 //! This is a measuring tool, not part of the actor system: each connection is
 //! a plain task (a [`worker`]), started here and merged here at the end; the
-//! [`pacer`] releases messages for `--rate`; [`process`] reads `/proc`;
-//! [`report`] prints the result.
+//! [`pacer`] releases messages for `--rate`; [`latency`] keeps the
+//! histograms; [`source`] connects from `--source-addrs`; [`process`] reads
+//! `/proc`; [`report`] prints the result.
 
+mod latency;
 mod pacer;
 mod process;
 mod report;
+mod source;
 mod worker;
 
+use std::collections::BTreeMap;
 use std::io::{self, IsTerminal};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,13 +43,15 @@ use futures::{FutureExt, select_biased};
 use crate::rt::{self, bounded, sleep, spawn};
 use crate::shutdown::{self, Shutdown};
 use crate::tls::ClientTls;
-use pacer::{Credits, release};
+use latency::Recorder;
+use pacer::{Credits, Schedule, release};
 use process::{cpu_busy_pct, cpu_idle_ticks, process_cpu_ns};
-use report::percentile_us;
-use worker::Worker;
+use worker::{Greeted, Worker};
 
+pub use latency::Percentiles;
 pub use process::rss_kib;
-pub use report::BenchReport;
+pub use report::{BenchReport, LatencyFrom};
+pub use source::SourceAddrs;
 
 /// Everything a benchmark run is tuned with; [`BenchConfig::new`] gives the
 /// CLI's defaults.
@@ -71,6 +81,13 @@ pub struct BenchConfig {
     pub server_pid: Option<u32>,
     /// Set: every connection speaks TLS (`--tls`, `--tls-ca`).
     pub tls: Option<ClientTls>,
+    /// Every connection sends exactly one message, once all are connected,
+    /// and the run ends when every reply is in (or at `duration`);
+    /// `depth` is then 1 (`--once`).
+    pub once: bool,
+    /// Local addresses to connect from, round robin; `None` leaves the
+    /// choice to the kernel (`--source-addrs`).
+    pub source_addrs: Option<SourceAddrs>,
 }
 
 impl BenchConfig {
@@ -87,6 +104,8 @@ impl BenchConfig {
             progress: true,
             server_pid: None,
             tls: None,
+            once: false,
+            source_addrs: None,
         }
     }
 }
@@ -94,13 +113,24 @@ impl BenchConfig {
 /// Runs the benchmark; stops early if `interrupt` fires.
 pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchReport> {
     let addr = resolve(&config.addr).await?;
+    if let Some(ip) = (config.source_addrs.as_ref()).and_then(|sources| sources.mismatch(addr)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "source address {ip} cannot reach {addr}: {} resolved to an address of the other family",
+                config.addr
+            ),
+        ));
+    }
     let rss_before = config.server_pid.and_then(rss_kib);
     let server_cpu_at_start = config.server_pid.and_then(process_cpu_ns);
-    let (open_start, start) = oneshot::channel::<()>();
+    let (open_start, start) = oneshot::channel::<Instant>();
     let start = start.shared();
     let (stop_trigger, stop) = shutdown::channel();
     let (ready_sender, ready) = bounded(config.clients.max(1));
+    let (finished_sender, finished) = bounded(config.clients.max(1));
     let replies = Arc::new(AtomicU64::new(0));
+    let latencies = Recorder::new();
     let config = Arc::new(config);
     let pace = Duration::from_secs_f64(1.0 / f64::from(config.connect_rate.max(1)));
     let credits: Vec<Arc<Credits>> = match config.rate {
@@ -118,26 +148,22 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
         let due = started + pace * id as u32;
         sleep(due.saturating_duration_since(Instant::now())).await;
         let worker = Worker {
+            id,
             credits: credits.get(id).cloned(),
+            source: (config.source_addrs.as_ref()).and_then(|s| s.for_connection(id)),
             prefix: format!("{id:x}-"),
             config: config.clone(),
             replies: replies.clone(),
+            latencies: latencies.clone(),
+            finished: finished_sender.clone(),
         };
         let ready = ready_sender.clone();
         tasks.push(spawn(worker.run(addr, ready, start.clone(), stop.clone())));
     }
-    drop(ready_sender);
-    let mut connected = 0;
-    let mut connect_failures = 0;
-    let mut connect_errors = std::collections::BTreeMap::new();
+    drop((ready_sender, finished_sender));
+    let mut connects = Connects::default();
     while let Ok(greeted) = ready.recv().await {
-        match greeted {
-            Ok(()) => connected += 1,
-            Err(reason) => {
-                connect_failures += 1;
-                *connect_errors.entry(reason).or_insert(0) += 1;
-            }
-        }
+        connects.count(greeted);
     }
     let connect_seconds = started.elapsed().as_secs_f64();
     let server_connect_cpu_ns = server_cpu_at_start
@@ -151,24 +177,34 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
         .flatten();
     let cpu_before = cpu_idle_ticks();
     let server_cpu_before = config.server_pid.and_then(process_cpu_ns);
-    // Every worker waits on the gate; none has gone away without answering.
-    let _ = open_start.send(());
+    let bench_cpu_before = process_cpu_ns(std::process::id());
     let measuring = Instant::now();
-    let pacer = config
-        .rate
-        .map(|rate| spawn(release(credits, rate, measuring, stop.clone())));
+    // Every worker waits on the gate; none has gone away without answering.
+    let _ = open_start.send(measuring);
+    let pacer = config.rate.map(|rate| {
+        let schedule = Schedule::new(measuring, rate, config.clients);
+        spawn(release(credits, schedule, stop.clone()))
+    });
     let deadline = measuring + config.duration;
-    while Instant::now() < deadline && !interrupt.is_triggered() {
-        let tick = Duration::from_millis(100).min(deadline - Instant::now());
+    // Every connection done (with --once, answered; otherwise dropped): no
+    // more to measure.
+    let mut done = 0;
+    while Instant::now() < deadline && !interrupt.is_triggered() && done < connects.connected {
+        let tick = PROGRESS_TICK.min(deadline - Instant::now());
         select_biased! {
             _ = interrupt.wait().fuse() => {}
+            one = finished.recv().fuse() => match one {
+                Ok(()) => done += 1,
+                // Every worker has returned: each told first.
+                Err(_) => done = connects.connected,
+            },
             _ = sleep(tick).fuse() => {}
         }
         if let Some(bar) = &progress {
-            let done = replies.load(Ordering::Relaxed);
-            let rate = done as f64 / measuring.elapsed().as_secs_f64();
+            let replied = replies.load(Ordering::Relaxed);
+            let rate = replied as f64 / measuring.elapsed().as_secs_f64();
             bar.set_position(measuring.elapsed().as_millis() as u64);
-            bar.set_message(format!("{done} replies, {rate:.0}/s"));
+            bar.set_message(format!("{replied} replies, {rate:.0}/s"));
         }
     }
     stop_trigger.trigger();
@@ -177,21 +213,27 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
     }
     let seconds = measuring.elapsed().as_secs_f64();
     let cpu_busy_pct = cpu_busy_pct(&cpu_before, &cpu_idle_ticks(), measuring.elapsed());
-    let server_cpu_ns = server_cpu_before
-        .zip(config.server_pid.and_then(process_cpu_ns))
-        .map(|(before, after)| after.saturating_sub(before));
+    let cpu_since = |pid: Option<u32>, before: Option<u64>| {
+        before
+            .zip(pid.and_then(process_cpu_ns))
+            .map(|(before, after)| after.saturating_sub(before))
+    };
+    let server_cpu_ns = cpu_since(config.server_pid, server_cpu_before);
+    let bench_cpu_ns = cpu_since(Some(std::process::id()), bench_cpu_before);
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
 
-    let mut latencies = Vec::new();
+    let connected = connects.connected;
     let mut report = BenchReport {
         clients: config.clients,
         depth: config.depth,
         size: config.size,
+        once: config.once,
         connected,
-        connect_failures,
-        connect_errors,
+        connect_failures: connects.failures,
+        connect_errors: connects.errors,
+        source_addrs: connects.per_source,
         connect_seconds,
         server_cpu_us_per_connect: server_connect_cpu_ns
             .filter(|_| connected > 0)
@@ -205,22 +247,61 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
     };
     for task in tasks {
         let result = task.await;
+        report.replies += result.replies;
         report.mismatches += result.mismatches;
         report.merged += result.merged;
         report.disconnects += u64::from(result.disconnected);
-        latencies.extend(result.latencies_ns);
     }
-    report.replies = latencies.len() as u64;
-    report.rate = report.replies as f64 / seconds;
-    report.server_cpu_us_per_reply = server_cpu_ns
-        .filter(|_| report.replies > 0)
-        .map(|ns| ns as f64 / 1000.0 / report.replies as f64);
-    latencies.sort_unstable();
-    report.p50_us = percentile_us(&latencies, 50.0);
-    report.p99_us = percentile_us(&latencies, 99.0);
-    report.p999_us = percentile_us(&latencies, 99.9);
-    report.max_us = percentile_us(&latencies, 100.0);
+    report.rate = if seconds > 0.0 {
+        report.replies as f64 / seconds
+    } else {
+        0.0
+    };
+    let per_reply = |ns: Option<u64>| {
+        ns.filter(|_| report.replies > 0)
+            .map(|ns| ns as f64 / 1000.0 / report.replies as f64)
+    };
+    report.server_cpu_us_per_reply = per_reply(server_cpu_ns);
+    report.bench_cpu_us_per_reply = per_reply(bench_cpu_ns);
+    // Every worker is joined, so every batch is in.
+    let histograms = latencies.into_histograms();
+    report.latency = Percentiles::of(&histograms.from_due);
+    if config.rate.is_some() {
+        report.latency_from = LatencyFrom::DueTime;
+        report.sent_latency = Some(Percentiles::of(&histograms.from_write));
+    }
     Ok(report)
+}
+
+/// How often the progress bar moves.
+const PROGRESS_TICK: Duration = Duration::from_millis(100);
+
+/// How the connects went.
+#[derive(Default)]
+struct Connects {
+    connected: usize,
+    failures: u64,
+    /// Each reason a connect failed, and how many times.
+    errors: BTreeMap<String, u64>,
+    /// With `--source-addrs`: greeted connections from each address.
+    per_source: BTreeMap<IpAddr, u64>,
+}
+
+impl Connects {
+    fn count(&mut self, greeted: Greeted) {
+        match greeted.result {
+            Ok(()) => {
+                self.connected += 1;
+                if let Some(source) = greeted.source {
+                    *self.per_source.entry(source).or_insert(0) += 1;
+                }
+            }
+            Err(reason) => {
+                self.failures += 1;
+                *self.errors.entry(reason).or_insert(0) += 1;
+            }
+        }
+    }
 }
 
 async fn resolve(addr: &str) -> io::Result<SocketAddr> {

@@ -1,5 +1,33 @@
 //! What a benchmark run measured, as text for people and JSON for scripts.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use super::latency::Percentiles;
+
+/// What a run's latency is measured from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LatencyFrom {
+    /// From each message's write: a closed loop, where the next message is
+    /// written when a reply frees its slot.
+    #[default]
+    SendTime,
+    /// From when each message was due by the `--rate` schedule, whenever it
+    /// was written: a message a stalled server kept the bench from writing
+    /// counts its wait, as wrk2 and tcpkali measure.
+    DueTime,
+}
+
+impl LatencyFrom {
+    /// In words, as the report prints it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            LatencyFrom::SendTime => "send time (closed loop)",
+            LatencyFrom::DueTime => "due time (corrected for coordinated omission)",
+        }
+    }
+}
+
 /// What a run measured.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BenchReport {
@@ -9,6 +37,8 @@ pub struct BenchReport {
     pub depth: usize,
     /// Bytes per message (`--size`).
     pub size: usize,
+    /// Whether every connection sent just one message (`--once`).
+    pub once: bool,
     /// Connections that were greeted.
     pub connected: usize,
     /// Connections that failed to connect or be greeted in time.
@@ -16,6 +46,9 @@ pub struct BenchReport {
     /// Why they failed: each reason (refused, timed out, a TLS failure...)
     /// and how many.
     pub connect_errors: std::collections::BTreeMap<String, u64>,
+    /// With `--source-addrs`: how many greeted connections came from each
+    /// local address.
+    pub source_addrs: BTreeMap<IpAddr, u64>,
     /// From the first connect to the last greeting (or failure), in seconds.
     pub connect_seconds: f64,
     /// Server CPU time per greeted connection while connecting, in
@@ -38,14 +71,14 @@ pub struct BenchReport {
     pub seconds: f64,
     /// Replies per second.
     pub rate: f64,
-    /// Median latency, from a message's write to its reply, in microseconds.
-    pub p50_us: f64,
-    /// 99th percentile latency, in microseconds.
-    pub p99_us: f64,
-    /// 99.9th percentile latency, in microseconds.
-    pub p999_us: f64,
-    /// Highest latency, in microseconds.
-    pub max_us: f64,
+    /// Latency, from what [`latency_from`](Self::latency_from) says to the
+    /// reply.
+    pub latency: Percentiles,
+    /// What `latency` counts from.
+    pub latency_from: LatencyFrom,
+    /// With `--rate`: latency from each message's write instead, not
+    /// corrected for coordinated omission (never above `latency`).
+    pub sent_latency: Option<Percentiles>,
     /// Server RSS before connecting and with every client connected, in KiB.
     pub server_rss_kib: Option<(u64, u64)>,
     /// The offered load, if paced.
@@ -58,6 +91,10 @@ pub struct BenchReport {
     /// microseconds (with `server_pid`, Linux only). Interrupt-time network
     /// work done on its behalf is not in it.
     pub server_cpu_us_per_reply: Option<f64>,
+    /// CPU time this process (the bench) ran per reply while measuring, in
+    /// microseconds (Linux only): a bench that costs more than the server
+    /// it loads may be what limits the run.
+    pub bench_cpu_us_per_reply: Option<f64>,
 }
 
 impl BenchReport {
@@ -79,11 +116,17 @@ impl BenchReport {
     /// One JSON object, for scripts.
     pub fn to_json(&self) -> serde_json::Value {
         let (rss_before, rss_connected) = self.server_rss_kib.unzip();
+        let sent = |us: fn(&Percentiles) -> f64| self.sent_latency.as_ref().map(us);
+        let sources: serde_json::Map<String, serde_json::Value> = (self.source_addrs.iter())
+            .map(|(ip, n)| (ip.to_string(), (*n).into()))
+            .collect();
         serde_json::json!({
             "clients": self.clients,
             "depth": self.depth,
             "size": self.size,
+            "once": self.once,
             "connected": self.connected,
+            "source_addrs": sources,
             "connect_seconds": self.connect_seconds,
             "connects_per_second": self.connects_per_second(),
             "server_cpu_us_per_connect": self.server_cpu_us_per_connect,
@@ -91,10 +134,17 @@ impl BenchReport {
             "seconds": self.seconds,
             "replies": self.replies,
             "rate": self.rate,
-            "p50_us": self.p50_us,
-            "p99_us": self.p99_us,
-            "p999_us": self.p999_us,
-            "max_us": self.max_us,
+            "latency_from": self.latency_from.describe(),
+            "p50_us": self.latency.p50_us,
+            "p90_us": self.latency.p90_us,
+            "p99_us": self.latency.p99_us,
+            "p999_us": self.latency.p999_us,
+            "max_us": self.latency.max_us,
+            "sent_p50_us": sent(|p| p.p50_us),
+            "sent_p90_us": sent(|p| p.p90_us),
+            "sent_p99_us": sent(|p| p.p99_us),
+            "sent_p999_us": sent(|p| p.p999_us),
+            "sent_max_us": sent(|p| p.max_us),
             "errors": self.errors(),
             "mismatches": self.mismatches,
             "merged": self.merged,
@@ -106,6 +156,7 @@ impl BenchReport {
             "offered_rate": self.offered_rate,
             "cpu_busy_pct": self.cpu_busy_pct,
             "server_cpu_us_per_reply": self.server_cpu_us_per_reply,
+            "bench_cpu_us_per_reply": self.bench_cpu_us_per_reply,
         })
     }
 }
@@ -133,6 +184,23 @@ impl std::fmt::Display for BenchReport {
             Some(us) => writeln!(f, ", server {us:.0} us CPU each")?,
             None => writeln!(f)?,
         }
+        if !self.source_addrs.is_empty() {
+            let each: Vec<String> = (self.source_addrs.iter())
+                .map(|(ip, n)| format!("{ip} {n}"))
+                .collect();
+            writeln!(
+                f,
+                "from         {} (connections per source address)",
+                each.join(", ")
+            )?;
+        }
+        if self.once {
+            writeln!(
+                f,
+                "once         one message per connection: {} of {} answered",
+                self.replies, self.connected
+            )?;
+        }
         write!(f, "replies      {} ({:.0}/s)", self.replies, self.rate)?;
         match self.offered_rate {
             Some(offered) => writeln!(f, ", {offered:.0}/s offered")?,
@@ -141,11 +209,15 @@ impl std::fmt::Display for BenchReport {
         if self.replies == 0 {
             writeln!(f, "latency      no replies")?;
         } else {
+            let from = self.latency_from.describe();
             writeln!(
                 f,
-                "latency      p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
-                self.p50_us, self.p99_us, self.p999_us, self.max_us
+                "latency      {}, from {from}",
+                percentiles(&self.latency)
             )?;
+            if let Some(sent) = &self.sent_latency {
+                writeln!(f, "  from send  {}, uncorrected", percentiles(sent))?;
+            }
         }
         if self.merged > 0 {
             writeln!(
@@ -173,6 +245,9 @@ impl std::fmt::Display for BenchReport {
         if let Some(us) = self.server_cpu_us_per_reply {
             writeln!(f, "server CPU   {us:.2} us per reply")?;
         }
+        if let Some(us) = self.bench_cpu_us_per_reply {
+            writeln!(f, "bench CPU    {us:.2} us per reply (this process)")?;
+        }
         write!(
             f,
             "errors       {} ({} mismatches, {} failed connects, {} dropped connections)",
@@ -188,12 +263,10 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
-/// The `p`th percentile (nearest rank) of sorted nanosecond samples, in
-/// microseconds; 0 when there are none.
-pub(super) fn percentile_us(sorted_ns: &[u64], p: f64) -> f64 {
-    if sorted_ns.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted_ns.len() as f64).ceil() as usize;
-    sorted_ns[rank.clamp(1, sorted_ns.len()) - 1] as f64 / 1000.0
+/// `p50 12 us, p90 …, max 40 us`.
+fn percentiles(p: &Percentiles) -> String {
+    format!(
+        "p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us",
+        p.p50_us, p.p90_us, p.p99_us, p.p999_us, p.max_us
+    )
 }

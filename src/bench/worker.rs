@@ -1,10 +1,11 @@
-//! One benchmark connection: connect, wait for the greeting, then keep
-//! `--depth` messages in flight and check every reply against the message it
+//! One benchmark connection: connect (from its `--source-addrs` address, if
+//! any), wait for the greeting, then keep `--depth` messages in flight (or,
+//! with `--once`, send one) and check every reply against the message it
 //! should echo (replies come in order, so against the oldest one in flight).
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +15,9 @@ use futures::future::Shared;
 use futures::{FutureExt, select_biased};
 
 use super::BenchConfig;
-use super::pacer::Credits;
+use super::latency::{Batch, Recorder};
+use super::pacer::{Credits, Schedule};
+use super::source::connect_from;
 use crate::net::LineSocket;
 use crate::rt::{Sender, within};
 use crate::shutdown::Shutdown;
@@ -24,13 +27,23 @@ use crate::wire;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens once, for every worker at the same moment: the start of the
-/// measurement, when every connection has been greeted (or failed).
-pub(super) type StartGate = Shared<futures::channel::oneshot::Receiver<()>>;
+/// measurement, when every connection has been greeted (or failed). It
+/// carries that moment, which a paced run's schedule counts from.
+pub(super) type StartGate = Shared<futures::channel::oneshot::Receiver<Instant>>;
 
-/// What one connection measured.
+/// How a connection's attempt to connect and be greeted ended: from which
+/// source address, and the reason if it failed.
+pub(super) struct Greeted {
+    pub(super) source: Option<IpAddr>,
+    pub(super) result: Result<(), String>,
+}
+
+/// What one connection measured (its latencies went to the run's
+/// [`Recorder`]).
 #[derive(Default)]
 pub(super) struct WorkerResult {
-    pub(super) latencies_ns: Vec<u64>,
+    /// Correct replies.
+    pub(super) replies: u64,
     pub(super) mismatches: u64,
     /// Messages answered inside the reply to an earlier one.
     pub(super) merged: u64,
@@ -39,13 +52,40 @@ pub(super) struct WorkerResult {
 
 /// One benchmark connection's task.
 pub(super) struct Worker {
+    /// Which connection of the run (its turn in the pacer's round robin).
+    pub(super) id: usize,
     /// With `--rate`: the messages the pacer has released to this connection.
     pub(super) credits: Option<Arc<Credits>>,
+    /// With `--source-addrs`: the local address to connect from.
+    pub(super) source: Option<IpAddr>,
     /// `<id hex>-`, the start of every message on this connection.
     pub(super) prefix: String,
     pub(super) config: Arc<BenchConfig>,
     /// Replies so far, over every connection, for the progress bar.
     pub(super) replies: Arc<AtomicU64>,
+    /// Where this connection's latencies go.
+    pub(super) latencies: Arc<Recorder>,
+    /// Told once this connection has done what it came to do: with `--once`,
+    /// had its reply; otherwise, been dropped. Capacity for every worker,
+    /// and each sends at most once, so the send never waits.
+    pub(super) finished: Sender<()>,
+}
+
+/// A connection's exchange of messages: what it may send, what is in
+/// flight, and what it measured.
+struct Exchange {
+    /// Messages in flight at most.
+    depth: usize,
+    /// Messages to send at most (1 with `--once`).
+    limit: u64,
+    /// With `--rate`: when each message is due.
+    schedule: Option<Schedule>,
+    /// Messages written and not yet answered: sequence number, write time.
+    in_flight: VecDeque<(u64, Instant)>,
+    /// The next message's sequence number (messages sent so far).
+    next_seq: u64,
+    result: WorkerResult,
+    latencies: Batch,
 }
 
 impl Worker {
@@ -54,13 +94,17 @@ impl Worker {
     pub(super) async fn run(
         self,
         addr: SocketAddr,
-        ready: Sender<Result<(), String>>,
+        ready: Sender<Greeted>,
         start: StartGate,
         stop: Shutdown,
     ) -> WorkerResult {
         let max_line = self.config.size + 256;
         let connected = within(CONNECT_TIMEOUT, async {
-            let connect = LineSocket::connect(addr, max_line).await;
+            let connect = match self.source {
+                Some(source) => (connect_from(addr, source).await)
+                    .map(|socket| LineSocket::new(socket, max_line)),
+                None => LineSocket::connect(addr, max_line).await,
+            };
             let mut socket = connect.map_err(|e| e.to_string())?;
             if let Some(tls) = &self.config.tls {
                 let shaken = Box::pin(socket.connect_tls(tls)).await;
@@ -70,67 +114,113 @@ impl Worker {
             Ok::<_, String>(socket)
         })
         .await;
+        let source = self.source;
         let mut socket = match connected.unwrap_or_else(|| Err("timed out".to_owned())) {
             Ok(socket) => socket,
             Err(reason) => {
                 // The coordinator counts every answer; it only stops listening
                 // once all senders are gone.
-                let _ = ready.send(Err(reason)).await;
+                let _ = ready
+                    .send(Greeted {
+                        source,
+                        result: Err(reason),
+                    })
+                    .await;
                 return WorkerResult::default();
             }
         };
         // As above: an answer nobody waits for any more needs no handling.
-        let _ = ready.send(Ok(())).await;
+        let _ = ready
+            .send(Greeted {
+                source,
+                result: Ok(()),
+            })
+            .await;
         drop(ready);
-        select_biased! {
+        let started = select_biased! {
             _ = stop.wait().fuse() => return WorkerResult::default(),
             // The coordinator opens the gate or drops it; either way, go.
-            _ = start.fuse() => {}
-        }
-        if self.config.depth == 0 {
+            started = start.fuse() => started.unwrap_or_else(|_| Instant::now()),
+        };
+        let depth = if self.config.once {
+            1
+        } else {
+            self.config.depth
+        };
+        if depth == 0 {
             stop.wait().await;
             return WorkerResult::default();
         }
-        let mut result = WorkerResult::default();
-        match self.exchange(&mut socket, &stop, &mut result).await {
+        let mut exchange = Exchange {
+            depth,
+            limit: if self.config.once { 1 } else { u64::MAX },
+            schedule: (self.config.rate)
+                .map(|rate| Schedule::new(started, rate, self.config.clients)),
+            in_flight: VecDeque::with_capacity(depth),
+            next_seq: 0,
+            result: WorkerResult::default(),
+            latencies: Batch::new(self.latencies.clone()),
+        };
+        let outcome = self.exchange(&mut socket, &mut exchange, &stop).await;
+        let Exchange {
+            mut result,
+            latencies,
+            ..
+        } = exchange;
+        // Its latencies go to the recorder now, not after a --once hold.
+        drop(latencies);
+        match outcome {
             Ok(true) => {}
             Ok(false) | Err(_) => result.disconnected = !stop.is_triggered(),
+        }
+        if !stop.is_triggered() {
+            // Only this worker sends on it, once; the coordinator may be gone.
+            let _ = self.finished.try_send(());
+        }
+        if self.config.once && !result.disconnected {
+            // Hold the connection, idle, until the run ends.
+            stop.wait().await;
         }
         result
     }
 
-    /// Keeps up to `depth` messages in flight until `stop`; `Ok(false)` if the
-    /// server closed the connection.
+    /// Keeps up to `depth` messages in flight until `stop`, or until the
+    /// `limit`th is answered; `Ok(false)` if the server closed the connection.
     async fn exchange(
         &self,
         socket: &mut LineSocket,
+        state: &mut Exchange,
         stop: &Shutdown,
-        result: &mut WorkerResult,
     ) -> io::Result<bool> {
-        let depth = self.config.depth;
+        let depth = state.depth;
         let mut stopped = pin!(stop.wait().fuse());
-        let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::with_capacity(depth);
         let mut out = Vec::new();
         let mut expected = Vec::new();
-        let mut next_seq = 0;
         loop {
             // Fill the free slots: all of them, or as many as the pacer released.
             let now = Instant::now();
-            while in_flight.len() < depth
-                && self.credits.as_ref().is_none_or(|c| c.beyond(next_seq))
+            while state.in_flight.len() < depth
+                && state.next_seq < state.limit
+                && self
+                    .credits
+                    .as_ref()
+                    .is_none_or(|c| c.beyond(state.next_seq))
             {
-                self.message(&mut out, next_seq);
-                in_flight.push_back((next_seq, now));
-                next_seq += 1;
+                self.message(&mut out, state.next_seq);
+                state.in_flight.push_back((state.next_seq, now));
+                state.next_seq += 1;
             }
             if !out.is_empty() {
                 socket.write_all(&out).await?;
                 out.clear();
             }
+            if state.in_flight.is_empty() && state.next_seq >= state.limit {
+                return Ok(true);
+            }
             let released = async {
                 match &self.credits {
-                    Some(credits) if in_flight.len() < depth => {
-                        credits.released_beyond(next_seq).await
+                    Some(credits) if state.in_flight.len() < depth => {
+                        credits.released_beyond(state.next_seq).await
                     }
                     _ => futures::future::pending().await,
                 }
@@ -148,15 +238,15 @@ impl Worker {
             let now = Instant::now();
             while let Some(line) = socket.next_line() {
                 let Ok(line) = line else {
-                    result.mismatches += 1;
+                    state.result.mismatches += 1;
                     return Ok(false);
                 };
                 if line.is_empty() {
                     continue;
                 }
                 let echo = wire::reply_echo(line);
-                let Some((seq, sent_at)) = in_flight.pop_front() else {
-                    result.mismatches += 1;
+                let Some((seq, written)) = state.in_flight.pop_front() else {
+                    state.result.mismatches += 1;
                     continue;
                 };
                 expected.clear();
@@ -166,15 +256,19 @@ impl Worker {
                 // does, echoes pipelined messages in one reply: the lines after
                 // its first are the later messages, bare.
                 let merged = echo.is_none() && line == &expected[..];
-                result.merged += u64::from(merged);
+                state.result.merged += u64::from(merged);
                 if echo != Some(&expected[..]) && !merged {
-                    result.mismatches += 1;
-                } else {
-                    result
-                        .latencies_ns
-                        .push(now.duration_since(sent_at).as_nanos() as u64);
-                    self.replies.fetch_add(1, Ordering::Relaxed);
+                    state.result.mismatches += 1;
+                    continue;
                 }
+                // A message is written once released, so never before it was
+                // due; `min` only irons out the schedule's rounding.
+                let due = (state.schedule)
+                    .map_or(written, |schedule| schedule.due(self.id, seq).min(written));
+                let nanos = |since: Instant| now.duration_since(since).as_nanos() as u64;
+                state.latencies.record(nanos(due), nanos(written));
+                state.result.replies += 1;
+                self.replies.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -224,13 +318,17 @@ mod tests {
     #[test]
     fn messages_are_unique_padded_lines() {
         let worker = Worker {
+            id: 0x1f,
             credits: None,
+            source: None,
             prefix: "1f-".into(),
             config: Arc::new(BenchConfig {
                 size: 16,
                 ..BenchConfig::new("")
             }),
             replies: Arc::default(),
+            latencies: Recorder::new(),
+            finished: crate::rt::bounded(1).0,
         };
         let mut out = Vec::new();
         worker.message(&mut out, 0);
