@@ -167,9 +167,11 @@ all="duplex reference"
 
 if want memory; then
     # A fresh server each, so "before" is a server that has never had a client.
+    # RSS is read with every client greeted and idle, then once each has sent
+    # one message and had its reply (still connected).
     for kind in $all; do
         start "$kind" 8110 "$kind" --registry-interval 0
-        bench memory "$kind" --clients 10000 --depth 0 --duration 2s
+        bench memory "$kind" --clients 10000 --once --duration 20s
         stop_all
     done
 fi
@@ -540,9 +542,12 @@ for server in ("duplex", "reference", "node"):
     r = median_run("memory", server)
     if r and r.get("server_rss_connected_kib"):
         before, after, n = r["server_rss_before_kib"], r["server_rss_connected_kib"], r["connected"]
-        lines.append((server, n, before, after, f"{(after - before) / max(n, 1):.2f}", r["errors_all"]))
-table("Memory, 10 000 idle clients, all greeted (fresh server each)",
-      ["server", "connected", "RSS before KiB", "RSS connected KiB", "KiB per client", "errors"], lines)
+        end = r.get("server_rss_end_kib") or after
+        per = lambda kib: f"{(kib - before) * 1024 / max(n, 1):.0f}"
+        lines.append((server, n, before, after, per(after), end, per(end), r["replies"], r["errors_all"]))
+table("Memory, 10 000 idle clients: all greeted, then after one message each (fresh server each)",
+      ["server", "connected", "RSS before KiB", "RSS greeted KiB", "bytes per client greeted",
+       "RSS after one message each KiB", "bytes per client after", "replies", "errors"], lines)
 
 lines = []
 for row in runs:
@@ -562,13 +567,13 @@ table("Registry snapshots with 10 000 busy clients, depth 1 (median of interleav
 
 lines = []
 for r in (run["result"] for run in runs if run["section"] == "hold"):
-    rss = r.get("server_rss_before_kib"), r.get("server_rss_connected_kib")
-    per_client = f"{(rss[1] - rss[0]) * 1024 / max(r['connected'], 1):.0f}" if None not in rss else "-"
+    rss = r.get("server_rss_before_kib"), r.get("server_rss_connected_kib"), r.get("server_rss_end_kib")
+    per = lambda kib: f"{(kib - rss[0]) * 1024 / max(r['connected'], 1):.0f}" if None not in (rss[0], kib) else "-"
     sources = len(r.get("source_addrs") or {}) or 1
     lines.append((r.get("clients"), sources, r.get("connected"), f"{r.get('connects_per_second', 0):.0f}", r.get("replies"),
-                  r.get("errors"), per_client, us(r.get("p50_us", 0)), us(r.get("max_us", 0)),
+                  r.get("errors"), per(rss[1]), per(rss[2]), us(r.get("p50_us", 0)), us(r.get("max_us", 0)),
                   f"{r.get('bench_cpu_us_per_reply') or 0:.2f}"))
 table("Holding clients idle, then one message each (--once; a fresh server)",
-      ["clients", "source addresses", "connected", "connects/s", "replies", "errors", "server RSS bytes per client",
-       "p50 us", "max us", "bench us CPU per reply"], lines)
+      ["clients", "source addresses", "connected", "connects/s", "replies", "errors",
+       "server RSS bytes per client greeted", "bytes per client after", "p50 us", "max us", "bench us CPU per reply"], lines)
 PY

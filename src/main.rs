@@ -49,8 +49,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error + Send + Sync>> {
     match cli.role {
         Role::Server => {
             let addr = cli.addr();
-            limits::raise_open_files();
-            let server = Server::bind(addr, cli.server_config()).map_err(|e| match e {
+            limits::return_long_buffers();
+            let open_files = limits::raise_open_files();
+            let config = cli.server_config();
+            limits::check_max_clients(config.registry.max_clients, open_files);
+            let server = Server::bind(addr, config).map_err(|e| match e {
                 StartError::Listen(e) => format!("cannot listen on {addr}: {e}"),
                 e => e.to_string(),
             })?;
@@ -87,7 +90,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error + Send + Sync>> {
             })
         }
         Role::Bench => {
-            limits::raise_open_files();
+            let _ = limits::raise_open_files();
             signals::install(trigger, None)?;
             let report = bench::run(cli.bench_config()?, shutdown).await?;
             if cli.json {

@@ -24,6 +24,11 @@ use crate::shutdown::{self, Shutdown};
 use crate::tls::ServerTls;
 
 pub use crate::actors::registry::{RegistryConfig, RegistryHandle};
+
+/// Connections the server may hold open beyond its admitted clients: those
+/// it is telling, at once, that it is full (more are closed unanswered).
+/// Each holds a file descriptor, as a client does.
+pub const TURNING_AWAY_MAX: usize = crate::actors::acceptor::TURN_AWAYS_MAX;
 pub use crate::actors::session::SessionConfig;
 pub use crate::messages::{ClientId, ClientInfo, Counts, Snapshot};
 pub use crate::proxy::TrustedProxies;

@@ -120,6 +120,24 @@ impl Framer {
         &mut self.buf[self.end..]
     }
 
+    /// Once lines are handed out: gives the buffer back if it is empty, and
+    /// one that grew for a long line is traded for a standard one if what
+    /// is left fits, so that a client whose reply waits (it does not read)
+    /// holds a long line's memory once, in its reply, not twice.
+    fn settle(&mut self) {
+        let left = self.end - self.start;
+        if left == 0 {
+            self.release();
+        } else if self.buf.len() > buffers::READ_SIZE && left <= buffers::READ_SIZE - MIN_READ {
+            let mut standard = buffers::take_read();
+            standard[..left].copy_from_slice(&self.buf[self.start..self.end]);
+            buffers::give_read(std::mem::replace(&mut self.buf, standard));
+            self.scanned -= self.start;
+            self.start = 0;
+            self.end = left;
+        }
+    }
+
     /// Gives the buffer back if nothing in it waits to be handed out.
     pub(crate) fn release(&mut self) {
         if self.start == self.end && !self.buf.is_empty() {
@@ -180,7 +198,7 @@ impl Framer {
                 if self.end - self.start > self.max_line.saturating_add(1) {
                     Some(Err(self.too_long()))
                 } else {
-                    self.release();
+                    self.settle();
                     None
                 }
             }
@@ -254,6 +272,9 @@ pub(crate) fn write_reply(out: &mut Vec<u8>, message: &[u8]) {
                 .unwrap_or_else(Local::now);
             write_prefix(&mut cached.prefix, &local);
         }
+        // Exact, when it must grow: a long line's reply is not given twice
+        // its size by the push of its `\n`.
+        out.reserve(cached.prefix.len() + message.len() + 1);
         out.extend_from_slice(&cached.prefix);
     });
     out.extend_from_slice(message);
@@ -425,6 +446,17 @@ mod tests {
             buffers::READ_SIZE,
             "a standard one again"
         );
+    }
+
+    #[test]
+    fn a_grown_buffer_is_traded_for_a_standard_one_once_its_long_line_is_out() {
+        let mut framer = Framer::new(1 << 20);
+        framer.push(&vec![b'y'; buffers::READ_SIZE * 8]);
+        framer.push(b"\nnext li");
+        assert_eq!(lines(&mut framer).len(), 1);
+        assert_eq!(framer.capacity(), buffers::READ_SIZE, "the rest moved");
+        framer.push(b"ne\n");
+        assert_eq!(lines(&mut framer), vec![b"next line".to_vec()]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Limits and faults provoked against the real binary: descriptor exhaustion,
-//! a 100 MB line, a stuck client at shutdown, a client that gives up.
+//! a 100 MB line, a stuck client at shutdown, a client that gives up, a
+//! `--max-clients` the open-files limit cannot hold.
 
 mod common;
 
@@ -215,6 +216,46 @@ fn a_flood_of_connects_against_a_full_server_holds_few_descriptors() {
     assert!(most <= 64 + 8, "the flood held {most} descriptors");
     holder.round_trip("still served");
     drop(flood);
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+}
+
+#[test]
+fn a_max_clients_over_the_open_files_limit_is_named_at_start_with_what_fits() {
+    let mut command = server_command(&["--max-clients", "1000"]);
+    // SAFETY: only setrlimit runs in the child between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 256,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut server = command.spawn().expect("spawn server");
+    let logs = stderr_lines(&mut server);
+    // Said before it listens.
+    let warning = wait_for(
+        &logs,
+        "--max-clients is more than the open files limit allows",
+    );
+    let addr = common::process::listening_addr(&wait_for(&logs, "listening"));
+    assert!(warning.contains("max_clients=1000"), "{warning}");
+    assert!(warning.contains("open_files_limit=256"), "{warning}");
+    let can_hold: u64 = warning
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("can_hold="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no can_hold in {warning}"));
+    assert!((100..256).contains(&can_hold), "{warning}");
+    // It still serves.
+    let mut client = LineClient::connect(&addr);
+    assert_eq!(client.line(), "Hello\n");
     signal(&server, libc::SIGTERM);
     assert!(wait_with_timeout(server).success());
 }

@@ -36,7 +36,7 @@ const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Turned-away clients being told so at once, at most. Telling a TLS client
 /// takes a handshake; past this, a connect flood against a full server is
 /// closed without one, so it costs the server's core nothing more.
-const TURN_AWAYS_MAX: usize = 64;
+pub(crate) const TURN_AWAYS_MAX: usize = 64;
 
 /// The acceptor's state.
 pub(crate) struct Acceptor {

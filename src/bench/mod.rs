@@ -207,6 +207,8 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
             bar.set_message(format!("{replied} replies, {rate:.0}/s"));
         }
     }
+    // Before the workers stop: every connection is still open, its traffic done.
+    let rss_end = config.server_pid.and_then(rss_kib);
     stop_trigger.trigger();
     if let Some(pacer) = pacer {
         pacer.await;
@@ -241,6 +243,7 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
         tls: config.tls.is_some(),
         seconds,
         server_rss_kib: rss_before.zip(rss_connected),
+        server_rss_end_kib: rss_end,
         offered_rate: config.rate,
         cpu_busy_pct,
         ..BenchReport::default()

@@ -81,6 +81,9 @@ pub struct BenchReport {
     pub sent_latency: Option<Percentiles>,
     /// Server RSS before connecting and with every client connected, in KiB.
     pub server_rss_kib: Option<(u64, u64)>,
+    /// Server RSS at the end of the run, every connection still open and
+    /// its traffic over, in KiB: what clients cost once they have talked.
+    pub server_rss_end_kib: Option<u64>,
     /// The offered load, if paced.
     pub offered_rate: Option<f64>,
     /// How busy each CPU of the machine was while measuring, in percent
@@ -153,6 +156,7 @@ impl BenchReport {
             "disconnects": self.disconnects,
             "server_rss_before_kib": rss_before,
             "server_rss_connected_kib": rss_connected,
+            "server_rss_end_kib": self.server_rss_end_kib,
             "offered_rate": self.offered_rate,
             "cpu_busy_pct": self.cpu_busy_pct,
             "server_cpu_us_per_reply": self.server_cpu_us_per_reply,
@@ -235,6 +239,14 @@ impl std::fmt::Display for BenchReport {
                 f,
                 "server RSS   {before} KiB before, {connected} KiB connected ({per_client:.0} B per client)"
             )?;
+            if let Some(end) = self.server_rss_end_kib {
+                let per_client =
+                    (end.saturating_sub(before) * 1024) as f64 / self.connected.max(1) as f64;
+                writeln!(
+                    f,
+                    "             {end} KiB at the end, still connected ({per_client:.0} B per client)"
+                )?;
+            }
         }
         if !self.cpu_busy_pct.is_empty() {
             let cpus: Vec<String> = (self.cpu_busy_pct.iter().enumerate())
