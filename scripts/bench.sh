@@ -10,7 +10,7 @@
 #   scripts/bench.sh                  # everything: about 16 minutes
 #   DURATION=10s REPEAT=7 scripts/bench.sh  # cost, scaling and snapshot runs: longer, more rounds
 #   THROUGHPUT_REPEAT=21 ONLY=throughput scripts/bench.sh  # (and LATENCY_REPEAT, SCALING_REPEAT)
-#   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|tls|syscalls|instructions|hold
+#   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|tls|hold|hostile|syscalls|instructions
 #   (cost: CPU per reply at a fixed rate, then throughput unpaced, with all servers at once;
 #   syscalls: system calls per reply of each server and each bench, with perf;
 #   hold: HOLD_CLIENTS (19 500) connections held idle, then one message each)
@@ -279,6 +279,22 @@ if want hold; then
     start hold 8160 duplex --registry-interval 0 --max-clients "$HOLD_CLIENTS"
     bench hold hold --clients "$HOLD_CLIENTS" --once --duration 30s "${sources[@]}"
     stop_all
+fi
+
+if want hostile; then
+    # Clients that send long lines and never read (scripts/hostile_readers.py),
+    # on a fresh server each: a few lines each (the kernel's buffers take the
+    # replies), then enough that the server stops reading them because their
+    # replies cannot be written; the server's RSS with them and after.
+    for case in "65536 8" "65536 64" "16384 256"; do
+        read -r size lines <<<"$case"
+        start hostile 8170 duplex --registry-interval 0 --max-line "$size"
+        json=$(python3 scripts/hostile_readers.py --port 8170 --server-pid "${PID[hostile]}" \
+            --clients 1000 --size "$size" --lines "$lines")
+        echo "{\"section\": \"hostile\", \"server\": \"duplex\", \"round\": 0, \"result\": $json}" >> "$RESULTS"
+        echo "  hostile --max-line $size, $lines lines each: $json" >&2
+        stop_all
+    done
 fi
 
 if want syscalls && perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1; then
@@ -564,6 +580,15 @@ for server, label in (("quiet", "no snapshots"), ("snapshotting", "a 10 001-line
         lines.append((label, f"{r['rate']:.0f}", us(r["p50_us"]), us(r["p99_us"]), us(r["p999_us"]), r["errors_all"], rates(r)))
 table("Registry snapshots with 10 000 busy clients, depth 1 (median of interleaved runs)",
       ["duplex", "replies/s", "p50 us", "p99 us", "p99.9 us", "errors (all runs)", "every run, replies/s"], lines)
+
+lines = []
+for r in (run["result"] for run in runs if run["section"] == "hostile"):
+    grew = lambda kib: f"{(kib - r['rss_before_kib']) / 1024:.1f}"
+    lines.append((r["size"], r["lines"], r["clients_the_server_stopped_reading"], r["rss_before_kib"],
+                  grew(r["rss_stuck_kib"]), f"{r['bytes_per_client']:.0f}", grew(r["rss_after_kib"])))
+table("1 000 clients that send long lines and never read (--max-line = line size; fresh server each)",
+      ["line bytes", "lines each", "clients the server stopped reading", "RSS before KiB",
+       "MiB above it, with them", "bytes per client", "MiB above it, after they left"], lines)
 
 lines = []
 for r in (run["result"] for run in runs if run["section"] == "hold"):

@@ -17,6 +17,12 @@ use std::cell::RefCell;
 /// Bytes in a read buffer: one read takes up to this much from the socket.
 pub(crate) const READ_SIZE: usize = 4096;
 
+/// A read buffer that must grow for a long line starts at this size. The
+/// binary has the allocator map blocks this size and up on their own
+/// (`limits::return_long_buffers`), so what a long line borrowed goes back
+/// to the system when it is freed, instead of staying in the heap.
+pub(crate) const GROWN_MIN: usize = 16 * 1024;
+
 /// Reply buffers up to this capacity go back to the pool; larger ones (a
 /// burst of replies, a long line) are freed, so they do not pin memory.
 pub(crate) const OUT_KEEP_MAX: usize = 16 * 1024;

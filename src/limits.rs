@@ -58,19 +58,20 @@ pub(crate) fn check_max_clients(max_clients: usize, limit: Option<u64>) {
     }
 }
 
-/// Makes the allocator give back what long lines borrowed: blocks of 32 KiB
-/// and more are mapped on their own and unmapped when freed, so that after a
-/// burst of long lines (or a crowd of clients that send them and never read)
-/// the memory returns to the system instead of staying in the heap. Without
-/// it, glibc's threshold rises with the first such block freed, and 1,000
-/// clients' 64 KiB lines stayed resident after they left (measured:
-/// docs/performance.md). Shorter buffers come from the per-thread pools.
+/// Makes the allocator give back what long lines borrowed: blocks of 16 KiB
+/// and more (a read buffer grown for a long line starts there, and a long
+/// line's reply is one) are mapped on their own and unmapped when freed, so
+/// that after a burst of long lines (or a crowd of clients that send them
+/// and never read) the memory returns to the system instead of staying in
+/// the heap. Without it, glibc's threshold rises with the first such block
+/// freed, and 1,000 clients' 64 KiB lines stayed resident after they left
+/// (docs/performance.md). Shorter buffers come from per-thread pools.
 pub(crate) fn return_long_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt sets one of the allocator's tunables, under the
     // allocator's own locks; nothing else is touched.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 * 1024);
     }
 }
 

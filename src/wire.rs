@@ -112,7 +112,10 @@ impl Framer {
             // `next_line` keeps at most max_line + 1 unterminated bytes, so
             // this cap always leaves MIN_READ bytes free.
             let cap = (self.max_line.saturating_add(1 + MIN_READ)).max(buffers::READ_SIZE);
-            let len = (self.buf.len() * 2).max(self.end + MIN_READ).min(cap);
+            let len = (self.buf.len() * 2)
+                .max(buffers::GROWN_MIN)
+                .max(self.end + MIN_READ)
+                .min(cap);
             // Exact, so the buffer's memory is what the limits above say.
             self.buf.reserve_exact(len - self.buf.len());
             self.buf.resize(len, 0);
