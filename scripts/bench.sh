@@ -7,7 +7,7 @@
 # measured one after the other: they run side by side, and each repetition
 # measures every server back to back; each table cell is the median run.
 #
-#   scripts/bench.sh                  # everything: about 16 minutes
+#   scripts/bench.sh                  # everything: about 26 minutes
 #   DURATION=10s REPEAT=7 scripts/bench.sh  # cost, scaling and snapshot runs: longer, more rounds
 #   THROUGHPUT_REPEAT=21 ONLY=throughput scripts/bench.sh  # (and LATENCY_REPEAT, SCALING_REPEAT)
 #   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|tls|hold|hostile|syscalls|instructions

@@ -1,11 +1,13 @@
 //! The session actor: one per client, for the life of its connection.
 //!
-//! Owns the client's [`LineSocket`] (socket and read buffer), its reply
-//! buffer and its counters. One task does both directions: read, frame lines,
-//! format one reply per line into the reply buffer, then one write per batch.
-//! That task is the only writer of the socket; the registry reaches the
-//! client through the session's bounded inbox ([`SessionCommand`]), which the
-//! same task drains.
+//! Owns the client's [`LineSocket`] (socket and framer), its reply buffer and
+//! its [`SessionLink`] (counters and inbox, shared with the registry). One
+//! task does both directions: read, frame lines, format one reply per line
+//! into the reply buffer, then one write per batch. That task is the only
+//! writer of the socket; the registry reaches the client through the
+//! session's one-slot inbox ([`SessionCommand`]), which the same task reads.
+//! Between messages it holds no buffer: both are borrowed from the thread's
+//! pool ([`crate::buffers`]) while bytes are handled.
 //!
 //! Behind a PROXY-protocol balancer, a session starts by reading the header
 //! and telling the registry who the client is; a TLS server's session then
@@ -52,7 +54,8 @@ pub(crate) struct Session {
     id: ClientId,
     peer: SocketAddr,
     socket: LineSocket,
-    /// Replies and notices waiting for the next write.
+    /// Replies and notices waiting for the next write; unallocated between
+    /// writes.
     out: Vec<u8>,
     /// Replies in `out`.
     replies_queued: u64,
