@@ -160,19 +160,25 @@ impl LineSocket {
         loop {
             self.framer.release();
             let socket = self.socket().ok_or_else(closed)?;
-            self.reads.ready(socket).await?;
+            // rustls may already hold plaintext (or the peer's close_notify)
+            // that it read from the socket earlier, the handshake's last read
+            // among them: no readiness of the socket would announce it.
+            let buffered =
+                matches!(&self.transport, Transport::Tls(tls) if !tls.get_ref().1.wants_read());
+            if !buffered {
+                self.reads.ready(socket).await?;
+            }
             let buf = self.framer.read_buf();
             let room = buf.len();
             let read = match &mut self.transport {
                 // Tried, not awaited: a read that waited would hold the buffer.
                 Transport::Plain(socket) => io::Read::read(&mut socket.get_ref(), buf),
-                // Tried first, as plain; what is left (a record that came in
-                // part, a reply rustls must write) waits boxed, so that its
-                // state is in no idle future.
-                Transport::Tls(tls) => match tls.read(buf).now_or_never() {
-                    Some(read) => read,
-                    None => Box::pin(tls.read(buf)).await,
-                },
+                // Tried too: nothing to give yet (a record that came in part)
+                // means the socket must be waited for, as for plain.
+                Transport::Tls(tls) => tls
+                    .read(buf)
+                    .now_or_never()
+                    .unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into())),
                 Transport::Closed => return Err(closed()),
             };
             let n = match read {
