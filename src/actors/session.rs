@@ -206,8 +206,8 @@ impl Session {
                 read = self.socket.read().fuse() => Event::Read(read),
                 _ = alarm => Event::Deadline,
             };
-            let end = match event {
-                Event::Read(Ok(0)) => Ending::PeerClosed,
+            match event {
+                Event::Read(Ok(0)) => break Ending::PeerClosed,
                 Event::Read(Ok(n)) => {
                     let now = Instant::now();
                     let queued_before = self.replies_queued;
@@ -220,12 +220,11 @@ impl Session {
                     }
                     fragment_since = self.socket.has_fragment().then_some(now);
                     self.flush().await?;
-                    continue;
                 }
                 Event::Read(Err(e)) => return Err(e.into()),
-                Event::Command(Some(SessionCommand::CloseIdle)) => Ending::Idle,
+                Event::Command(Some(SessionCommand::CloseIdle)) => break Ending::Idle,
                 // The registry closed our inbox: the server is shutting down.
-                Event::Command(None) => Ending::Shutdown,
+                Event::Command(None) => break Ending::Shutdown,
                 Event::Deadline => {
                     // The alarm may have been armed for an earlier deadline
                     // than the one that stands now; that is checked here.
@@ -244,10 +243,8 @@ impl Session {
                         fragment_since = None;
                         self.flush().await?;
                     }
-                    continue;
                 }
-            };
-            break end;
+            }
         };
         // Once per connection, so boxed: inline, its state would sit in
         // every idle session's future.
@@ -277,8 +274,10 @@ impl Session {
                 LeaveReason::ServerShutdown,
             ),
         };
-        if answer_fragment && let Err(too_long) = self.answer_fragment() {
-            return self.refuse(too_long).await;
+        if answer_fragment {
+            if let Err(too_long) = self.answer_fragment() {
+                return self.refuse(too_long).await;
+            }
         }
         if let Some(line) = last_line {
             self.out.extend_from_slice(line);
