@@ -48,15 +48,15 @@ impl LineClient {
     }
 }
 
-#[test]
-fn out_of_descriptors_the_server_pauses_stays_up_and_recovers() {
-    let mut command = server_command(&[]);
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child yet.
+/// Starts `command` with an open-files limit of `n`, soft and hard.
+fn limit_open_files(command: &mut std::process::Command, n: libc::rlim_t) {
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child
+    // between fork and exec.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             let limit = libc::rlimit {
-                rlim_cur: 64,
-                rlim_max: 64,
+                rlim_cur: n,
+                rlim_max: n,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
                 Ok(())
@@ -65,6 +65,12 @@ fn out_of_descriptors_the_server_pauses_stays_up_and_recovers() {
             }
         });
     }
+}
+
+#[test]
+fn out_of_descriptors_the_server_pauses_stays_up_and_recovers() {
+    let mut command = server_command(&[]);
+    limit_open_files(&mut command, 64);
     let (server, addr, logs) = start_server_from(command);
     let held: Vec<TcpStream> = (0..200)
         .map(|_| TcpStream::connect(&addr).expect("connect"))
@@ -223,20 +229,7 @@ fn a_flood_of_connects_against_a_full_server_holds_few_descriptors() {
 #[test]
 fn a_max_clients_over_the_open_files_limit_is_named_at_start_with_what_fits() {
     let mut command = server_command(&["--max-clients", "1000"]);
-    // SAFETY: only setrlimit runs in the child between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 256,
-                rlim_max: 256,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    limit_open_files(&mut command, 256);
     let mut server = command.spawn().expect("spawn server");
     let logs = stderr_lines(&mut server);
     // Said before it listens.
