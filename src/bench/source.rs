@@ -105,24 +105,7 @@ pub(super) async fn connect_from(dest: SocketAddr, source: IpAddr) -> io::Result
 /// is picked at bind, and each address still has its own).
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn bind_address_no_port(socket: &RawSocket) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: the descriptor is open (we own it) and the value is a c_int
-    // of the size passed.
-    let set = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&on as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if set == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::net::set_int_option(socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]

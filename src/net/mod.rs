@@ -23,8 +23,12 @@ use crate::tls::{ClientTls, ServerTls};
 use crate::wire::{FrameError, Framer};
 
 mod bind;
+mod held;
+mod sockopt;
 
 pub(crate) use bind::{LISTEN_BACKLOG, bind};
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) use sockopt::set_int as set_int_option;
 
 /// A TCP connection, plain or TLS, that reads `\n`-terminated lines and
 /// writes bytes.
@@ -37,6 +41,12 @@ pub(crate) struct LineSocket {
     transport: Transport,
     reads: ReadLoop,
     framer: Framer,
+    /// A long line whose rest is in the kernel ([`held`]).
+    held: Option<Box<held::Held>>,
+    /// Long lines may stay in the kernel.
+    may_hold: bool,
+    /// ... but not the line being read: the kernel could not hold it.
+    hold_paused: bool,
 }
 
 /// What carries the bytes.
@@ -67,6 +77,9 @@ impl LineSocket {
             transport: Transport::Plain(socket),
             reads: ReadLoop::default(),
             framer: Framer::new(max_line),
+            held: None,
+            may_hold: false,
+            hold_paused: false,
         }
     }
 
@@ -158,6 +171,13 @@ impl LineSocket {
     /// is readable, and given back when the read finds nothing after all.
     pub(crate) async fn read(&mut self) -> io::Result<usize> {
         loop {
+            // Rare, so boxed: inline, its state would be in every session's
+            // future.
+            if self.held.is_some() || self.starts_holding() {
+                if let Some(n) = Box::pin(self.read_held()).await? {
+                    return Ok(n);
+                }
+            }
             self.framer.release();
             let socket = self.socket().ok_or_else(closed)?;
             // rustls may already hold plaintext (or the peer's close_notify)
@@ -204,18 +224,28 @@ impl LineSocket {
     /// The next complete line read, without its `\n` or `\r\n`; `None` when
     /// none is buffered. An error is final.
     pub(crate) fn next_line(&mut self) -> Option<Result<&[u8], FrameError>> {
-        self.framer.next_line()
+        if self.held.is_some() {
+            return self.held_error().map(Err);
+        }
+        let line = self.framer.next_line();
+        // The line the kernel could not hold is over.
+        self.hold_paused &= line.is_none();
+        line
     }
 
-    /// Whether unterminated bytes are buffered.
+    /// Whether unterminated bytes are buffered (or held in the kernel).
     pub(crate) fn has_fragment(&self) -> bool {
-        self.framer.has_fragment()
+        self.framer.has_fragment() && !self.held_ready()
     }
 
     /// Hands out the unterminated bytes, verbatim, as one message; call it
     /// only after [`next_line`](Self::next_line) returned `None`. Over the
-    /// line limit, it is a framing error.
+    /// line limit, it is a framing error. A fragment held in the kernel is
+    /// not handed out but made ready to relay ([`held_ready`](Self::held_ready)).
     pub(crate) fn take_fragment(&mut self) -> Option<Result<&[u8], FrameError>> {
+        if self.held.is_some() {
+            return self.take_held_fragment().err().map(Err);
+        }
         self.framer.take_fragment()
     }
 
