@@ -236,8 +236,8 @@ impl Framer {
         Some(Ok(fragment))
     }
 
-    /// Whether the unterminated bytes fill the standard buffer: the next
-    /// read would have to grow it.
+    /// Whether the unterminated bytes fill the standard buffer, all but
+    /// the room a read needs: more of their line does not fit in it.
     pub(crate) fn is_full(&self) -> bool {
         self.end - self.start > buffers::READ_SIZE - MIN_READ
     }

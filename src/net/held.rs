@@ -4,21 +4,28 @@
 //! A line that outgrows the standard read buffer (4 KiB, `buffers::READ_SIZE`)
 //! is not read into a bigger one. Its start (the *head*) stays in the framer;
 //! the rest (the *continuation*) stays in the socket's receive queue, and is
-//! only looked at: `MSG_PEEK` with a peek offset (`SO_PEEK_OFF`), so every
-//! byte is looked at once, in a thread's scratch buffer, until the newline is
-//! found. `SO_RCVLOWAT` makes the socket readable again only once more bytes
-//! than those looked at have arrived (the kernel grows the receive buffer to
-//! hold them). Once the line's end is known, and with it that the line is
-//! within `--max-line`, the reply is written as its timestamp and head, then
-//! the continuation moved from the receive queue to the send queue as fast as
-//! the client takes it (looked at, written, then taken off the receive queue
-//! as far as it was written), then its `\n`.
+//! only looked at: `MSG_PEEK` with a peek offset (`SO_PEEK_OFF`), so that
+//! each peek goes on where the last one stopped, into a thread's scratch
+//! buffer, until the newline is found. `SO_RCVLOWAT` makes the socket
+//! readable again only once more bytes than those looked at have arrived
+//! (asking for it grows the receive buffer to hold them). Once the line's end
+//! is known, and with it that the line is within `--max-line`, the reply is
+//! written as its timestamp and head, then the continuation is moved from the
+//! receive queue to the send queue as fast as the client takes it (looked at,
+//! written, then taken off the receive queue as far as it was written), then
+//! its `\n`.
 //!
 //! A client that does not read its replies therefore costs the server no
 //! memory of its own for them: what it sent waits in the kernel's receive
 //! queue, where TCP holds it anyway, instead of in a reply buffer. Before
 //! this, such a client held its last line, up to `--max-line` bytes
 //! (docs/performance.md).
+//!
+//! The kernel says when it will hold no more: the socket turns readable with
+//! nothing new (its receive buffer is nearly full, the window it offers the
+//! peer is closing, or TCP is short of memory). The receive buffer is then
+//! grown, a few times at most, and after that the line is read into the
+//! framer, as lines were before.
 //!
 //! Plain TCP on Linux 6.9 and later (TCP's `SO_PEEK_OFF`), and a
 //! `--max-line` of at most [`KERNEL_LINE_MAX`]; elsewhere, and with TLS
@@ -34,7 +41,7 @@ use futures::{FutureExt, select_biased};
 
 use super::{LineSocket, Transport, WriteStop, closed};
 use crate::buffers;
-use crate::rt::{sleep_until, wait_for_input};
+use crate::rt::{sleep, sleep_until, wait_for_input};
 use crate::wire::FrameError;
 
 /// The longest `--max-line` whose lines the kernel is asked to hold. The
@@ -53,6 +60,10 @@ pub(super) struct Held {
     seen_cr: bool,
     /// The `SO_RCVLOWAT` set for the socket.
     low_water: usize,
+    /// The largest `SO_RCVLOWAT` asked for, to grow the receive buffer.
+    asked: usize,
+    /// The peek offset and the low-water mark are set for scanning.
+    scanning_options: bool,
     state: State,
 }
 
@@ -60,6 +71,10 @@ pub(super) struct Held {
 enum State {
     /// The line's end is still to come.
     Scanning,
+    /// The kernel could not hold the line: it is read into the framer, and
+    /// `seen` counts the bytes that a read reported when it looked at them,
+    /// which are not reported again.
+    Paused,
     /// The line is longer than the limit.
     TooLong,
     /// The message is known; what is left to relay of it: `body` bytes in
@@ -92,7 +107,8 @@ impl LineSocket {
         let Transport::Plain(socket) = &self.transport else {
             return false;
         };
-        if self.hold_paused {
+        if self.held.is_some() {
+            // Paused: the kernel could not hold the line being read.
             return false;
         }
         let tcp = socket.get_ref();
@@ -105,11 +121,11 @@ impl LineSocket {
         // Asking for a low-water mark makes the kernel grow the receive
         // buffer to hold that much (unless the buffer's size was set by
         // hand); the buffer stays grown when the mark comes down, which
-        // `read_held` does at once. Twice the line and one skb more: what
-        // the kernel counts is its buffers, the bytes in them and their
-        // overhead, and a buffer partly read counts whole.
+        // `read_held` does before it first waits. Twice the line and one
+        // segment more: what the kernel counts is its buffers, the bytes in
+        // them and their overhead.
         let allowed = held_bytes_allowed(self.framer.max_line(), self.framer.fragment().len());
-        let grow = allowed.saturating_mul(2).saturating_add(64 * 1024);
+        let grow = receive_buffer_for(allowed, 2);
         if low_water(tcp, grow).is_err() {
             let _ = peek_offset(tcp, -1);
             self.may_hold = false;
@@ -119,22 +135,63 @@ impl LineSocket {
             seen: 0,
             seen_cr: false,
             low_water: grow,
+            asked: grow,
+            scanning_options: true,
             state: State::Scanning,
         }));
         true
     }
 
     /// Reads the held line into the framer from here on: the kernel could
-    /// not hold it.
-    fn stop_holding(&mut self) {
-        if let Transport::Plain(socket) = &self.transport {
-            // If the options cannot be reset, the reads that follow fail,
-            // and the session with them.
-            let _ = finish_scanning(socket.get_ref());
+    /// not hold it. The bytes looked at are read again, and are not
+    /// reported as received twice.
+    fn stop_holding(&mut self) -> io::Result<()> {
+        let (Transport::Plain(socket), Some(held)) = (&self.transport, self.held.as_mut()) else {
+            return Ok(());
+        };
+        kv_log_macro::debug!("long line read into the buffer: the kernel holds no more of it", {
+            held_bytes: held.seen,
+            receive_buffer_asked: held.asked,
+        });
+        held.state = State::Paused;
+        self.reads.record(1, 1);
+        held.reset_options(socket.get_ref())
+    }
+
+    /// Whether a line is held (not paused).
+    pub(super) fn holding(&self) -> bool {
+        self.held.as_ref().is_some_and(|held| !held.is_paused())
+    }
+
+    /// Of `n` bytes just read, how many a read of the paused line reported
+    /// already (it looked at them then).
+    pub(super) fn read_again(&mut self, n: usize) -> usize {
+        match self.held.as_mut() {
+            Some(held) if held.is_paused() => {
+                let again = n.min(held.seen);
+                held.seen -= again;
+                again
+            }
+            _ => 0,
+        }
+    }
+
+    /// The paused line is over: the next long line may be held.
+    pub(super) fn unpause(&mut self) {
+        if self.held.as_ref().is_some_and(|held| held.is_paused()) {
+            self.held = None;
+        }
+    }
+
+    /// Forgets a held line, on a connection that is closing: its socket is
+    /// readable at the first byte again, and reads it from the start.
+    pub(super) fn forget_held(&mut self) {
+        if let (Transport::Plain(socket), Some(held)) = (&self.transport, self.held.as_mut()) {
+            // If they cannot be reset, the close discards less of what the
+            // peer sends.
+            let _ = held.reset_options(socket.get_ref());
         }
         self.held = None;
-        self.hold_paused = true;
-        self.reads.record(1, 1);
     }
 
     /// [`read`](LineSocket::read) while a line is held: waits until the
@@ -142,6 +199,8 @@ impl LineSocket {
     /// the peer's stream, as for a read; `Ok(None)`: the line is no longer
     /// held (the kernel would hold no more of it), read it.
     pub(super) async fn read_held(&mut self) -> io::Result<Option<usize>> {
+        let mut woken = false;
+        let mut pause = PAUSE_MIN;
         loop {
             let (Transport::Plain(socket), Some(held)) = (&self.transport, self.held.as_mut())
             else {
@@ -152,23 +211,39 @@ impl LineSocket {
                 return futures::future::pending().await;
             }
             let tcp = socket.get_ref();
-            if let Some(n) = held.scan(tcp, self.framer.fragment(), self.framer.max_line())? {
+            let head = self.framer.fragment();
+            if let Some(n) = held.scan(tcp, head, self.framer.max_line())? {
                 if held.state != State::Scanning {
-                    finish_scanning(tcp)?;
+                    held.reset_options(tcp)?;
                 }
                 return Ok(Some(n));
             }
+            let allowed = held_bytes_allowed(self.framer.max_line(), head.len());
             if receive_buffer_nearly_full(tcp) {
-                // The kernel holds all it will: the peer cannot send the
-                // line's end until some of it is read.
-                self.stop_holding();
-                return Ok(None);
+                if !held.grow_receive_buffer(tcp, allowed)? {
+                    // The peer cannot send the line's end until some of it
+                    // is read.
+                    self.stop_holding()?;
+                    return Ok(None);
+                }
+            } else if woken {
+                // Readable with nothing new, and room in the buffer: the
+                // window the kernel offers the peer is small (an
+                // acknowledgement it delays, or TCP short of memory). Asked
+                // to announce it, and looked at again after a pause, rather
+                // than at once and for ever.
+                held.announce_window(tcp)?;
+                sleep(pause).await;
+                pause = (pause * 2).min(PAUSE_MAX);
+                woken = false;
+                continue;
             }
             if held.low_water != held.seen + 1 {
                 held.low_water = held.seen + 1;
                 low_water(tcp, held.low_water)?;
             }
             wait_for_input(socket).await?;
+            woken = true;
         }
     }
 
@@ -200,9 +275,9 @@ impl LineSocket {
             trim_head: false,
         };
         if let Transport::Plain(socket) = &self.transport {
-            // If the options cannot be reset, the relay's reads fail, and
-            // the session with them.
-            let _ = finish_scanning(socket.get_ref());
+            // If the options cannot be reset, the relay tries again, and
+            // fails the session if they still cannot.
+            let _ = held.reset_options(socket.get_ref());
         }
         Ok(())
     }
@@ -235,8 +310,16 @@ impl LineSocket {
             .is_some_and(|held| matches!(held.state, State::Ready { .. }))
     }
 
-    /// The ready message's head, handed out.
+    /// The ready message's head, handed out. The reply goes out in several
+    /// writes from here (its timestamp and head, then the rest in pieces,
+    /// then its `\n`), so the socket is corked until the relay is done:
+    /// Nagle's algorithm would hold each small piece back until the peer
+    /// acknowledged the one before it.
     pub(crate) fn take_held_head(&mut self) -> &[u8] {
+        if let Transport::Plain(socket) = &self.transport {
+            // Uncorked, the reply only goes out in more segments.
+            let _ = cork(socket.get_ref(), true);
+        }
         let trim = matches!(
             self.held.as_ref().map(|held| held.state),
             Some(State::Ready {
@@ -257,6 +340,8 @@ impl LineSocket {
         let (Transport::Plain(socket), Some(held)) = (&self.transport, self.held.as_mut()) else {
             return Err(closed());
         };
+        let mut tcp = socket.get_ref();
+        held.reset_options(tcp)?;
         let State::Ready {
             body,
             terminator,
@@ -266,7 +351,6 @@ impl LineSocket {
         else {
             return Err(io::Error::other("no message is ready"));
         };
-        let mut tcp = socket.get_ref();
         let mut written = 0;
         let done = buffers::with_scratch(|scratch| -> io::Result<bool> {
             while *body > 0 {
@@ -307,12 +391,66 @@ impl LineSocket {
             self.held = None;
             // What follows the message may be waiting already.
             self.reads.record(1, 1);
+            cork(tcp, false)?;
         }
         Ok((written, done))
     }
 }
 
 impl Held {
+    /// Whether the kernel could not hold the line, now read into the framer.
+    pub(super) fn is_paused(&self) -> bool {
+        self.state == State::Paused
+    }
+
+    /// Grows the receive buffer that the held bytes have filled, if it may
+    /// grow still: whether it now has room. The kernel counts its buffers,
+    /// not the bytes in them, and a peer whose segments are small fills the
+    /// buffer with a few bytes each (up to nine times the bytes, measured on
+    /// loopback); a buffer that doubles, up to [`RECEIVE_BUFFER_MAX_FACTOR`]
+    /// times the line, lets such a line's end come too.
+    fn grow_receive_buffer(&mut self, tcp: &TcpStream, allowed: usize) -> io::Result<bool> {
+        let most = receive_buffer_for(allowed, RECEIVE_BUFFER_MAX_FACTOR);
+        let Some((_, before)) = receive_memory(tcp) else {
+            return Ok(false);
+        };
+        while self.asked < most && receive_buffer_nearly_full(tcp) {
+            self.asked = self.asked.saturating_mul(2).min(most);
+            low_water(tcp, self.asked)?;
+        }
+        self.low_water = self.seen + 1;
+        low_water(tcp, self.low_water)?;
+        let grew = receive_memory(tcp).is_some_and(|(_, now)| now > before);
+        if grew {
+            self.announce_window(tcp)?;
+        }
+        Ok(grew && !receive_buffer_nearly_full(tcp))
+    }
+
+    /// Makes the kernel announce the window it offers the peer now, rather
+    /// than with an acknowledgement it delays or at the peer's next probe
+    /// of a closed window: looking at the last byte looked at again counts
+    /// as a read for that, and leaves the peek offset where it was.
+    fn announce_window(&self, tcp: &TcpStream) -> io::Result<()> {
+        if self.seen > 0 {
+            peek_offset(tcp, libc_int(self.seen - 1))?;
+            retry(|| tcp.peek(&mut [0u8]))?;
+        }
+        Ok(())
+    }
+
+    /// Puts the socket's options back as reads and the relay need them
+    /// (peeks from the start, readable at the first byte), if they are
+    /// still set for scanning.
+    fn reset_options(&mut self, tcp: &TcpStream) -> io::Result<()> {
+        if self.scanning_options {
+            peek_offset(tcp, -1)?;
+            low_water(tcp, 1)?;
+            self.scanning_options = false;
+        }
+        Ok(())
+    }
+
     /// Looks at what came after what was looked at before, up to the most a
     /// message within `max_line` may have: `Some(bytes looked at)`, having
     /// found the line's end or that it is too long, or more of it; `Some(0)`:
@@ -381,11 +519,22 @@ fn held_bytes_allowed(max_line: usize, head: usize) -> usize {
     max_line.saturating_add(2).saturating_sub(head)
 }
 
-/// Puts the socket's options back as reads and the relay need them: peeks
-/// from the start, and readable at the first byte.
-fn finish_scanning(tcp: &TcpStream) -> io::Result<()> {
-    peek_offset(tcp, -1)?;
-    low_water(tcp, 1)
+/// The first pause before a socket that is readable with nothing new is
+/// looked at again, and the longest ([`LineSocket::read_held`]).
+const PAUSE_MIN: Duration = Duration::from_millis(1);
+const PAUSE_MAX: Duration = Duration::from_millis(100);
+
+/// The most a receive buffer is grown to, for a held line, in lines.
+const RECEIVE_BUFFER_MAX_FACTOR: usize = 16;
+
+/// A receive buffer for `factor` times `allowed` bytes and one segment more
+/// (the `SO_RCVLOWAT` that grows the buffer to it).
+fn receive_buffer_for(allowed: usize, factor: usize) -> usize {
+    allowed.saturating_mul(factor).saturating_add(64 * 1024)
+}
+
+fn libc_int(value: usize) -> libc::c_int {
+    libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX)
 }
 
 /// Takes exactly `buf.len()` bytes, known to be queued, off the receive queue.
@@ -416,38 +565,30 @@ fn peek_offset(tcp: &TcpStream, offset: libc::c_int) -> io::Result<()> {
     super::set_int_option(tcp, libc::SOL_SOCKET, libc::SO_PEEK_OFF, offset)
 }
 
-/// `SO_RCVLOWAT`: the socket is readable once this many bytes are queued.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn low_water(tcp: &TcpStream, bytes: usize) -> io::Result<()> {
-    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    super::set_int_option(tcp, libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
+/// Whether the socket's receive memory is at least half its buffer: so full
+/// that the window the kernel offers the peer may have closed. Unknown
+/// counts as full.
+fn receive_buffer_nearly_full(tcp: &TcpStream) -> bool {
+    receive_memory(tcp).is_none_or(|(rmem, rcvbuf)| rcvbuf == 0 || rmem >= rcvbuf / 2)
 }
 
-/// Whether the socket's receive buffer is at least half used (its
-/// `SO_MEMINFO`): so full that the window the kernel offers the peer may
-/// have closed. Unknown counts as full.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn receive_buffer_nearly_full(tcp: &TcpStream) -> bool {
+/// The socket's receive memory in use and its receive buffer's size, in
+/// bytes (`SO_MEMINFO`, whose number is asm-generic's, which x86, ARM and
+/// RISC-V use; the libc crate does not have it).
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64"
+    )
+))]
+fn receive_memory(tcp: &TcpStream) -> Option<(u32, u32)> {
     use std::os::fd::AsRawFd;
-    // SO_MEMINFO in asm-generic/socket.h, which x86, ARM and RISC-V use;
-    // not in the libc crate. Elsewhere the answer is "full".
-    #[cfg(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64"
-    ))]
     const SO_MEMINFO: libc::c_int = 55;
-    #[cfg(not(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64"
-    )))]
-    return true;
-    let mut info = [0u32; 9];
+    let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
     let mut len = size_of_val(&info) as libc::socklen_t;
     // SAFETY: the descriptor is open (the caller holds its socket), and the
     // kernel writes at most `len` bytes into `info`.
@@ -460,14 +601,38 @@ fn receive_buffer_nearly_full(tcp: &TcpStream) -> bool {
             &mut len,
         )
     };
-    let rmem_alloc = info[libc::SK_MEMINFO_RMEM_ALLOC as usize];
-    let rcvbuf = info[libc::SK_MEMINFO_RCVBUF as usize];
-    got != 0 || rcvbuf == 0 || rmem_alloc >= rcvbuf / 2
+    (got == 0).then(|| {
+        (
+            info[libc::SK_MEMINFO_RMEM_ALLOC as usize],
+            info[libc::SK_MEMINFO_RCVBUF as usize],
+        )
+    })
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn receive_buffer_nearly_full(_tcp: &TcpStream) -> bool {
-    true
+#[cfg(not(all(
+    any(target_os = "linux", target_os = "android"),
+    any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64"
+    )
+)))]
+fn receive_memory(_tcp: &TcpStream) -> Option<(u32, u32)> {
+    None
+}
+
+/// `TCP_CORK`: while on, only full segments are sent.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn cork(tcp: &TcpStream, on: bool) -> io::Result<()> {
+    super::set_int_option(tcp, libc::IPPROTO_TCP, libc::TCP_CORK, on.into())
+}
+
+/// `SO_RCVLOWAT`: the socket is readable once this many bytes are queued.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn low_water(tcp: &TcpStream, bytes: usize) -> io::Result<()> {
+    super::set_int_option(tcp, libc::SOL_SOCKET, libc::SO_RCVLOWAT, libc_int(bytes))
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -478,6 +643,11 @@ fn peek_offset(_tcp: &TcpStream, _offset: i32) -> io::Result<()> {
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn low_water(_tcp: &TcpStream, _bytes: usize) -> io::Result<()> {
     Err(io::ErrorKind::Unsupported.into())
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn cork(_tcp: &TcpStream, _on: bool) -> io::Result<()> {
+    Ok(())
 }
 
 #[cfg(all(test, any(target_os = "linux", target_os = "android")))]

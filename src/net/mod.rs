@@ -45,8 +45,6 @@ pub(crate) struct LineSocket {
     held: Option<Box<held::Held>>,
     /// Long lines may stay in the kernel.
     may_hold: bool,
-    /// ... but not the line being read: the kernel could not hold it.
-    hold_paused: bool,
 }
 
 /// What carries the bytes.
@@ -79,7 +77,6 @@ impl LineSocket {
             framer: Framer::new(max_line),
             held: None,
             may_hold: false,
-            hold_paused: false,
         }
     }
 
@@ -173,7 +170,7 @@ impl LineSocket {
         loop {
             // Rare, so boxed: inline, its state would be in every session's
             // future.
-            if self.held.is_some() || self.starts_holding() {
+            if self.holding() || self.starts_holding() {
                 if let Some(n) = Box::pin(self.read_held()).await? {
                     return Ok(n);
                 }
@@ -217,19 +214,26 @@ impl LineSocket {
             };
             self.reads.record(n, room);
             self.framer.filled(n);
-            return Ok(n);
+            let again = self.read_again(n);
+            if n > 0 && again == n {
+                continue;
+            }
+            return Ok(n - again);
         }
     }
 
     /// The next complete line read, without its `\n` or `\r\n`; `None` when
     /// none is buffered. An error is final.
     pub(crate) fn next_line(&mut self) -> Option<Result<&[u8], FrameError>> {
-        if self.held.is_some() {
+        if self.holding() {
             return self.held_error().map(Err);
         }
         let line = self.framer.next_line();
-        // The line the kernel could not hold is over.
-        self.hold_paused &= line.is_none();
+        // The line the kernel could not hold is over (fields, not
+        // `unpause`: the line borrows the framer).
+        if line.is_some() && self.held.as_ref().is_some_and(|held| held.is_paused()) {
+            self.held = None;
+        }
         line
     }
 
@@ -243,9 +247,10 @@ impl LineSocket {
     /// line limit, it is a framing error. A fragment held in the kernel is
     /// not handed out but made ready to relay ([`held_ready`](Self::held_ready)).
     pub(crate) fn take_fragment(&mut self) -> Option<Result<&[u8], FrameError>> {
-        if self.held.is_some() {
+        if self.holding() {
             return self.take_held_fragment().err().map(Err);
         }
+        self.unpause();
         self.framer.take_fragment()
     }
 
@@ -345,6 +350,7 @@ impl LineSocket {
     /// Closing with unread input instead would make the kernel send a reset,
     /// which can destroy the last line before the peer reads it.
     pub(crate) async fn linger_close(&mut self) {
+        self.forget_held();
         if let Transport::Tls(tls) = &mut self.transport {
             tls.get_mut().1.send_close_notify();
             // Bounded: a peer that does not read may never take these bytes.
