@@ -13,7 +13,8 @@
 #   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|tls|hold|hostile|syscalls|instructions
 #   (cost: CPU per reply at a fixed rate, then throughput unpaced, with all servers at once;
 #   syscalls: system calls per reply of each server and each bench, with perf;
-#   hold: HOLD_CLIENTS (19 500) connections held idle, then one message each)
+#   hold: HOLD_CLIENTS (19 500) connections held idle, then one message each;
+#   hostile: 1 000 clients that send long lines and never read, HOSTILE_ROUNDS (3) rounds)
 #   BASELINE=/path/to/other/duplex ONLY=cost scripts/bench.sh  # also compare another build (cost, syscalls)
 #   scripts/pool_rounds.py run1.jsonl run2.jsonl  # pool the throughput rounds of saved runs
 #
@@ -41,6 +42,9 @@ ONLY=${ONLY:-}
 # connect rate past 10 000 connections; docs/performance.md).
 HOLD_CLIENTS=${HOLD_CLIENTS:-19500}
 HOLD_SOURCES=${HOLD_SOURCES:-127.0.0.1-127.0.0.8}
+# The hostile section's rounds: how many of a fresh server's long lines the
+# kernel holds varies from run to run, so every round is reported.
+HOSTILE_ROUNDS=${HOSTILE_ROUNDS:-3}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 SEED=${SEED:-../shared/seed}
@@ -286,14 +290,16 @@ if want hostile; then
     # on a fresh server each: a few lines each (the kernel's buffers take the
     # replies), then enough that the server stops reading them because their
     # replies cannot be written; the server's RSS with them and after.
-    for case in "65536 8" "65536 64" "16384 256"; do
-        read -r size lines <<<"$case"
-        start hostile 8170 duplex --registry-interval 0 --max-line "$size"
-        json=$(python3 scripts/hostile_readers.py --port 8170 --server-pid "${PID[hostile]}" \
-            --clients 1000 --size "$size" --lines "$lines")
-        echo "{\"section\": \"hostile\", \"server\": \"duplex\", \"round\": 0, \"result\": $json}" >> "$RESULTS"
-        echo "  hostile --max-line $size, $lines lines each: $json" >&2
-        stop_all
+    for round in $(seq 1 "$HOSTILE_ROUNDS"); do
+        for case in "65536 8" "65536 64" "16384 256"; do
+            read -r size lines <<<"$case"
+            start hostile 8170 duplex --registry-interval 0 --max-line "$size"
+            json=$(python3 scripts/hostile_readers.py --port 8170 --server-pid "${PID[hostile]}" \
+                --clients 1000 --size "$size" --lines "$lines")
+            echo "{\"section\": \"hostile\", \"server\": \"duplex\", \"round\": $round, \"result\": $json}" >> "$RESULTS"
+            echo "  hostile round $round, --max-line $size, $lines lines each: $json" >&2
+            stop_all
+        done
     done
 fi
 
@@ -584,11 +590,14 @@ table("Registry snapshots with 10 000 busy clients, depth 1 (median of interleav
 lines = []
 for r in (run["result"] for run in runs if run["section"] == "hostile"):
     grew = lambda kib: f"{(kib - r['rss_before_kib']) / 1024:.1f}"
+    tcp = r.get("tcp_mem_before_kib"), r.get("tcp_mem_stuck_kib")
+    tcp = f"{(tcp[1] - tcp[0]) / 1024:.0f}" if None not in tcp else "-"
     lines.append((r["size"], r["lines"], r["clients_the_server_stopped_reading"], r["rss_before_kib"],
-                  grew(r["rss_stuck_kib"]), f"{r['bytes_per_client']:.0f}", grew(r["rss_after_kib"])))
+                  grew(r["rss_stuck_kib"]), f"{r['bytes_per_client']:.0f}", grew(r["rss_after_kib"]), tcp))
 table("1 000 clients that send long lines and never read (--max-line = line size; fresh server each)",
       ["line bytes", "lines each", "clients the server stopped reading", "RSS before KiB",
-       "MiB above it, with them", "bytes per client", "MiB above it, after they left"], lines)
+       "MiB above it, with them", "bytes per client", "MiB above it, after they left",
+       "kernel TCP MiB with them (both ends)"], lines)
 
 lines = []
 for r in (run["result"] for run in runs if run["section"] == "hold"):

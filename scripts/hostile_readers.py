@@ -3,7 +3,8 @@
 (as fast as the server takes them) and never read a byte. Prints one JSON
 object: the server's RSS before they connect, once they have sent what the
 server would take (all of it, or until it stopped reading them), and after
-they have all closed.
+they have all closed; and the kernel's TCP memory (machine-wide, so both
+ends on loopback) before and with them.
 
     scripts/hostile_readers.py --port 8120 --server-pid PID --clients 1000 --size 65536 --lines 64
 """
@@ -22,6 +23,16 @@ def rss_kib(pid):
     raise SystemExit(f"no VmRSS for {pid}")
 
 
+def tcp_mem_kib():
+    """The kernel's memory for TCP, machine-wide (both ends, on loopback)."""
+    with open("/proc/net/sockstat") as sockstat:
+        for line in sockstat:
+            if line.startswith("TCP:"):
+                fields = line.split()
+                return int(fields[fields.index("mem") + 1]) * 4
+    return None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
@@ -33,6 +44,7 @@ def main():
     args = parser.parse_args()
 
     before = rss_kib(args.server_pid)
+    tcp_before = tcp_mem_kib()
     stream = (b"x" * args.size + b"\n") * args.lines
     selector = selectors.DefaultSelector()
     clients = []
@@ -58,6 +70,7 @@ def main():
                 selector.unregister(client["sock"])
     time.sleep(1)
     stuck = rss_kib(args.server_pid)
+    tcp_stuck = tcp_mem_kib()
     unsent = sum(len(stream) - c["sent"] for c in clients)
     blocked = sum(1 for c in clients if c["sent"] < len(stream))
     for client in clients:
@@ -69,6 +82,7 @@ def main():
         "rss_before_kib": before, "rss_stuck_kib": stuck, "rss_after_kib": after,
         "bytes_per_client": (stuck - before) * 1024 / args.clients,
         "clients_the_server_stopped_reading": blocked, "bytes_unsent": unsent,
+        "tcp_mem_before_kib": tcp_before, "tcp_mem_stuck_kib": tcp_stuck,
     }))
 
 
