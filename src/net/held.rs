@@ -573,21 +573,23 @@ fn receive_buffer_nearly_full(tcp: &TcpStream) -> bool {
 }
 
 /// The socket's receive memory in use and its receive buffer's size, in
-/// bytes (`SO_MEMINFO`, whose number is asm-generic's, which x86, ARM and
-/// RISC-V use; the libc crate does not have it).
-#[cfg(all(
-    any(target_os = "linux", target_os = "android"),
-    any(
+/// bytes (`SO_MEMINFO`); unknown where its number is not asm-generic's,
+/// which x86, ARM and RISC-V use (the libc crate does not have it), and off
+/// Linux.
+#[cfg(target_os = "linux")]
+fn receive_memory(tcp: &TcpStream) -> Option<(u32, u32)> {
+    use std::os::fd::AsRawFd;
+    const SO_MEMINFO: libc::c_int = 55;
+    let asm_generic = cfg!(any(
         target_arch = "x86_64",
         target_arch = "x86",
         target_arch = "aarch64",
         target_arch = "arm",
         target_arch = "riscv64"
-    )
-))]
-fn receive_memory(tcp: &TcpStream) -> Option<(u32, u32)> {
-    use std::os::fd::AsRawFd;
-    const SO_MEMINFO: libc::c_int = 55;
+    ));
+    if !asm_generic {
+        return None;
+    }
     let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
     let mut len = size_of_val(&info) as libc::socklen_t;
     // SAFETY: the descriptor is open (the caller holds its socket), and the
@@ -609,16 +611,7 @@ fn receive_memory(tcp: &TcpStream) -> Option<(u32, u32)> {
     })
 }
 
-#[cfg(not(all(
-    any(target_os = "linux", target_os = "android"),
-    any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64"
-    )
-)))]
+#[cfg(not(target_os = "linux"))]
 fn receive_memory(_tcp: &TcpStream) -> Option<(u32, u32)> {
     None
 }
