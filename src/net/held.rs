@@ -49,6 +49,22 @@ use crate::wire::FrameError;
 /// maximum (6 MiB by default; 32 MiB on this project's machines).
 pub(crate) const KERNEL_LINE_MAX: usize = 1024 * 1024;
 
+/// Whether this system can hold long lines: Linux (whose kernel must also
+/// have TCP's `SO_PEEK_OFF`, 6.9 and later, which is found out at the first
+/// long line), where `SO_MEMINFO` has asm-generic's number, as on x86, ARM
+/// and RISC-V (the libc crate does not have it): without it, the session
+/// could not tell a receive buffer that is full.
+const KERNEL_CAN_HOLD: bool = cfg!(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64"
+    )
+));
+
 /// A message whose head is in the framer and whose continuation is in the
 /// kernel.
 #[derive(Debug)]
@@ -94,8 +110,7 @@ impl LineSocket {
     /// Lets long lines stay in the kernel, where the system allows it (see
     /// the module): for the server's connections, whose peers may not read.
     pub(crate) fn hold_long_lines(&mut self) {
-        self.may_hold = cfg!(any(target_os = "linux", target_os = "android"))
-            && self.framer.max_line() <= KERNEL_LINE_MAX;
+        self.may_hold = KERNEL_CAN_HOLD && self.framer.max_line() <= KERNEL_LINE_MAX;
     }
 
     /// Whether the line being read is to stay in the kernel from here on:
@@ -312,9 +327,10 @@ impl LineSocket {
 
     /// The ready message's head, handed out. The reply goes out in several
     /// writes from here (its timestamp and head, then the rest in pieces,
-    /// then its `\n`), so the socket is corked until the relay is done:
-    /// Nagle's algorithm would hold each small piece back until the peer
-    /// acknowledged the one before it.
+    /// then its `\n`), so the socket is corked until the relay is done: sent
+    /// in full segments, not in as many small ones as there are writes.
+    /// (Uncorking leaves the last partial segment to Nagle's algorithm, as
+    /// any write's is.)
     pub(crate) fn take_held_head(&mut self) -> &[u8] {
         if let Transport::Plain(socket) = &self.transport {
             // Uncorked, the reply only goes out in more segments.
@@ -391,7 +407,9 @@ impl LineSocket {
             self.held = None;
             // What follows the message may be waiting already.
             self.reads.record(1, 1);
-            cork(tcp, false)?;
+            // The reply is whole in the send queue; if it cannot be
+            // uncorked now, the close sends it, so the session goes on.
+            let _ = cork(tcp, false);
         }
         Ok((written, done))
     }
@@ -573,21 +591,12 @@ fn receive_buffer_nearly_full(tcp: &TcpStream) -> bool {
 }
 
 /// The socket's receive memory in use and its receive buffer's size, in
-/// bytes (`SO_MEMINFO`); unknown where its number is not asm-generic's,
-/// which x86, ARM and RISC-V use (the libc crate does not have it), and off
-/// Linux.
+/// bytes (`SO_MEMINFO`); unknown where [`KERNEL_CAN_HOLD`] is not.
 #[cfg(target_os = "linux")]
 fn receive_memory(tcp: &TcpStream) -> Option<(u32, u32)> {
     use std::os::fd::AsRawFd;
     const SO_MEMINFO: libc::c_int = 55;
-    let asm_generic = cfg!(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64"
-    ));
-    if !asm_generic {
+    if !KERNEL_CAN_HOLD {
         return None;
     }
     let mut info = [0u32; libc::SK_MEMINFO_DROPS as usize + 1];
