@@ -8,8 +8,7 @@ mod common;
 use async_std::net::TcpStream;
 use async_std::task::spawn;
 use common::{PATIENCE, Peer, TestServer, quick_config, within};
-use futures::io::BufReader;
-use futures::{AsyncBufReadExt, AsyncWriteExt};
+use futures::AsyncWriteExt;
 
 /// Bytes of every value but `\n` and `\r`, in a pattern that shows a byte
 /// lost, doubled or moved; the first byte tells the lines apart.
@@ -78,34 +77,16 @@ async fn a_client_that_takes_its_replies_slowly_gets_every_long_one_intact() {
     socket.set_recv_buffer_size(4096).unwrap();
     socket.connect(&server.addr.into()).unwrap();
     let stream = TcpStream::from(std::net::TcpStream::from(socket));
-    let mut reader = BufReader::new(stream.clone());
+    let mut peer = Peer::from_stream(stream.clone());
     let messages: Vec<Vec<u8>> = (0..48u8)
         .map(|i| pattern(20_000 + usize::from(i) * 900, b'0' + i))
         .collect();
     send_in_background(stream, stream_of(&messages, &[b"\n"]));
-    let mut line = Vec::new();
-    within(PATIENCE, reader.read_until(b'\n', &mut line))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(line, b"Hello\n");
+    assert_eq!(peer.line().await, b"Hello\n");
     for message in &messages {
-        line.clear();
-        within(PATIENCE, reader.read_until(b'\n', &mut line))
-            .await
-            .expect("a reply in time")
-            .unwrap();
-        let reply = duplex::wire::reply_echo(line.strip_suffix(b"\n").expect("whole"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "not a reply, in place of line {}: {} bytes, {:?}",
-                    message[0],
-                    line.len(),
-                    String::from_utf8_lossy(&line[..line.len().min(60)])
-                )
-            });
+        let reply = peer.reply().await;
         assert!(
-            reply == &message[..],
+            reply == *message,
             "the reply to line {} differs",
             message[0]
         );

@@ -82,6 +82,11 @@ impl Peer {
             .await
             .expect("connect in time")
             .expect("connect");
+        Peer::from_stream(stream)
+    }
+
+    /// A peer on a connection made elsewhere (with socket options set first).
+    pub fn from_stream(stream: TcpStream) -> Peer {
         Peer {
             reader: BufReader::new(stream.clone()),
             writer: stream,
