@@ -375,11 +375,8 @@ impl LineSocket {
                 if looked == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
-                let took = match retry(|| tcp.write(&scratch[..looked])) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(took) => took,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) => return Err(e),
+                let Some(took) = write_now(tcp, &scratch[..looked])? else {
+                    return Ok(false);
                 };
                 discard(&mut tcp, &mut scratch[..took])?;
                 *body -= took;
@@ -393,12 +390,10 @@ impl LineSocket {
                 *terminator = 0;
             }
             if *newline {
-                match retry(|| tcp.write(b"\n")) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(_) => written += 1,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) => return Err(e),
+                if write_now(tcp, b"\n")?.is_none() {
+                    return Ok(false);
                 }
+                written += 1;
                 *newline = false;
             }
             Ok(true)
@@ -483,9 +478,8 @@ impl Held {
                     self.state = State::TooLong;
                     return Ok(Some(looked));
                 }
-                let n = match tcp.peek(&mut scratch[..want]) {
+                let n = match retry(|| tcp.peek(&mut scratch[..want])) {
                     Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         return Ok((looked > 0).then_some(looked));
                     }
@@ -565,6 +559,17 @@ fn discard(tcp: &mut &TcpStream, buf: &mut [u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writes what the send queue takes of `bytes` now: `None` if it takes
+/// nothing yet.
+fn write_now(mut tcp: &TcpStream, bytes: &[u8]) -> io::Result<Option<usize>> {
+    match retry(|| tcp.write(bytes)) {
+        Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+        Ok(took) => Ok(Some(took)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Runs a system call again while a signal interrupts it.
