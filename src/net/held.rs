@@ -23,14 +23,15 @@
 //!
 //! The kernel says when it will hold no more: the socket turns readable with
 //! nothing new (its receive buffer is nearly full, the window it offers the
-//! peer is closing, or TCP is short of memory). The receive buffer is then
-//! grown, a few times at most, and after that the line is read into the
-//! framer, as lines were before.
+//! peer is closing, or TCP is short of memory). A receive buffer at least
+//! half full is then grown, a few times at most, and after that the line is
+//! read into the framer, as lines were before; with room in the buffer, the
+//! socket is looked at again after a pause.
 //!
-//! Plain TCP on Linux 6.9 and later (TCP's `SO_PEEK_OFF`), and a
-//! `--max-line` of at most [`KERNEL_LINE_MAX`]; elsewhere, and with TLS
-//! (rustls holds the plaintext), long lines are read into a buffer that
-//! grows, as every line was before.
+//! Plain TCP on Linux 6.9 and later (TCP's `SO_PEEK_OFF`) where
+//! [`KERNEL_CAN_HOLD`], and a `--max-line` of at most [`KERNEL_LINE_MAX`];
+//! elsewhere, and with TLS (rustls holds the plaintext), long lines are read
+//! into a buffer that grows, as every line was before.
 
 use std::future::Future;
 use std::io::{self, Read, Write};
