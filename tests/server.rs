@@ -158,7 +158,10 @@ async fn the_registry_lists_each_client_with_its_peer_address_and_counts() {
     peer.send(b"one\ntwo\n").await;
     peer.reply().await;
     peer.reply().await;
-    let snapshot = server.registry.snapshot().await;
+    // The replies are counted once their write returns, maybe after we read them.
+    let snapshot = server
+        .snapshot_when(|s| s.clients.iter().all(|c| c.counts.messages_out == 2))
+        .await;
     assert_eq!(snapshot.clients.len(), 1);
     let client = &snapshot.clients[0];
     assert_eq!(client.peer.ip().to_string(), "127.0.0.1");
