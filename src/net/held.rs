@@ -36,13 +36,14 @@
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::pin::pin;
+use std::time::Duration;
 
-use futures::{FutureExt, select_biased};
+use futures::FutureExt;
 
-use super::{LineSocket, Transport, WriteStop, closed};
+use super::{LineSocket, Transport, WriteStop, bounded, closed};
 use crate::buffers;
-use crate::rt::{sleep, sleep_until, wait_for_input};
+use crate::rt::{sleep, wait_for_input};
 use crate::wire::FrameError;
 
 /// The longest `--max-line` whose lines the kernel is asked to hold. The
@@ -309,12 +310,8 @@ impl LineSocket {
         let Transport::Plain(socket) = &self.transport else {
             return Err(WriteStop::Failed(closed()));
         };
-        let stalled_at = progress_within.map(|limit| Instant::now() + limit);
-        select_biased! {
-            ready = socket.writable().fuse() => ready.map_err(WriteStop::Failed),
-            value = interrupt.fuse() => Err(WriteStop::Interrupted(value)),
-            _ = sleep_until(stalled_at).fuse() => Err(WriteStop::Stalled),
-        }
+        let mut interrupt = pin!(interrupt.fuse());
+        bounded(socket.writable(), progress_within, &mut interrupt).await
     }
 
     /// Whether a held message is ready to be relayed

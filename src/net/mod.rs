@@ -14,6 +14,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
+use futures::future::FusedFuture;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, select_biased};
 use futures_rustls::TlsStream;
 
@@ -316,23 +317,13 @@ impl LineSocket {
         let mut interrupt = pin!(interrupt.fuse());
         let mut written = 0;
         while written < bytes.len() {
-            let stalled_at = progress_within.map(|limit| Instant::now() + limit);
-            let n = select_biased! {
-                n = self.write(&bytes[written..]).fuse() => n.map_err(WriteStop::Failed)?,
-                value = interrupt => return Err(WriteStop::Interrupted(value)),
-                _ = sleep_until(stalled_at).fuse() => return Err(WriteStop::Stalled),
-            };
-            if n == 0 {
-                return Err(WriteStop::Failed(io::ErrorKind::WriteZero.into()));
+            let write = self.write(&bytes[written..]);
+            match bounded(write, progress_within, &mut interrupt).await? {
+                0 => return Err(WriteStop::Failed(io::ErrorKind::WriteZero.into())),
+                n => written += n,
             }
-            written += n;
         }
-        let stalled_at = progress_within.map(|limit| Instant::now() + limit);
-        select_biased! {
-            flushed = self.flush().fuse() => flushed.map_err(WriteStop::Failed),
-            value = interrupt => Err(WriteStop::Interrupted(value)),
-            _ = sleep_until(stalled_at).fuse() => Err(WriteStop::Stalled),
-        }
+        bounded(self.flush(), progress_within, &mut interrupt).await
     }
 
     /// Makes the close that comes when this is dropped a reset: nothing
@@ -410,6 +401,22 @@ pub(crate) enum WriteStop<T> {
     Stalled,
     /// The interrupt completed first, with this.
     Interrupted(T),
+}
+
+/// One step of a bounded write: `io`, unless `interrupt` completes first or
+/// `io` takes longer than `limit` (`None`: no limit). A write is bounded by
+/// its progress, so each step gets the whole limit.
+async fn bounded<R, T>(
+    io: impl Future<Output = io::Result<R>>,
+    limit: Option<Duration>,
+    mut interrupt: &mut (impl FusedFuture<Output = T> + Unpin),
+) -> Result<R, WriteStop<T>> {
+    let stalled_at = limit.map(|limit| Instant::now() + limit);
+    select_biased! {
+        done = io.fuse() => done.map_err(WriteStop::Failed),
+        value = interrupt => Err(WriteStop::Interrupted(value)),
+        _ = sleep_until(stalled_at).fuse() => Err(WriteStop::Stalled),
+    }
 }
 
 /// A lingering close waits at most this long for the peer's side to go quiet,
