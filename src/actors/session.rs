@@ -98,11 +98,10 @@ impl Session {
     pub(crate) fn new(
         id: ClientId,
         peer: SocketAddr,
-        socket: LineSocket,
+        mut socket: LineSocket,
         link: Arc<SessionLink>,
         context: Arc<SessionContext>,
     ) -> Session {
-        let mut socket = socket;
         // A client that does not read costs no memory for its long lines.
         socket.hold_long_lines();
         Session {

@@ -373,10 +373,11 @@ impl LineSocket {
                 if looked == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
-                let Some(took) = write_now(tcp, &scratch[..looked])? else {
+                let Some(took) = write_some(tcp, &scratch[..looked])? else {
                     return Ok(false);
                 };
-                discard(&mut tcp, &mut scratch[..took])?;
+                // Known to be queued: taken off the receive queue.
+                tcp.read_exact(&mut scratch[..took])?;
                 *body -= took;
                 written += took;
                 if took < looked {
@@ -384,11 +385,11 @@ impl LineSocket {
                 }
             }
             if *terminator > 0 {
-                discard(&mut tcp, &mut scratch[..*terminator])?;
+                tcp.read_exact(&mut scratch[..*terminator])?;
                 *terminator = 0;
             }
             if *newline {
-                if write_now(tcp, b"\n")?.is_none() {
+                if write_some(tcp, b"\n")?.is_none() {
                     return Ok(false);
                 }
                 written += 1;
@@ -547,21 +548,9 @@ fn libc_int(value: usize) -> libc::c_int {
     libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX)
 }
 
-/// Takes exactly `buf.len()` bytes, known to be queued, off the receive queue.
-fn discard(tcp: &mut &TcpStream, buf: &mut [u8]) -> io::Result<()> {
-    let mut taken = 0;
-    while taken < buf.len() {
-        match retry(|| tcp.read(&mut buf[taken..]))? {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
-            n => taken += n,
-        }
-    }
-    Ok(())
-}
-
 /// Writes what the send queue takes of `bytes` now: `None` if it takes
 /// nothing yet.
-fn write_now(mut tcp: &TcpStream, bytes: &[u8]) -> io::Result<Option<usize>> {
+fn write_some(mut tcp: &TcpStream, bytes: &[u8]) -> io::Result<Option<usize>> {
     match retry(|| tcp.write(bytes)) {
         Ok(0) => Err(io::ErrorKind::WriteZero.into()),
         Ok(took) => Ok(Some(took)),
