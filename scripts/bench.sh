@@ -42,8 +42,9 @@ ONLY=${ONLY:-}
 # connect rate past 10 000 connections; docs/performance.md).
 HOLD_CLIENTS=${HOLD_CLIENTS:-19500}
 HOLD_SOURCES=${HOLD_SOURCES:-127.0.0.1-127.0.0.8}
-# The hostile section's rounds: how many of a fresh server's long lines the
-# kernel holds varies from run to run, so every round is reported.
+# The hostile section's rounds: how many lines the kernel's socket buffers
+# take before the server stops reading varies from run to run, so every
+# round is reported.
 HOSTILE_ROUNDS=${HOSTILE_ROUNDS:-3}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}

@@ -30,29 +30,9 @@ pub(crate) const OUT_KEEP_MAX: usize = 16 * 1024;
 /// Buffers of each kind one thread keeps for reuse.
 const KEPT_PER_THREAD: usize = 32;
 
-/// Bytes in a thread's scratch buffer ([`with_scratch`]).
-pub(crate) const SCRATCH_SIZE: usize = 64 * 1024;
-
 thread_local! {
     static READS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static OUTS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` with this thread's scratch buffer of [`SCRATCH_SIZE`] bytes
-/// (allocated the first time; its contents are whatever it held last).
-///
-/// For work that finishes before it returns, never across an `await`: the
-/// bytes of a long line that the kernel keeps (`net::held`) pass through it
-/// on their way from one queue of the kernel to another, so no connection
-/// needs a buffer of its own for them.
-pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
-    SCRATCH.with_borrow_mut(|scratch| {
-        if scratch.is_empty() {
-            scratch.resize(SCRATCH_SIZE, 0);
-        }
-        f(scratch)
-    })
 }
 
 /// A read buffer of [`READ_SIZE`] bytes (initialized; its contents are

@@ -185,7 +185,7 @@ impl ReadLoop {
 /// Not `readable()` either: that future registers and removes a waker of its
 /// own on every wait. The read side's one waker slot, which reads use as well,
 /// costs nothing to reuse, and the caller's task is its only user.
-pub(crate) fn wait_for_input(socket: &Socket) -> impl Future<Output = io::Result<()>> + '_ {
+fn wait_for_input(socket: &Socket) -> impl Future<Output = io::Result<()>> + '_ {
     let mut registered = false;
     poll_fn(move |cx| {
         if registered {

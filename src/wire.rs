@@ -236,32 +236,6 @@ impl Framer {
         Some(Ok(fragment))
     }
 
-    /// Whether the unterminated bytes fill the standard buffer, all but
-    /// the room a read needs: more of their line does not fit in it.
-    pub(crate) fn is_full(&self) -> bool {
-        self.end - self.start > buffers::READ_SIZE - MIN_READ
-    }
-
-    /// The unterminated bytes.
-    pub(crate) fn fragment(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    /// Hands out the unterminated bytes, as [`fragment`](Framer::fragment)
-    /// gives them, as the start of a message whose rest is elsewhere: no
-    /// limit is checked.
-    pub(crate) fn take_head(&mut self) -> &[u8] {
-        let head = &self.buf[self.start..self.end];
-        self.start = self.end;
-        self.scanned = self.end;
-        head
-    }
-
-    /// The longest message, in bytes.
-    pub(crate) fn max_line(&self) -> usize {
-        self.max_line
-    }
-
     /// Bytes of memory the buffer holds (for tests of the memory bound).
     #[cfg(test)]
     fn capacity(&self) -> usize {
@@ -288,14 +262,6 @@ thread_local! {
 /// time-zone lookup) once per second per thread, not per session, so that no
 /// session carries a cache of its own.
 pub(crate) fn write_reply(out: &mut Vec<u8>, message: &[u8]) {
-    write_reply_head(out, message, 1);
-    out.push(b'\n');
-}
-
-/// Appends a reply's timestamp and `head`, the start of its message (the
-/// rest, and the `\n`, come later): `more` is how many bytes are to follow,
-/// so that the buffer is reserved once.
-pub(crate) fn write_reply_head(out: &mut Vec<u8>, head: &[u8], more: usize) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -311,10 +277,11 @@ pub(crate) fn write_reply_head(out: &mut Vec<u8>, head: &[u8], more: usize) {
         }
         // Exact, when it must grow: a long line's reply is not given twice
         // its size by the push of its `\n`.
-        out.reserve(cached.prefix.len() + head.len() + more);
+        out.reserve(cached.prefix.len() + message.len() + 1);
         out.extend_from_slice(&cached.prefix);
     });
-    out.extend_from_slice(head);
+    out.extend_from_slice(message);
+    out.push(b'\n');
 }
 
 /// Appends `H:M:S - server reply: ` for `time`, without zero padding, as the

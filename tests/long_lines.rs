@@ -1,7 +1,6 @@
 //! Lines longer than a session's read buffer, through the whole server on
-//! 127.0.0.1:0: answered byte for byte after their timestamp (on Linux the
-//! kernel holds them and the server relays them, elsewhere the framer holds
-//! them), however the client takes its replies, and refused over the limit.
+//! 127.0.0.1:0: answered byte for byte after their timestamp, however the
+//! client takes its replies, and refused over the limit.
 
 mod common;
 

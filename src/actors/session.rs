@@ -47,7 +47,7 @@ mod waits;
 pub use context::SessionConfig;
 pub(crate) use context::SessionContext;
 
-use waits::{Failure, handshake, proxy_header, relay_or_cut, write_or_cut};
+use waits::{Failure, handshake, proxy_header, write_or_cut};
 
 /// One client's actor. Build with [`Session::new`], then `run` it in its own task.
 pub(crate) struct Session {
@@ -98,12 +98,10 @@ impl Session {
     pub(crate) fn new(
         id: ClientId,
         peer: SocketAddr,
-        mut socket: LineSocket,
+        socket: LineSocket,
         link: Arc<SessionLink>,
         context: Arc<SessionContext>,
     ) -> Session {
-        // A client that does not read costs no memory for its long lines.
-        socket.hold_long_lines();
         Session {
             id,
             peer,
@@ -280,8 +278,6 @@ impl Session {
             if let Err(too_long) = self.answer_fragment() {
                 return self.refuse(too_long).await;
             }
-            // Before the last line: a fragment held in the kernel is not in `out`.
-            self.flush().await?;
         }
         if let Some(line) = last_line {
             self.out.extend_from_slice(line);
@@ -304,8 +300,6 @@ impl Session {
             wire::write_reply(buffers::lend_out(&mut self.out), line?);
             self.replies_queued += 1;
         }
-        // A long line held in the kernel, whose end came: `flush` relays it.
-        self.replies_queued += u64::from(self.socket.held_ready());
         Ok(())
     }
 
@@ -315,7 +309,6 @@ impl Session {
             wire::write_reply(buffers::lend_out(&mut self.out), fragment?);
             self.replies_queued += 1;
         }
-        self.replies_queued += u64::from(self.socket.held_ready());
         Ok(())
     }
 
@@ -329,25 +322,18 @@ impl Session {
         Ok(LeaveReason::LineTooLong)
     }
 
-    /// Writes everything queued in one go, then the reply to a long line
-    /// held in the kernel if one is ready, unless the server cuts it short.
+    /// Writes everything queued in one go, unless the server cuts it short.
     async fn flush(&mut self) -> Result<(), Failure> {
-        let held = u64::from(self.socket.held_ready());
-        if !self.out.is_empty() {
-            write_or_cut(&mut self.socket, &self.context, &self.link.inbox, &self.out).await?;
-            self.link
-                .stats
-                .sent(self.replies_queued - held, self.out.len() as u64);
-            // Given back: an idle client holds no reply buffer.
-            buffers::give_out(std::mem::take(&mut self.out));
+        if self.out.is_empty() {
+            return Ok(());
         }
-        if held > 0 {
-            // Rare, so boxed, as the wait of a write is.
-            let relay = relay_or_cut(&mut self.socket, &self.context, &self.link.inbox);
-            let bytes = Box::pin(relay).await?;
-            self.link.stats.sent(held, bytes);
-        }
+        write_or_cut(&mut self.socket, &self.context, &self.link.inbox, &self.out).await?;
+        self.link
+            .stats
+            .sent(self.replies_queued, self.out.len() as u64);
         self.replies_queued = 0;
+        // Given back: an idle client holds no reply buffer.
+        buffers::give_out(std::mem::take(&mut self.out));
         Ok(())
     }
 }

@@ -24,7 +24,6 @@ use crate::tls::{ClientTls, ServerTls};
 use crate::wire::{FrameError, Framer};
 
 mod bind;
-mod held;
 mod sockopt;
 
 pub(crate) use bind::{LISTEN_BACKLOG, bind};
@@ -42,10 +41,6 @@ pub(crate) struct LineSocket {
     transport: Transport,
     reads: ReadLoop,
     framer: Framer,
-    /// A long line whose rest is in the kernel ([`held`]).
-    held: Option<Box<held::Held>>,
-    /// Long lines may stay in the kernel.
-    may_hold: bool,
 }
 
 /// What carries the bytes.
@@ -76,8 +71,6 @@ impl LineSocket {
             transport: Transport::Plain(socket),
             reads: ReadLoop::default(),
             framer: Framer::new(max_line),
-            held: None,
-            may_hold: false,
         }
     }
 
@@ -169,13 +162,6 @@ impl LineSocket {
     /// is readable, and given back when the read finds nothing after all.
     pub(crate) async fn read(&mut self) -> io::Result<usize> {
         loop {
-            // Rare, so boxed: inline, its state would be in every session's
-            // future.
-            if self.holding() || self.starts_holding() {
-                if let Some(n) = Box::pin(self.read_held()).await? {
-                    return Ok(n);
-                }
-            }
             self.framer.release();
             let socket = self.socket().ok_or_else(closed)?;
             // rustls may already hold plaintext (or the peer's close_notify)
@@ -215,43 +201,25 @@ impl LineSocket {
             };
             self.reads.record(n, room);
             self.framer.filled(n);
-            let again = self.read_again(n);
-            if n > 0 && again == n {
-                continue;
-            }
-            return Ok(n - again);
+            return Ok(n);
         }
     }
 
     /// The next complete line read, without its `\n` or `\r\n`; `None` when
     /// none is buffered. An error is final.
     pub(crate) fn next_line(&mut self) -> Option<Result<&[u8], FrameError>> {
-        if self.holding() {
-            return self.held_error().map(Err);
-        }
-        let line = self.framer.next_line();
-        // The line the kernel could not hold is over (fields, not
-        // `unpause`: the line borrows the framer).
-        if line.is_some() && self.held.as_ref().is_some_and(|held| held.is_paused()) {
-            self.held = None;
-        }
-        line
+        self.framer.next_line()
     }
 
-    /// Whether unterminated bytes are buffered (or held in the kernel).
+    /// Whether unterminated bytes are buffered.
     pub(crate) fn has_fragment(&self) -> bool {
-        self.framer.has_fragment() && !self.held_ready()
+        self.framer.has_fragment()
     }
 
     /// Hands out the unterminated bytes, verbatim, as one message; call it
     /// only after [`next_line`](Self::next_line) returned `None`. Over the
-    /// line limit, it is a framing error. A fragment held in the kernel is
-    /// not handed out but made ready to relay ([`held_ready`](Self::held_ready)).
+    /// line limit, it is a framing error.
     pub(crate) fn take_fragment(&mut self) -> Option<Result<&[u8], FrameError>> {
-        if self.holding() {
-            return self.take_held_fragment().err().map(Err);
-        }
-        self.unpause();
         self.framer.take_fragment()
     }
 
@@ -341,7 +309,6 @@ impl LineSocket {
     /// Closing with unread input instead would make the kernel send a reset,
     /// which can destroy the last line before the peer reads it.
     pub(crate) async fn linger_close(&mut self) {
-        self.forget_held();
         if let Transport::Tls(tls) = &mut self.transport {
             tls.get_mut().1.send_close_notify();
             // Bounded: a peer that does not read may never take these bytes.

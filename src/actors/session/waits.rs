@@ -15,7 +15,6 @@ use crate::net::{Handshake, LineSocket, WriteStop};
 use crate::proxy::{ProxyHeader, TrustedProxies};
 use crate::rt::within;
 use crate::tls::{self, ServerTls};
-use crate::{buffers, wire};
 
 /// Writes `bytes` to the client, unless the server cuts it short, the client
 /// takes none of them for the write timeout, or the registry finds it idle
@@ -45,59 +44,21 @@ async fn write_waiting(
     inbox: &Mailbox,
     bytes: &[u8],
 ) -> Result<(), Failure> {
-    let limit = context.config.write_timeout;
-    let interrupt = write_interrupt(context, inbox);
-    socket
-        .write_bounded(bytes, limit, interrupt)
-        .await
-        .map_err(write_failure)
-}
-
-/// Answers the long line that the socket holds in the kernel (`net::held`),
-/// with the same bounds as [`write_or_cut`]: the reply's timestamp and the
-/// line's head, then the rest of it relayed from the kernel's receive queue,
-/// as fast as the client takes it. How many bytes the reply had.
-pub(super) async fn relay_or_cut(
-    socket: &mut LineSocket,
-    context: &SessionContext,
-    inbox: &Mailbox,
-) -> Result<u64, Failure> {
-    let mut out = Vec::new();
-    let head = socket.take_held_head();
-    wire::write_reply_head(buffers::lend_out(&mut out), head, 0);
-    write_or_cut(socket, context, inbox, &out).await?;
-    let mut sent = out.len() as u64;
-    buffers::give_out(out);
-    loop {
-        let (written, done) = socket.relay_now()?;
-        sent += written as u64;
-        if done {
-            return Ok(sent);
+    let cut = &context.cut;
+    let interrupt = async move {
+        select_biased! {
+            _ = cut.wait().fuse() => Failure::Cut,
+            command = idle_command(inbox).fuse() => match command {
+                SessionCommand::CloseIdle => Failure::Stalled(LeaveReason::IdleTimeout),
+            },
         }
-        let limit = context.config.write_timeout;
-        socket
-            .writable_bounded(limit, write_interrupt(context, inbox))
-            .await
-            .map_err(write_failure)?;
-    }
-}
-
-/// What ends a write early: the server's `cut`, or the registry finding the
-/// client idle.
-async fn write_interrupt(context: &SessionContext, inbox: &Mailbox) -> Failure {
-    select_biased! {
-        _ = context.cut.wait().fuse() => Failure::Cut,
-        command = idle_command(inbox).fuse() => match command {
-            SessionCommand::CloseIdle => Failure::Stalled(LeaveReason::IdleTimeout),
-        },
-    }
-}
-
-fn write_failure(stop: WriteStop<Failure>) -> Failure {
-    match stop {
-        WriteStop::Failed(e) => Failure::Io(e),
-        WriteStop::Stalled => Failure::Stalled(LeaveReason::WriteTimeout),
-        WriteStop::Interrupted(failure) => failure,
+    };
+    let limit = context.config.write_timeout;
+    match socket.write_bounded(bytes, limit, interrupt).await {
+        Ok(()) => Ok(()),
+        Err(WriteStop::Failed(e)) => Err(Failure::Io(e)),
+        Err(WriteStop::Stalled) => Err(Failure::Stalled(LeaveReason::WriteTimeout)),
+        Err(WriteStop::Interrupted(failure)) => Err(failure),
     }
 }
 
