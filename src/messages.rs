@@ -21,6 +21,7 @@ use crate::mailbox::Mailbox;
 use crate::pending::PendingQueue;
 use crate::rt::Receiver;
 use crate::shutdown::Shutdown;
+use crate::wire::FrameError;
 
 // ---------------------------------------------------------------- server side
 
@@ -149,24 +150,28 @@ pub(crate) enum SessionCommand {
     CloseIdle,
 }
 
-/// Why a session ended. Logged as `reason` when the client leaves.
+/// How a session ended: the one answer to why a client left, from the
+/// session's first wait to its last words. The session's task reports it to
+/// the registry, which logs it as `reason`.
 #[derive(Debug)]
 pub(crate) enum LeaveReason {
     /// The client closed its side (EOF) and got its last replies.
     PeerClosed,
     /// Reading or writing the socket failed (reset, broken pipe, ...).
     Io(io::Error),
-    /// A line exceeded `--max-line`; the client was told so.
-    LineTooLong,
+    /// A line exceeded `--max-line` (`max` bytes); the client was told so.
+    LineTooLong { max: usize },
     /// Nothing arrived for `--idle-timeout`; the client was told so.
     IdleTimeout,
     /// The server is shutting down; the client got the notice.
     ServerShutdown,
     /// The server's shutdown timeout ran out while this session was still writing.
     Cut,
-    /// The client took none of our bytes for `--write-timeout`; it was reset.
-    WriteTimeout,
-    /// The session ended without leaving: its task panicked.
+    /// A write waited for a client that took none of its bytes: for
+    /// `--write-timeout`, or until the registry found it idle (`idle`). It
+    /// was reset, not told.
+    NotReading { idle: bool },
+    /// The session's task panicked.
     Panicked,
     /// The TLS handshake did not finish (`--tls-cert`).
     TlsFailed(HandshakeFailure),
@@ -174,6 +179,19 @@ pub(crate) enum LeaveReason {
     ProxyFailed(String),
     /// The proxy's own connection (a health check): nothing to serve.
     ProxyLocal,
+}
+
+impl From<io::Error> for LeaveReason {
+    fn from(e: io::Error) -> LeaveReason {
+        LeaveReason::Io(e)
+    }
+}
+
+impl From<FrameError> for LeaveReason {
+    fn from(too_long: FrameError) -> LeaveReason {
+        let FrameError::LineTooLong { max } = too_long;
+        LeaveReason::LineTooLong { max }
+    }
 }
 
 /// A TLS handshake that did not finish: why, in a few words, and the error
@@ -189,11 +207,13 @@ impl fmt::Display for LeaveReason {
         match self {
             LeaveReason::PeerClosed => f.write_str("peer closed"),
             LeaveReason::Io(e) => write!(f, "io error: {e}"),
-            LeaveReason::LineTooLong => f.write_str("line too long"),
-            LeaveReason::IdleTimeout => f.write_str("idle timeout"),
+            LeaveReason::LineTooLong { .. } => f.write_str("line too long"),
+            LeaveReason::IdleTimeout | LeaveReason::NotReading { idle: true } => {
+                f.write_str("idle timeout")
+            }
             LeaveReason::ServerShutdown => f.write_str("server shutdown"),
             LeaveReason::Cut => f.write_str("cut at shutdown timeout"),
-            LeaveReason::WriteTimeout => f.write_str("write timeout"),
+            LeaveReason::NotReading { idle: false } => f.write_str("write timeout"),
             LeaveReason::Panicked => f.write_str("session panicked"),
             LeaveReason::TlsFailed(HandshakeFailure {
                 reason,

@@ -1,15 +1,18 @@
 //! The acceptor actor: owns the listening socket.
 //!
 //! Accepts connections, gives each an id, asks the registry to admit it, and
-//! spawns its session (or turns it away with an error line when the server is
+//! spawns its session in a task that tells the registry when and why the
+//! session ended (or turns it away with an error line when the server is
 //! full). Accept errors never end it: running out of descriptors or buffers
 //! pauses accepting with a growing backoff and a rate-limited warning; errors
 //! that concern one connection only are skipped. It stops when the server's
 //! shutdown signal fires: it takes what the kernel already queued, then drops
 //! the listener so no one else gets in.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,9 +20,10 @@ use std::time::Duration;
 use futures::{FutureExt, select_biased};
 use kv_log_macro::{debug, info, warn};
 
+use crate::actors::registry::RegistryHandle;
 use crate::actors::session::{Session, SessionContext};
 use crate::logging::Throttle;
-use crate::messages::{Admission, ClientId, SessionLink};
+use crate::messages::{Admission, ClientId, LeaveReason, SessionLink};
 use crate::net::LineSocket;
 use crate::rt::{Listener, Socket, sleep, spawn, spawn_detached, within};
 use crate::shutdown::Shutdown;
@@ -118,7 +122,8 @@ impl Acceptor {
         match admission {
             Admission::Admitted { .. } => {
                 let session = Session::new(id, peer, socket, link, self.sessions.clone());
-                spawn_detached(session.run());
+                let registry = self.sessions.registry.clone();
+                spawn_detached(session_task(id, registry, session.run()));
             }
             Admission::Full { max } => {
                 if self.turning_away.fetch_add(1, Ordering::Relaxed) >= TURN_AWAYS_MAX {
@@ -146,6 +151,27 @@ impl Acceptor {
             });
         }
     }
+}
+
+/// A session's task: runs the session to its end, then tells the registry
+/// why the client left, also when the session panicked (the registry would
+/// otherwise count the client for ever).
+///
+/// Combinators, not an `async` block: a block would move the session's
+/// future from its capture into a local of its own and keep room for both
+/// (rust-lang/rust#62958), and this is what every connected client costs.
+pub(crate) fn session_task(
+    id: ClientId,
+    registry: RegistryHandle,
+    session: impl Future<Output = LeaveReason> + Send,
+) -> impl Future<Output = ()> + Send {
+    AssertUnwindSafe(session).catch_unwind().then(move |ended| {
+        let reason = ended.unwrap_or_else(|_| {
+            warn!("session panicked", { client_id: id });
+            LeaveReason::Panicked
+        });
+        async move { registry.unregister(id, reason).await }
+    })
 }
 
 /// Tells a client the server is full (after its PROXY header and TLS

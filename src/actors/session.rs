@@ -21,8 +21,9 @@
 //! Stops when the client closes or fails, when a line is too long, when the
 //! registry finds the client idle (`SessionCommand::CloseIdle`), or at server
 //! shutdown: when the registry closes the inbox it answers what it has read,
-//! sends the notice and closes; `cut` stops it writing at once. On every path
-//! it tells the registry why it left.
+//! sends the notice and closes; `cut` stops it writing at once. However it
+//! ends, [`run`](Session::run) returns the [`LeaveReason`], and the task that
+//! runs it (the acceptor's `session_task`) tells the registry.
 
 use std::future::Future;
 use std::io;
@@ -37,7 +38,7 @@ use crate::buffers;
 use crate::messages::{ClientId, HandshakeFailure, LeaveReason, SessionCommand, SessionLink};
 use crate::net::{Handshake, LineSocket};
 use crate::proxy::ProxyHeader;
-use crate::rt::{Alarm, spawn};
+use crate::rt::Alarm;
 use crate::wire;
 
 mod context;
@@ -47,7 +48,7 @@ mod waits;
 pub use context::SessionConfig;
 pub(crate) use context::SessionContext;
 
-use waits::{Failure, handshake, proxy_header, write_or_cut};
+use waits::{handshake, proxy_header, write_or_cut};
 
 /// One client's actor. Build with [`Session::new`], then `run` it in its own task.
 pub(crate) struct Session {
@@ -62,36 +63,12 @@ pub(crate) struct Session {
     /// Its counters and inbox, shared with the registry.
     link: Arc<SessionLink>,
     context: Arc<SessionContext>,
-    /// It has told the registry it left; until then, dropping it (a panic
-    /// unwinding its task) tells the registry instead.
-    left: bool,
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        if self.left {
-            return;
-        }
-        warn!("session panicked", { client_id: self.id });
-        let registry = self.context.registry.clone();
-        let id = self.id;
-        spawn(async move { registry.unregister(id, LeaveReason::Panicked).await });
-    }
 }
 
 enum Event {
     Read(io::Result<usize>),
     Command(Option<SessionCommand>),
     Deadline,
-}
-
-/// How the exchange of lines ended, when the session still has something to
-/// say: [`Session::finish`] says it.
-enum Ending {
-    PeerClosed,
-    TooLong(wire::FrameError),
-    Idle,
-    Shutdown,
 }
 
 impl Session {
@@ -110,34 +87,30 @@ impl Session {
             replies_queued: 0,
             link,
             context,
-            left: false,
         }
     }
 
-    /// Serves the client until it leaves, then tells the registry why.
+    /// Serves the client until it leaves, closes the connection as its end
+    /// requires, and says why it left.
     // Not an `async fn`: that would store `self` in its future twice (once as
     // the argument, once as the local it is moved into; rust-lang/rust#62958),
     // and this future is most of what an idle client costs.
     #[allow(clippy::manual_async_fn)]
-    pub(crate) fn run(mut self) -> impl Future<Output = ()> + Send {
+    pub(crate) fn run(mut self) -> impl Future<Output = LeaveReason> + Send {
         async move {
-            let served = self.serve().await;
-            // What follows runs once per connection, so it is boxed: inline,
-            // its state would sit in every idle session's future for nothing.
-            Box::pin(self.leave(served)).await;
+            let end = match Box::pin(self.open()).await {
+                // Once per connection, so boxed: inline, the opening's state
+                // would sit in every idle session's future.
+                Ok(()) => self.exchange().await,
+                Err(end) => end,
+            };
+            self.close(end)
         }
-    }
-
-    async fn serve(&mut self) -> Result<LeaveReason, Failure> {
-        // Once per connection, so boxed: inline, the opening's state would
-        // sit in every idle session's future.
-        Box::pin(self.open()).await?;
-        self.exchange().await
     }
 
     /// The connection's opening: the PROXY header, the TLS handshake, then
     /// the greeting.
-    async fn open(&mut self) -> Result<(), Failure> {
+    async fn open(&mut self) -> Result<(), LeaveReason> {
         if let Some(trusted) = &self.context.proxy {
             let header = Box::pin(proxy_header(
                 &self.socket,
@@ -150,7 +123,7 @@ impl Session {
                 ProxyHeader::Relayed { client } => self.peer = client,
                 // Served under the balancer's address, which is all there is.
                 ProxyHeader::Unnamed => {}
-                ProxyHeader::Local => return Err(Failure::Ended(LeaveReason::ProxyLocal)),
+                ProxyHeader::Local => return Err(LeaveReason::ProxyLocal),
             }
             self.context.registry.identify(self.id, self.peer).await;
         }
@@ -172,7 +145,7 @@ impl Session {
                 self.out.extend_from_slice(wire::TLS_REQUIRED_ERROR);
                 self.flush().await?;
                 Box::pin(self.linger()).await;
-                return Err(Failure::Handshake(HandshakeFailure {
+                return Err(LeaveReason::TlsFailed(HandshakeFailure {
                     reason,
                     error: None,
                 }));
@@ -188,8 +161,9 @@ impl Session {
         .await
     }
 
-    /// Answers the client's lines until the exchange ends.
-    async fn exchange(&mut self) -> Result<LeaveReason, Failure> {
+    /// Answers the client's lines until the exchange ends, then says the
+    /// session's last words; how it ended.
+    async fn exchange(&mut self) -> LeaveReason {
         let mut fragment_since: Option<Instant> = None;
         // The alarm lives across iterations, so waiting on it registers a
         // timer only when it is armed, not once per message (the inbox keeps
@@ -207,7 +181,7 @@ impl Session {
                 _ = alarm => Event::Deadline,
             };
             match event {
-                Event::Read(Ok(0)) => break Ending::PeerClosed,
+                Event::Read(Ok(0)) => break LeaveReason::PeerClosed,
                 Event::Read(Ok(n)) => {
                     let now = Instant::now();
                     let queued_before = self.replies_queued;
@@ -216,15 +190,17 @@ impl Session {
                         .stats
                         .received(self.replies_queued - queued_before, n as u64, now);
                     if let Err(too_long) = framed {
-                        break Ending::TooLong(too_long);
+                        break too_long.into();
                     }
                     fragment_since = self.socket.has_fragment().then_some(now);
-                    self.flush().await?;
+                    if let Err(end) = self.flush().await {
+                        break end;
+                    }
                 }
-                Event::Read(Err(e)) => return Err(e.into()),
-                Event::Command(Some(SessionCommand::CloseIdle)) => break Ending::Idle,
+                Event::Read(Err(e)) => break LeaveReason::Io(e),
+                Event::Command(Some(SessionCommand::CloseIdle)) => break LeaveReason::IdleTimeout,
                 // The registry closed our inbox: the server is shutting down.
-                Event::Command(None) => break Ending::Shutdown,
+                Event::Command(None) => break LeaveReason::ServerShutdown,
                 Event::Deadline => {
                     // The alarm may have been armed for an earlier deadline
                     // than the one that stands now; that is checked here.
@@ -235,13 +211,15 @@ impl Session {
                     if let Some(since) = fragment_since.filter(|_| due) {
                         let messages = u64::from(self.socket.has_fragment());
                         if let Err(too_long) = self.answer_fragment() {
-                            break Ending::TooLong(too_long);
+                            break too_long.into();
                         }
                         // The client's last input is when the fragment came,
                         // not now: the idle timeout counts from then.
                         self.link.stats.received(messages, 0, since);
                         fragment_since = None;
-                        self.flush().await?;
+                        if let Err(end) = self.flush().await {
+                            break end;
+                        }
                     }
                 }
             }
@@ -258,32 +236,33 @@ impl Session {
             .map(|(since, wait)| since + wait)
     }
 
-    /// The session's last words, as its ending calls for.
-    async fn finish(&mut self, end: Ending) -> Result<LeaveReason, Failure> {
-        let (answer_fragment, last_line, reason) = match end {
-            Ending::TooLong(too_long) => return self.refuse(too_long).await,
-            Ending::PeerClosed => (true, None, LeaveReason::PeerClosed),
-            Ending::Idle => (
-                false,
-                Some(wire::IDLE_TIMEOUT_ERROR),
-                LeaveReason::IdleTimeout,
-            ),
-            Ending::Shutdown => (
-                true,
-                Some(wire::SHUTDOWN_NOTICE),
-                LeaveReason::ServerShutdown,
-            ),
-        };
-        if answer_fragment {
-            if let Err(too_long) = self.answer_fragment() {
-                return self.refuse(too_long).await;
+    /// The session's last words, as its end calls for, then a close that
+    /// lets them arrive; how it ended after all (a write can still fail).
+    async fn finish(&mut self, end: LeaveReason) -> LeaveReason {
+        let last_line = match end {
+            LeaveReason::PeerClosed | LeaveReason::ServerShutdown => {
+                if let Err(wire::FrameError::LineTooLong { max }) = self.answer_fragment() {
+                    return self.refuse(max).await;
+                }
+                let shutdown = matches!(end, LeaveReason::ServerShutdown);
+                shutdown.then_some(wire::SHUTDOWN_NOTICE)
             }
-        }
+            LeaveReason::IdleTimeout => Some(wire::IDLE_TIMEOUT_ERROR),
+            LeaveReason::LineTooLong { max } => return self.refuse(max).await,
+            // Nothing more can be said.
+            _ => return end,
+        };
         if let Some(line) = last_line {
             self.out.extend_from_slice(line);
         }
-        self.flush().await?;
-        Ok(reason)
+        if let Err(failed) = self.flush().await {
+            return failed;
+        }
+        // A client that closed has its replies; anyone else is closed on.
+        if !matches!(end, LeaveReason::PeerClosed) {
+            self.linger().await;
+        }
+        end
     }
 
     /// Closes so that the client's last line arrives, unless the server cuts it short.
@@ -312,18 +291,20 @@ impl Session {
         Ok(())
     }
 
-    /// Answers what came before a message over the limit, tells the client
-    /// the message was too long, and ends the session.
-    async fn refuse(&mut self, too_long: wire::FrameError) -> Result<LeaveReason, Failure> {
-        let wire::FrameError::LineTooLong { max } = too_long;
+    /// Answers what came before a line over the limit of `max` bytes, tells
+    /// the client the line was too long, and closes.
+    async fn refuse(&mut self, max: usize) -> LeaveReason {
         self.out.extend_from_slice(&wire::line_too_long_error(max));
-        self.flush().await?;
+        if let Err(failed) = self.flush().await {
+            return failed;
+        }
         warn!("line too long", { client_id: self.id, max_line: max });
-        Ok(LeaveReason::LineTooLong)
+        self.linger().await;
+        LeaveReason::LineTooLong { max }
     }
 
     /// Writes everything queued in one go, unless the server cuts it short.
-    async fn flush(&mut self) -> Result<(), Failure> {
+    async fn flush(&mut self) -> Result<(), LeaveReason> {
         if self.out.is_empty() {
             return Ok(());
         }
@@ -341,6 +322,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actors::acceptor::session_task;
     use crate::actors::registry::{Registry, RegistryConfig, RegistryHandle};
     use crate::rt::Socket;
     use crate::shutdown::Shutdown;
@@ -357,13 +339,15 @@ mod tests {
         })
     }
 
-    /// Most of what an idle client costs the server is its session's future;
-    /// docs/performance.md's memory figure depends on it staying small. (Known
-    /// ways to blow it up: an inline buffer, `async fn` arguments stored twice,
-    /// a long-lived temporary next to another await, a rare path's wait
-    /// left inline instead of boxed.) It is 400 bytes now.
+    /// Most of what an idle client costs the server is its session's task
+    /// (`acceptor::session_task` around `Session::run`); the memory per
+    /// idle client in docs/performance.md depends on it staying small, and
+    /// this is where its size is stated. (Known ways to blow it up: an
+    /// inline buffer, `async fn` arguments stored twice, a long-lived
+    /// temporary next to another await, a rare path's wait left inline
+    /// instead of boxed.)
     #[async_std::test]
-    async fn a_session_future_stays_small() {
+    async fn a_session_task_stays_small() {
         let (registry, _task) = Registry::spawn(RegistryConfig {
             max_clients: 1,
             snapshot_interval: None,
@@ -377,7 +361,7 @@ mod tests {
             max_line: 1024,
             ..SessionConfig::default()
         };
-        let context = plain_context(registry, config);
+        let context = plain_context(registry.clone(), config);
         let session = Session::new(
             ClientId(1),
             addr,
@@ -385,38 +369,31 @@ mod tests {
             Arc::default(),
             context,
         );
-        let future = session.run();
-        let size = std::mem::size_of_val(&future);
-        eprintln!("session future: {size} bytes");
-        assert!(size <= 432, "a session's future is {size} bytes");
+        let task = session_task(ClientId(1), registry, session.run());
+        let size = std::mem::size_of_val(&task);
+        eprintln!("session task: {size} bytes");
+        assert!(size <= 432, "a session's task is {size} bytes");
     }
 
-    /// A session whose task panics is dropped without having left; the
-    /// registry must still count it gone.
+    /// A session whose task panics never returns its reason; the registry
+    /// must still count it gone, as panicked.
     #[async_std::test]
-    async fn a_session_dropped_without_leaving_still_leaves_the_registry() {
+    async fn a_session_that_panics_still_leaves_the_registry() {
         let (registry, _task) = Registry::spawn(RegistryConfig::default());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("bound");
-        let stream =
-            Socket::new(std::net::TcpStream::connect(addr).expect("connect")).expect("register");
-        let link = Arc::new(SessionLink::default());
+        let addr = "127.0.0.1:1".parse().expect("an address");
         let admitted = registry
-            .register(ClientId(1), addr, link.clone(), false)
+            .register(ClientId(1), addr, Arc::default(), false)
             .await;
         assert!(matches!(
             admitted,
             crate::messages::Admission::Admitted { .. }
         ));
-        let context = plain_context(registry.clone(), SessionConfig::default());
-        let session = Session::new(
-            ClientId(1),
-            addr,
-            LineSocket::new(stream, 1024),
-            link,
-            context,
-        );
-        drop(session);
+        let panics = async {
+            panic!("a session's bug");
+            #[allow(unreachable_code)]
+            LeaveReason::PeerClosed
+        };
+        crate::rt::spawn(session_task(ClientId(1), registry.clone(), panics));
         let left = crate::rt::within(Duration::from_secs(10), registry.wait_for_clients(0));
         assert!(
             left.await.is_some(),

@@ -1,83 +1,75 @@
-//! How a session leaves: closing the connection as its end requires, the
-//! log line that says why, and the registry's last word.
+//! How a session's end is closed and logged: a client that stopped reading
+//! is reset, a failure gets its log line, and a failed write at shutdown is
+//! the shutdown's cut.
 
 use std::io;
 
 use kv_log_macro::{debug, info, warn};
 
-use super::{Failure, Session};
+use super::Session;
 use crate::messages::LeaveReason;
 
 impl Session {
-    /// Closes the connection as its end requires and tells the registry why.
-    pub(super) async fn leave(mut self, served: Result<LeaveReason, Failure>) {
-        let reason = match served {
-            Err(Failure::Stalled(reason)) => {
+    /// Closes the connection as `end` requires (the last words and their
+    /// lingering close are already done), logs what only the session knows,
+    /// and says how the session ended.
+    pub(super) fn close(&self, end: LeaveReason) -> LeaveReason {
+        let peer = log::kv::Value::from_display(&self.peer);
+        match &end {
+            LeaveReason::NotReading { .. } => {
                 // Nothing more can reach this client: reset, do not linger.
                 self.socket.reset_on_close();
                 warn!("client not reading: cut", {
                     client_id: self.id,
-                    peer: log::kv::Value::from_display(&self.peer),
-                    reason: log::kv::Value::from_display(&reason),
+                    peer: peer,
+                    reason: log::kv::Value::from_display(&end),
                 });
-                reason
             }
-            Ok(reason) => {
-                if !matches!(reason, LeaveReason::PeerClosed) {
-                    self.linger().await;
-                }
-                reason
-            }
-            Err(Failure::Cut) => LeaveReason::Cut,
-            Err(Failure::Ended(reason)) => reason,
-            Err(Failure::Proxy(why)) => {
+            LeaveReason::ProxyFailed(why) => {
                 warn!("PROXY header refused", {
                     client_id: self.id,
-                    peer: log::kv::Value::from_display(&self.peer),
+                    peer: peer,
                     reason: why.as_str(),
                 });
-                LeaveReason::ProxyFailed(why)
             }
-            Err(Failure::Handshake(failure)) => {
+            LeaveReason::TlsFailed(failure) => {
                 let error = failure
                     .error
                     .as_ref()
                     .map_or(String::new(), |e| e.to_string());
                 info!("TLS handshake failed", {
                     client_id: self.id,
-                    peer: log::kv::Value::from_display(&self.peer),
+                    peer: peer,
                     reason: failure.reason,
                     error: error,
                 });
-                LeaveReason::TlsFailed(failure)
             }
-            Err(Failure::Io(e)) if self.context.cut.is_triggered() => {
-                debug!("session cut", { client_id: self.id, error: log::kv::Value::from_display(&e) });
-                LeaveReason::Cut
+            LeaveReason::Io(e) if self.context.cut.is_triggered() => {
+                debug!("session cut", { client_id: self.id, error: log::kv::Value::from_display(e) });
+                return LeaveReason::Cut;
             }
-            Err(Failure::Io(e)) => LeaveReason::Io(e),
-        };
-        if let LeaveReason::Io(e) = &reason {
-            // A peer that resets or vanishes is routine, not the server's
-            // trouble: info. Anything else is worth a look.
-            let routine = matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-            );
-            let level = if routine {
-                log::Level::Info
-            } else {
-                log::Level::Warn
-            };
-            kv_log_macro::log!(level, "session failed", {
-                client_id: self.id,
-                peer: log::kv::Value::from_display(&self.peer),
-                error: log::kv::Value::from_display(e),
-            });
+            LeaveReason::Io(e) => {
+                // A peer that resets or vanishes is routine, not the server's
+                // trouble: info. Anything else is worth a look.
+                let routine = matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::BrokenPipe
+                );
+                let level = if routine {
+                    log::Level::Info
+                } else {
+                    log::Level::Warn
+                };
+                kv_log_macro::log!(level, "session failed", {
+                    client_id: self.id,
+                    peer: peer,
+                    error: log::kv::Value::from_display(e),
+                });
+            }
+            _ => {}
         }
-        self.context.registry.unregister(self.id, reason).await;
-        self.left = true;
+        end
     }
 }

@@ -1,9 +1,9 @@
 //! A session's waits that the server can interrupt: the TLS handshake and
 //! every write to the client race the server's `cut`, the registry's
-//! commands and their own time limits; and [`Failure`], how those waits end.
+//! commands and their own time limits. A wait cut short is the session's
+//! end, so it fails with the [`LeaveReason`] that says why.
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 
 use futures::{FutureExt, select_biased};
@@ -30,7 +30,7 @@ pub(super) async fn write_or_cut(
     context: &SessionContext,
     inbox: &Mailbox,
     bytes: &[u8],
-) -> Result<(), Failure> {
+) -> Result<(), LeaveReason> {
     match socket.write_now(bytes)? {
         None => Ok(()),
         Some(written) => Box::pin(write_waiting(socket, context, inbox, &bytes[written..])).await,
@@ -43,23 +43,25 @@ async fn write_waiting(
     context: &SessionContext,
     inbox: &Mailbox,
     bytes: &[u8],
-) -> Result<(), Failure> {
+) -> Result<(), LeaveReason> {
     let cut = &context.cut;
     let interrupt = async move {
         select_biased! {
-            _ = cut.wait().fuse() => Failure::Cut,
+            _ = cut.wait().fuse() => LeaveReason::Cut,
             command = idle_command(inbox).fuse() => match command {
-                SessionCommand::CloseIdle => Failure::Stalled(LeaveReason::IdleTimeout),
+                SessionCommand::CloseIdle => LeaveReason::NotReading { idle: true },
             },
         }
     };
     let limit = context.config.write_timeout;
-    match socket.write_bounded(bytes, limit, interrupt).await {
-        Ok(()) => Ok(()),
-        Err(WriteStop::Failed(e)) => Err(Failure::Io(e)),
-        Err(WriteStop::Stalled) => Err(Failure::Stalled(LeaveReason::WriteTimeout)),
-        Err(WriteStop::Interrupted(failure)) => Err(failure),
-    }
+    socket
+        .write_bounded(bytes, limit, interrupt)
+        .await
+        .map_err(|stop| match stop {
+            WriteStop::Failed(e) => LeaveReason::Io(e),
+            WriteStop::Stalled => LeaveReason::NotReading { idle: false },
+            WriteStop::Interrupted(reason) => reason,
+        })
 }
 
 /// The TLS handshake, within the handshake timeout, unless the server cuts
@@ -69,9 +71,9 @@ pub(super) async fn handshake(
     tls: &ServerTls,
     context: &SessionContext,
     inbox: &Mailbox,
-) -> Result<Handshake, Failure> {
+) -> Result<Handshake, LeaveReason> {
     let shaken = opening_step(context, inbox, socket.accept_tls(tls)).await?;
-    let failed = |reason, error| Failure::Handshake(HandshakeFailure { reason, error });
+    let failed = |reason, error| LeaveReason::TlsFailed(HandshakeFailure { reason, error });
     match shaken {
         Some(Ok(handshake)) => Ok(handshake),
         Some(Err(e)) => Err(failed(tls::failure_reason(&e), Some(e))),
@@ -90,17 +92,17 @@ pub(super) async fn proxy_header(
     trusted: &TrustedProxies,
     context: &SessionContext,
     inbox: &Mailbox,
-) -> Result<ProxyHeader, Failure> {
+) -> Result<ProxyHeader, LeaveReason> {
     if !trusted.contains(peer.ip()) {
-        return Err(Failure::Proxy(format!(
+        return Err(LeaveReason::ProxyFailed(format!(
             "{} is not a trusted proxy",
             peer.ip()
         )));
     }
     match opening_step(context, inbox, socket.read_proxy_header()).await? {
         Some(Ok(header)) => Ok(header),
-        Some(Err(e)) => Err(Failure::Proxy(e.to_string())),
-        None => Err(Failure::Proxy(
+        Some(Err(e)) => Err(LeaveReason::ProxyFailed(e.to_string())),
+        None => Err(LeaveReason::ProxyFailed(
             "no PROXY header within the handshake timeout".into(),
         )),
     }
@@ -116,39 +118,14 @@ async fn opening_step<T>(
     context: &SessionContext,
     inbox: &Mailbox,
     step: impl Future<Output = T>,
-) -> Result<Option<T>, Failure> {
+) -> Result<Option<T>, LeaveReason> {
     let limit = context.config.handshake_timeout;
     select_biased! {
-        _ = context.cut.wait().fuse() => Err(Failure::Cut),
-        command = idle_command(inbox).fuse() => Err(Failure::Ended(match command {
+        _ = context.cut.wait().fuse() => Err(LeaveReason::Cut),
+        command = idle_command(inbox).fuse() => Err(match command {
             SessionCommand::CloseIdle => LeaveReason::IdleTimeout,
-        })),
+        }),
         done = within(limit, step).fuse() => Ok(done),
-    }
-}
-
-/// How serving a client ended, when neither the client nor the protocol
-/// ended it.
-#[derive(Debug)]
-pub(super) enum Failure {
-    /// Reading or writing the socket failed.
-    Io(io::Error),
-    /// The shutdown timeout ran out while a write waited (`cut`).
-    Cut,
-    /// A write waited for a client that takes no bytes, until the write
-    /// timeout or the idle timeout (the reason): it is cut off with a reset.
-    Stalled(LeaveReason),
-    /// The TLS handshake did not finish.
-    Handshake(HandshakeFailure),
-    /// Ended before anything could be said, for this reason.
-    Ended(LeaveReason),
-    /// No valid PROXY header from a trusted proxy: why.
-    Proxy(String),
-}
-
-impl From<io::Error> for Failure {
-    fn from(e: io::Error) -> Failure {
-        Failure::Io(e)
     }
 }
 
