@@ -252,7 +252,24 @@ async fn a_half_closed_client_gets_every_reply_then_the_server_closes() {
     assert_eq!(peer.reply().await, b"tail");
     assert_eq!(peer.line().await, b"", "server closed after the last reply");
     server.wait_for_clients(0).await;
-    server.stop().await;
+    let totals = server.stop().await.last.totals;
+    assert_eq!((totals.messages_in, totals.messages_out), (3, 3));
+}
+
+#[async_std::test]
+async fn a_fragment_answered_at_shutdown_counts_as_a_message_in() {
+    let mut config = quick_config();
+    config.session.fragment_timeout = None;
+    let server = TestServer::start(config).await;
+    let mut peer = Peer::greeted(server.addr).await;
+    peer.send(b"a\ntail").await;
+    assert_eq!(peer.reply().await, b"a");
+    server.snapshot_when(|s| s.totals.bytes_in == 6).await;
+    let stopping = spawn(server.stop());
+    assert_eq!(peer.reply().await, b"tail");
+    assert_eq!(peer.line().await, b"notice: server shutting down\n");
+    let totals = within(PATIENCE, stopping).await.expect("stops").last.totals;
+    assert_eq!((totals.messages_in, totals.messages_out), (2, 2));
 }
 
 #[async_std::test]

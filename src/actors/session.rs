@@ -241,9 +241,12 @@ impl Session {
     async fn finish(&mut self, end: LeaveReason) -> LeaveReason {
         let last_line = match end {
             LeaveReason::PeerClosed | LeaveReason::ServerShutdown => {
+                let fragment = u64::from(self.socket.has_fragment());
                 if let Err(wire::FrameError::LineTooLong { max }) = self.answer_fragment() {
                     return self.refuse(max).await;
                 }
+                // Its bytes were counted when they were read.
+                self.link.stats.received(fragment, 0, Instant::now());
                 let shutdown = matches!(end, LeaveReason::ServerShutdown);
                 shutdown.then_some(wire::SHUTDOWN_NOTICE)
             }
