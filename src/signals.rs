@@ -1,7 +1,8 @@
 //! Unix signals, turned into actor messages: SIGINT and SIGTERM start a clean
 //! shutdown (a second one exits at once), SIGUSR1 asks the registry to log a
-//! snapshot, SIGHUP reloads a TLS server's certificate (a server without TLS
-//! leaves SIGHUP alone).
+//! snapshot, SIGHUP reloads a TLS server's certificate (every other role logs
+//! that it has nothing to reload: a SIGHUP never kills the process, which
+//! systemd would count as a clean exit and not restart).
 //!
 //! A thread of its own (`duplex-signals`) waits in signal-hook's blocking
 //! iterator, so this part of the binary needs no async runtime: firing the
@@ -28,12 +29,9 @@ pub(crate) struct ServerSignals {
 
 /// Starts listening for signals; `server` gets its own (server role only).
 pub(crate) fn install(trigger: ShutdownTrigger, server: Option<ServerSignals>) -> io::Result<()> {
-    let mut wanted = vec![SIGINT, SIGTERM];
-    if let Some(server) = &server {
+    let mut wanted = vec![SIGINT, SIGTERM, SIGHUP];
+    if server.is_some() {
         wanted.push(SIGUSR1);
-        if server.tls.is_some() {
-            wanted.push(SIGHUP);
-        }
     }
     let mut signals = Signals::new(wanted)?;
     std::thread::Builder::new()
@@ -48,13 +46,14 @@ pub(crate) fn install(trigger: ShutdownTrigger, server: Option<ServerSignals>) -
                             warn!("snapshot request dropped: registry busy");
                         }
                     }
-                    SIGHUP => {
-                        if let Some(tls) = server.as_ref().and_then(|s| s.tls.as_ref()) {
+                    SIGHUP => match server.as_ref().and_then(|s| s.tls.as_ref()) {
+                        Some(tls) => {
                             info!("signal received: reloading the TLS certificate", { signal: signal });
                             // Logged by reload itself; the old certificate stays on failure.
                             let _ = tls.reload();
                         }
-                    }
+                        None => info!("signal received: nothing to reload (no TLS)", { signal: signal }),
+                    },
                     _ if triggered => {
                         warn!("second signal: exiting now", { signal: signal });
                         duplex::logging::exit_now(FORCED_EXIT_CODE);

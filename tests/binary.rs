@@ -77,6 +77,28 @@ fn sigusr1_logs_a_registry_snapshot_and_sigint_stops_the_server() {
 }
 
 #[test]
+fn sighup_without_tls_is_logged_and_the_server_keeps_serving() {
+    let (server, addr, logs) = start_server(&["--registry-interval", "0"]);
+    signal(&server, libc::SIGHUP);
+    wait_for(&logs, "nothing to reload");
+    let mut client = TcpStream::connect(&addr).expect("connect");
+    client.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    client.write_all(b"after hup\n").expect("send");
+    let mut reader = BufReader::new(client);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("greeting");
+    assert_eq!(line, "Hello\n");
+    line.clear();
+    reader.read_line(&mut line).expect("reply");
+    assert!(line.ends_with(" - server reply: after hup\n"), "{line:?}");
+    signal(&server, libc::SIGTERM);
+    assert!(
+        wait_with_timeout(server).success(),
+        "a clean exit after SIGHUP"
+    );
+}
+
+#[test]
 fn a_server_whose_log_nobody_reads_keeps_serving_and_reports_the_lines_it_dropped() {
     let mut server = server_command(&[]).spawn().expect("spawn server");
     let mut stderr = BufReader::new(server.stderr.take().expect("stderr piped"));
