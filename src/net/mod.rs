@@ -64,9 +64,17 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 const TLS_SEND_LIMIT: usize = 16 * 1024;
 
 impl LineSocket {
-    /// Wraps an accepted connection; lines longer than `max_line` bytes are
-    /// a framing error.
+    /// Wraps a connection; lines longer than `max_line` bytes are a framing
+    /// error.
+    ///
+    /// Nagle's algorithm is turned off (`TCP_NODELAY`): every write here is
+    /// a whole batch of lines that the peer waits for, and holding a small
+    /// one back until the last is acknowledged made every TLS client wait
+    /// for its greeting behind the handshake's last flight (a delayed ACK,
+    /// about 40 ms).
     pub(crate) fn new(socket: Socket, max_line: usize) -> LineSocket {
+        // If it cannot be set, the connection still works, only slower.
+        let _ = socket.get_ref().set_nodelay(true);
         LineSocket {
             transport: Transport::Plain(socket),
             reads: ReadLoop::default(),
@@ -392,3 +400,18 @@ const LINGER_QUIET: Duration = Duration::from_millis(100);
 const LINGER_MAX: Duration = Duration::from_secs(2);
 /// ... nor discards more than this many bytes.
 const LINGER_MAX_BYTES: usize = 1024 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_line_socket_sends_without_waiting_for_acks() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let tcp = TcpStream::connect(listener.local_addr().expect("bound")).expect("connect");
+        assert!(!tcp.nodelay().expect("read TCP_NODELAY"), "off by default");
+        let socket = LineSocket::new(Socket::new(tcp).expect("register"), 1024);
+        let tcp = socket.tcp().expect("open");
+        assert!(tcp.nodelay().expect("read TCP_NODELAY"));
+    }
+}
