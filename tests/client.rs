@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use async_std::net::TcpListener;
 use common::{PATIENCE, TestClient, TestServer, quick_config, within};
 use duplex::client::{ClientConfig, Outcome};
+use futures::StreamExt;
 
 fn config(addr: impl ToString) -> ClientConfig {
     let mut config = ClientConfig::new(addr.to_string());
@@ -120,6 +121,69 @@ async fn a_server_that_talks_but_never_answers_is_declared_dead_too() {
     assert!(summary.reconnects >= 1);
     assert_eq!(summary.replied, 0);
     chatter.cancel().await;
+}
+
+/// A fake server that greets, then answers every line it reads with the
+/// replies `answer` makes of it.
+async fn answering_server(
+    listener: &TcpListener,
+    answer: fn(&str) -> String,
+) -> async_std::task::JoinHandle<()> {
+    use async_std::io::{BufReadExt, WriteExt};
+    let (mut stream, _) = within(PATIENCE, listener.accept())
+        .await
+        .expect("a connect in time")
+        .expect("accept");
+    async_std::task::spawn(async move {
+        let mut lines = async_std::io::BufReader::new(stream.clone()).lines();
+        let _ = stream.write_all(b"Hello\n").await;
+        while let Some(Ok(line)) = lines.next().await {
+            if stream.write_all(answer(&line).as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+#[async_std::test]
+async fn replies_that_echo_something_else_count_for_nothing_and_the_link_is_dead() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut config = config(listener.local_addr().expect("bound"));
+    config.connection.timeout = Duration::from_millis(300);
+    config.supervisor.count = Some(1);
+    let client = TestClient::start(config);
+    let first = answering_server(&listener, |_| "1:2:3 - server reply: other\n".into()).await;
+    // Replies keep coming, but none echoes a message: the wait for one runs
+    // out and the client connects again instead of stopping at its count.
+    let reconnected = within(PATIENCE, listener.accept()).await;
+    assert!(
+        reconnected.is_some(),
+        "the wrong echoes kept the link alive"
+    );
+    first.cancel().await;
+    let summary = client.stop().await;
+    assert_eq!(summary.outcome, Outcome::Shutdown);
+    assert_eq!(summary.replied, 0);
+    assert!(summary.reconnects >= 1);
+}
+
+#[async_std::test]
+async fn a_server_that_answers_twice_gets_each_message_counted_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut config = config(listener.local_addr().expect("bound"));
+    config.supervisor.count = Some(3);
+    let client = TestClient::start(config);
+    let server = answering_server(&listener, |line| {
+        format!("1:2:3 - server reply: {line}\n").repeat(2)
+    })
+    .await;
+    let summary = within(PATIENCE, client.task)
+        .await
+        .expect("stops at its count");
+    assert_eq!(summary.outcome, Outcome::CountReached);
+    assert_eq!(summary.replied, 3);
+    assert!(summary.sent >= 3, "stopped after {} messages", summary.sent);
+    server.cancel().await;
 }
 
 #[test]

@@ -3,8 +3,10 @@
 //! Starts with a [`ConnectionStart`] from the supervisor: the pending queue
 //! (unacknowledged messages, which it resends first, in order), an inbox of new
 //! messages, and the shutdown signal. It prints every line the server sends
-//! through the client's [`LineSink`]; each reply acknowledges the oldest pending
-//! message whose text it echoes. It ends when the server closes (`end`), on an
+//! through the client's [`LineSink`]; a reply acknowledges the oldest pending
+//! message whose text it echoes, and a reply that echoes none (a server that
+//! answers twice, or echoes something else) is logged and counts for nothing:
+//! it neither counts toward `--count` nor shows the link alive. It ends when the server closes (`end`), on an
 //! error (`error`), when messages are outstanding and nothing has arrived for
 //! the timeout (`timeout`), when enough replies arrived, or at shutdown; it
 //! always logs `close` and hands the pending queue back in its
@@ -23,6 +25,7 @@ use futures::{FutureExt, select_biased};
 use kv_log_macro::{debug, info, warn};
 use log::kv::Value;
 
+use crate::logging::Throttle;
 use crate::messages::{ConnectionEnd, ConnectionExit, ConnectionMsg, ConnectionStart};
 use crate::net::LineSocket;
 use crate::rt::{resolve, sleep_until, within};
@@ -58,6 +61,9 @@ pub(crate) struct Connection {
     replied: u64,
     /// The server's last `error: …` or `notice: …` line: why it closes.
     said: Option<String>,
+    /// Replies that echo no pending message, logged at most once a throttle
+    /// interval: a misbehaving server can send them on every line.
+    stray_replies: Throttle,
 }
 
 impl Connection {
@@ -72,6 +78,7 @@ impl Connection {
             start,
             replied: 0,
             said: None,
+            stray_replies: Throttle::default(),
         }
     }
 
@@ -247,12 +254,21 @@ impl Connection {
             if line.starts_with(b"error: ") || line.starts_with(b"notice: ") {
                 self.said = Some(String::from_utf8_lossy(line).into_owned());
             }
-            if let Some(echo) = wire::reply_echo(line) {
-                self.replied += 1;
-                self.start.pending.acknowledge(echo);
-                if self.start.replies_wanted == Some(self.replied) {
-                    return Err(ConnectionEnd::CountReached);
+            let Some(echo) = wire::reply_echo(line) else {
+                continue;
+            };
+            if !self.start.pending.acknowledge(echo) {
+                if let Some(suppressed) = self.stray_replies.allow() {
+                    warn!("reply echoes no pending message: ignored", {
+                        echo: String::from_utf8_lossy(&echo[..echo.len().min(64)]).as_ref(),
+                        suppressed: suppressed,
+                    });
                 }
+                continue;
+            }
+            self.replied += 1;
+            if self.start.replies_wanted == Some(self.replied) {
+                return Err(ConnectionEnd::CountReached);
             }
         }
         Ok(())
