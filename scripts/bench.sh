@@ -14,7 +14,7 @@
 #   (cost: CPU per reply at a fixed rate, then throughput unpaced, with all servers at once;
 #   syscalls: system calls per reply of each server and each bench, with perf;
 #   hold: HOLD_CLIENTS (19 500) connections held idle, then one message each;
-#   hostile: 1 000 clients that send long lines and never read, HOSTILE_ROUNDS (3) rounds)
+#   hostile: clients that send lines and never read, HOSTILE_ROUNDS (3) rounds)
 #   BASELINE=/path/to/other/duplex ONLY=cost scripts/bench.sh  # also compare another build (cost, syscalls)
 #   scripts/pool_rounds.py run1.jsonl run2.jsonl  # pool the throughput rounds of saved runs
 #
@@ -287,18 +287,21 @@ if want hold; then
 fi
 
 if want hostile; then
-    # Clients that send long lines and never read (scripts/hostile_readers.py),
-    # on a fresh server each: a few lines each (the kernel's buffers take the
-    # replies), then enough that the server stops reading them because their
-    # replies cannot be written; the server's RSS with them and after.
+    # Clients that send lines and never read (scripts/hostile_readers.py),
+    # on a fresh server each: a few long lines each (the kernel's buffers take
+    # the replies), then enough that the server stops reading them because
+    # their replies cannot be written, then a million empty lines each from
+    # 200 clients (26 bytes of reply per byte read); the server's RSS with
+    # them and after. --max-line is the line size (the default for empty lines).
     for round in $(seq 1 "$HOSTILE_ROUNDS"); do
-        for case in "65536 8" "65536 64" "16384 256"; do
-            read -r size lines <<<"$case"
-            start hostile 8170 duplex --registry-interval 0 --max-line "$size"
+        for case in "65536 8 1000" "65536 64 1000" "16384 256 1000" "0 1000000 200"; do
+            read -r size lines clients <<<"$case"
+            max_line=$((size > 0 ? size : 65536))
+            start hostile 8170 duplex --registry-interval 0 --max-line "$max_line"
             json=$(python3 scripts/hostile_readers.py --port 8170 --server-pid "${PID[hostile]}" \
-                --clients 1000 --size "$size" --lines "$lines")
+                --clients "$clients" --size "$size" --lines "$lines")
             echo "{\"section\": \"hostile\", \"server\": \"duplex\", \"round\": $round, \"result\": $json}" >> "$RESULTS"
-            echo "  hostile round $round, --max-line $size, $lines lines each: $json" >&2
+            echo "  hostile round $round, --max-line $max_line, $clients clients, $lines lines each: $json" >&2
             stop_all
         done
     done
@@ -593,10 +596,10 @@ for r in (run["result"] for run in runs if run["section"] == "hostile"):
     grew = lambda kib: f"{(kib - r['rss_before_kib']) / 1024:.1f}"
     tcp = r.get("tcp_mem_before_kib"), r.get("tcp_mem_stuck_kib")
     tcp = f"{(tcp[1] - tcp[0]) / 1024:.0f}" if None not in tcp else "-"
-    lines.append((r["size"], r["lines"], r["clients_the_server_stopped_reading"], r["rss_before_kib"],
+    lines.append((r["clients"], r["size"], r["lines"], r["clients_the_server_stopped_reading"], r["rss_before_kib"],
                   grew(r["rss_stuck_kib"]), f"{r['bytes_per_client']:.0f}", grew(r["rss_after_kib"]), tcp))
-table("1 000 clients that send long lines and never read (--max-line = line size; fresh server each)",
-      ["line bytes", "lines each", "clients the server stopped reading", "RSS before KiB",
+table("Clients that send lines and never read (--max-line = line size, 64 KiB for empty lines; fresh server each)",
+      ["clients", "line bytes", "lines each", "clients the server stopped reading", "RSS before KiB",
        "MiB above it, with them", "bytes per client", "MiB above it, after they left",
        "kernel TCP MiB with them (both ends)"], lines)
 

@@ -101,6 +101,12 @@ impl SessionStats {
             .store(millis_since_epoch(at), Ordering::Relaxed);
     }
 
+    /// Counts `messages` more from the input last recorded by
+    /// [`received`](Self::received).
+    pub(crate) fn received_more(&self, messages: u64) {
+        self.messages_in.fetch_add(messages, Ordering::Relaxed);
+    }
+
     /// How long before `now` the client last sent anything (or connected).
     pub(crate) fn idle_for(&self, now: Instant) -> Duration {
         let last = self.last_input_ms.load(Ordering::Relaxed);

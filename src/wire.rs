@@ -127,7 +127,9 @@ impl Framer {
     /// one that grew for a long line is traded for a standard one if what
     /// is left fits, so that a client whose reply waits (it does not read)
     /// holds a long line's memory once, in its reply, not twice.
-    fn settle(&mut self) {
+    /// [`next_line`](Framer::next_line) does it when it finds no line; a
+    /// caller that stops taking lines before that does it itself.
+    pub(crate) fn settle(&mut self) {
         let left = self.end - self.start;
         if left == 0 {
             self.release();

@@ -257,6 +257,23 @@ async fn a_half_closed_client_gets_every_reply_then_the_server_closes() {
 }
 
 #[async_std::test]
+async fn lines_beyond_one_batch_of_replies_are_all_answered_in_order() {
+    let server = TestServer::start(quick_config()).await;
+    let mut peer = Peer::greeted(server.addr).await;
+    // Short lines, so that one read holds far more lines than one batch of
+    // replies: the rest must be answered without waiting for more input.
+    let lines: Vec<String> = (0..5000).map(|i| i.to_string()).collect();
+    peer.send((lines.join("\n") + "\n").as_bytes()).await;
+    for line in &lines {
+        assert_eq!(peer.reply().await, line.as_bytes());
+    }
+    drop(peer);
+    server.wait_for_clients(0).await;
+    let totals = server.stop().await.last.totals;
+    assert_eq!((totals.messages_in, totals.messages_out), (5000, 5000));
+}
+
+#[async_std::test]
 async fn a_fragment_answered_at_shutdown_counts_as_a_message_in() {
     let mut config = quick_config();
     config.session.fragment_timeout = None;

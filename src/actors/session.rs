@@ -65,6 +65,13 @@ pub(crate) struct Session {
     context: Arc<SessionContext>,
 }
 
+/// A batch of replies stops growing past this many bytes: the lines after
+/// it wait in the read buffer until the batch is written, so a client that
+/// stops reading holds at most this plus one reply in its reply buffer, not
+/// a reply for every line one read brought (a 4 KiB read of empty lines
+/// would make 104 KiB of replies). The size the thread's pool keeps.
+const REPLY_BATCH_MAX: usize = buffers::OUT_KEEP_MAX;
+
 enum Event {
     Read(io::Result<usize>),
     Command(Option<SessionCommand>),
@@ -189,12 +196,20 @@ impl Session {
                     self.link
                         .stats
                         .received(self.replies_queued - queued_before, n as u64, now);
-                    if let Err(too_long) = framed {
-                        break too_long.into();
-                    }
+                    let more = match framed {
+                        Ok(more) => more,
+                        Err(too_long) => break too_long.into(),
+                    };
                     fragment_since = self.socket.has_fragment().then_some(now);
                     if let Err(end) = self.flush().await {
                         break end;
+                    }
+                    // Rare (one read brought more than a batch of replies),
+                    // so boxed: inline, its state would be in every session.
+                    if more {
+                        if let Err(end) = Box::pin(self.answer_rest()).await {
+                            break end;
+                        }
                     }
                 }
                 Event::Read(Err(e)) => break LeaveReason::Io(e),
@@ -246,7 +261,7 @@ impl Session {
                     return self.refuse(max).await;
                 }
                 // Its bytes were counted when they were read.
-                self.link.stats.received(fragment, 0, Instant::now());
+                self.link.stats.received_more(fragment);
                 let shutdown = matches!(end, LeaveReason::ServerShutdown);
                 shutdown.then_some(wire::SHUTDOWN_NOTICE)
             }
@@ -276,13 +291,36 @@ impl Session {
         }
     }
 
-    /// Formats a reply for every complete line buffered.
-    fn answer_lines(&mut self) -> Result<(), wire::FrameError> {
-        while let Some(line) = self.socket.next_line() {
+    /// Answers the lines a read brought beyond its first batch of replies,
+    /// a batch (one write) at a time.
+    async fn answer_rest(&mut self) -> Result<(), LeaveReason> {
+        loop {
+            let queued_before = self.replies_queued;
+            let framed = self.answer_lines();
+            let messages = self.replies_queued - queued_before;
+            self.link.stats.received_more(messages);
+            let more = framed?;
+            self.flush().await?;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Formats a reply for each complete line buffered, until the batch
+    /// reaches [`REPLY_BATCH_MAX`]; whether it stopped there (more lines may
+    /// wait).
+    fn answer_lines(&mut self) -> Result<bool, wire::FrameError> {
+        while self.out.len() < REPLY_BATCH_MAX {
+            let Some(line) = self.socket.next_line() else {
+                return Ok(false);
+            };
             wire::write_reply(buffers::lend_out(&mut self.out), line?);
             self.replies_queued += 1;
         }
-        Ok(())
+        // The rest waits: in no more memory than it needs.
+        self.socket.pause_lines();
+        Ok(true)
     }
 
     /// Takes buffered unterminated bytes as one message and formats its reply.

@@ -219,6 +219,12 @@ impl LineSocket {
         self.framer.next_line()
     }
 
+    /// Stops taking lines for now: a read buffer that grew for a long line
+    /// already handed out is traded for a standard one if what is left fits.
+    pub(crate) fn pause_lines(&mut self) {
+        self.framer.settle();
+    }
+
     /// Whether unterminated bytes are buffered.
     pub(crate) fn has_fragment(&self) -> bool {
         self.framer.has_fragment()
