@@ -6,7 +6,7 @@
 //! path). The acceptor asks it to admit each new client
 //! (the cap lives here, beside the count); sessions tell it when they leave.
 //! It logs every join and leave, and a snapshot every `--registry-interval`
-//! and on SIGUSR1 (through [`crate::snapshot`]). One periodic sweep finds
+//! and on SIGUSR1 (through [`crate::registry_log`]). One periodic sweep finds
 //! idle clients, from the last-input time in their counters, and tells their
 //! sessions to close.
 //!

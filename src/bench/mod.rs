@@ -18,10 +18,11 @@
 //! reply, are skipped).
 //!
 //! This is a measuring tool, not part of the actor system: each connection is
-//! a plain task (a [`worker`]), started here and merged here at the end; the
-//! [`pacer`] releases messages for `--rate`; [`latency`] keeps the
-//! histograms; [`source`] connects from `--source-addrs`; [`process`] reads
-//! `/proc`; [`report`] prints the result.
+//! a plain task (a `worker`), started here and merged here at the end; the
+//! `pacer` releases messages for `--rate`; `latency` keeps the histograms;
+//! `source` connects from `--source-addrs`; `process` reads `/proc`;
+//! `report` prints the result. (Private modules: plain names, since the
+//! public docs cannot link to them.)
 
 mod latency;
 mod pacer;

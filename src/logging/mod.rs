@@ -243,7 +243,7 @@ pub struct LogWriter {
 
 impl LogWriter {
     /// Writes out what is queued and stops the writer thread, waiting at most
-    /// [`FINISH_WAIT`] for a stderr that does not take it. Nothing logged
+    /// `FINISH_WAIT` for a stderr that does not take it. Nothing logged
     /// after this reaches stderr.
     pub fn finish(self) {
         drop(self);
@@ -283,7 +283,7 @@ impl LogQueue {
 }
 
 /// Exits the process with `code` at once, from any thread, after writing out
-/// the lines already logged (waiting at most [`FINISH_WAIT`] for stderr).
+/// the lines already logged (waiting at most `FINISH_WAIT` for stderr).
 pub fn exit_now(code: i32) -> ! {
     if let Some(queue) = QUEUE.get() {
         queue.close_and_wait();
