@@ -55,10 +55,14 @@ async fn measures_a_duplex_server_with_every_reply_checked() {
     assert_eq!(report.latency_from, bench::LatencyFrom::SendTime);
     assert!(report.sent_latency.is_none(), "closed loop: one measure");
     // Every reply the bench counted was counted by the server, once the
-    // write that sent it returned.
-    server
-        .snapshot_when(|s| s.totals.messages_out >= report.replies)
-        .await;
+    // write that sent it returned: all of them by the time the bench's
+    // connections have left.
+    server.wait_for_clients(0).await;
+    let totals = server.registry.snapshot().await.totals;
+    assert!(
+        totals.messages_out >= report.replies,
+        "{totals:?} vs {report}"
+    );
     server.stop().await;
 }
 

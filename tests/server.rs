@@ -158,18 +158,27 @@ async fn the_registry_lists_each_client_with_its_peer_address_and_counts() {
     peer.send(b"one\ntwo\n").await;
     peer.reply().await;
     peer.reply().await;
-    // The replies are counted once their write returns, maybe after we read them.
-    let snapshot = server
-        .snapshot_when(|s| s.clients.iter().all(|c| c.counts.messages_out == 2))
-        .await;
+    // A session counts what it read before it answers, and the replies of
+    // a batch once their write returns (which may be just after we read
+    // them), before it reads again: the reply to a later line proves that
+    // the first two are counted.
+    peer.send(b"three\n").await;
+    assert_eq!(peer.reply().await, b"three");
+    let snapshot = server.registry.snapshot().await;
     assert_eq!(snapshot.clients.len(), 1);
     let client = &snapshot.clients[0];
-    assert_eq!(client.peer.ip().to_string(), "127.0.0.1");
-    assert_eq!(client.counts.messages_in, 2);
-    assert_eq!(client.counts.messages_out, 2);
-    assert_eq!(client.counts.bytes_in, 8);
-    drop(peer);
+    assert_eq!(client.peer, peer.local_addr());
+    assert_eq!(client.counts.messages_in, 3);
+    assert_eq!(client.counts.bytes_in, 14);
+    let out = client.counts.messages_out;
+    assert!((2..=3).contains(&out), "{out} replies counted");
+    // Once it has left (its last write returned long before), every reply
+    // is in the totals.
+    peer.finish_writing();
+    assert!(peer.rest().await.is_empty());
     server.wait_for_clients(0).await;
+    let totals = server.registry.snapshot().await.totals;
+    assert_eq!((totals.messages_in, totals.messages_out), (3, 3));
     server.stop().await;
 }
 

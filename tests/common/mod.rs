@@ -14,7 +14,7 @@ use async_std::channel::{Receiver, bounded};
 use async_std::net::TcpStream;
 use async_std::task::{JoinHandle, spawn};
 use duplex::client::{self, ClientConfig, ClientSummary, LineSink};
-use duplex::server::{RegistryHandle, Server, ServerConfig, ServerSummary, Snapshot};
+use duplex::server::{RegistryHandle, Server, ServerConfig, ServerSummary};
 use duplex::shutdown::{self, ShutdownTrigger};
 use futures::io::BufReader;
 use futures::{AsyncBufReadExt, AsyncWriteExt};
@@ -67,27 +67,6 @@ impl TestServer {
         within(PATIENCE, self.registry.wait_for_clients(n))
             .await
             .unwrap_or_else(|| panic!("registry never counted {n} clients"));
-    }
-
-    /// Waits until the registry's snapshot satisfies `done`, and returns it.
-    ///
-    /// For a session's counts: it counts replies once their write returns,
-    /// which may be just after the client has read them, so a snapshot taken
-    /// at once can lag by the last batch. Nothing announces a count, so the
-    /// snapshot is asked for again (every millisecond, up to [`PATIENCE`]).
-    pub async fn snapshot_when(&self, done: impl Fn(&Snapshot) -> bool) -> Snapshot {
-        let started = std::time::Instant::now();
-        loop {
-            let snapshot = self.registry.snapshot().await;
-            if done(&snapshot) {
-                return snapshot;
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "the registry's counts never got there: {snapshot:?}"
-            );
-            async_std::task::sleep(Duration::from_millis(1)).await;
-        }
     }
 }
 
