@@ -32,6 +32,10 @@ fn config(addr: impl ToString, clients: usize, depth: usize, size: usize) -> Ben
     }
 }
 
+/// A run length no test waits for: a run given it must end by itself (its
+/// replies in, or its connections gone) within the test's patience.
+const NEVER: Duration = Duration::from_secs(3600);
+
 async fn run(config: BenchConfig) -> bench::BenchReport {
     within(PATIENCE, bench::run(config, Shutdown::never()))
         .await
@@ -322,8 +326,9 @@ async fn once_every_connection_sends_one_message_and_the_run_ends_with_the_last_
     let clients = 20;
     let report = run(BenchConfig {
         once: true,
-        // Far longer than the run takes: it ends when the replies are in.
-        duration: PATIENCE,
+        // Longer than the test's patience: the run ends when the replies
+        // are in, or `run` fails.
+        duration: NEVER,
         ..config(server.addr, clients, 1, 16)
     })
     .await;
@@ -333,7 +338,6 @@ async fn once_every_connection_sends_one_message_and_the_run_ends_with_the_last_
         (clients as u64, 0),
         "{report}"
     );
-    assert!(report.seconds < PATIENCE.as_secs_f64() / 2.0, "{report}");
     assert!(
         report
             .to_string()
@@ -355,13 +359,13 @@ async fn a_run_whose_every_connection_is_dropped_ends_then() {
     }
     .start()
     .await;
+    // Ends when the last connection is dropped, or `run` fails.
     let report = run(BenchConfig {
-        duration: PATIENCE,
+        duration: NEVER,
         ..config(addr, 2, 1, 16)
     })
     .await;
     assert_eq!((report.disconnects, report.replies), (2, 6), "{report}");
-    assert!(report.seconds < PATIENCE.as_secs_f64() / 2.0, "{report}");
 }
 
 #[async_std::test]
