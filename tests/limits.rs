@@ -221,18 +221,32 @@ fn a_flood_of_connects_against_a_full_server_holds_few_descriptors() {
     assert_eq!(holder.line(), "Hello\n");
     holder.round_trip("hold");
     let idle = fds(server.id());
+    // Nothing announces a count of descriptors, so it is sampled: after each
+    // connect, then every 20 ms until the flood has ended, which is an event:
+    // the server has closed every connection (told or not) and is back to
+    // the descriptors it held before.
+    let mut most = 0;
+    let mut sample = || most = most.max(fds(server.id()).saturating_sub(idle));
     // 1 000 connects that never read their "server full" line, all kept open.
     // Under a loaded machine the kernel may refuse a few (its SYN queue
     // overflows while the server is busy); those hold nothing.
     let flood: Vec<std::net::TcpStream> = (0..1000)
-        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .filter_map(|_| {
+            let stream = std::net::TcpStream::connect(&addr).ok();
+            sample();
+            stream
+        })
         .collect();
     assert!(flood.len() >= 500, "only {} connects", flood.len());
-    // Sample the server's descriptors while it turns them away.
-    let mut most = 0;
-    let sampling = Instant::now();
-    while sampling.elapsed() < Duration::from_secs(2) {
-        most = most.max(fds(server.id()).saturating_sub(idle));
+    let waiting = Instant::now();
+    while still_open(&flood) > 0 || fds(server.id()) > idle {
+        assert!(
+            waiting.elapsed() < PATIENCE,
+            "{} of the flood still open, the server holding {} descriptors over idle",
+            still_open(&flood),
+            fds(server.id()).saturating_sub(idle),
+        );
+        sample();
         thread::sleep(Duration::from_millis(20));
     }
     // At most 64 are being told at once; the rest are closed unanswered.
@@ -241,6 +255,25 @@ fn a_flood_of_connects_against_a_full_server_holds_few_descriptors() {
     drop(flood);
     signal(&server, libc::SIGTERM);
     assert!(wait_with_timeout(server).success());
+}
+
+/// How many of `streams` the server has not closed yet: not with a FIN (after
+/// a "server full" line) nor with a reset. Reads nothing.
+fn still_open(streams: &[TcpStream]) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut polled: Vec<libc::pollfd> = streams
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `polled` is a live array of `polled.len()` pollfds, and each
+    // descriptor belongs to a stream in `streams`, which outlives the call.
+    let ready = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, 0) };
+    assert!(ready >= 0, "poll: {}", std::io::Error::last_os_error());
+    polled.iter().filter(|p| p.revents == 0).count()
 }
 
 #[test]
