@@ -25,9 +25,8 @@ pub(crate) use async_std::task::{JoinHandle, sleep, spawn};
 /// storage async-std's [`spawn`] wraps every task in.
 ///
 /// For the tasks the server has one of per client (sessions): async-std's
-/// wrapper (a task id, a name, a map of task locals) is 40 bytes, a
-/// twentieth of what an idle client costs. Nothing in those tasks reads task
-/// locals. With smol this is `smol::spawn(future).detach()`.
+/// wrapper (a task id, a name, a map of task locals) would be in every idle
+/// client's cost. Nothing in those tasks reads task locals. With smol this is `smol::spawn(future).detach()`.
 pub(crate) fn spawn_detached<F>(future: F)
 where
     F: Future<Output = ()> + Send + 'static,
@@ -180,7 +179,7 @@ impl ReadLoop {
 /// `poll_readable`. The task is woken, but told "not yet", and registers
 /// again; the socket, still holding the message, is reported again at once:
 /// a second `epoll_ctl`, event and wake-up per message whenever the two
-/// threads overlap (`docs/performance.md` counts them).
+/// threads overlap.
 ///
 /// Not `readable()` either: that future registers and removes a waker of its
 /// own on every wait. The read side's one waker slot, which reads use as well,

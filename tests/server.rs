@@ -56,9 +56,10 @@ async fn lines_in_any_cut_are_all_answered() {
     config.session.fragment_timeout = None;
     let server = TestServer::start(config).await;
     let mut peer = Peer::greeted(server.addr).await;
-    // More than the session's first read buffer (512 bytes) in one write.
-    let lines: Vec<Vec<u8>> = (0..100)
-        .map(|i| format!("line-{i:03}").into_bytes())
+    // More than a read buffer (`buffers::READ_SIZE`, 4 KiB) in one write:
+    // a read fills it, and the next reads on at once.
+    let lines: Vec<Vec<u8>> = (0..1000)
+        .map(|i| format!("line-{i:04}").into_bytes())
         .collect();
     let burst: Vec<u8> = lines
         .iter()

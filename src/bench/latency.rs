@@ -8,7 +8,7 @@
 //! bench from sending, and that wait is part of what a user sees), the second
 //! is not.
 //!
-//! A histogram of that range is about 140 KiB, too much to give each of
+//! A histogram of that range is over a hundred KiB, too much to give each of
 //! 10 000 connections its own. So the run shares one pair, behind a lock, and
 //! each connection hands its samples over in batches ([`Batch`]): one lock per
 //! [`BATCH`] replies, and a few hundred bytes per connection.
