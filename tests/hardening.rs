@@ -164,6 +164,44 @@ async fn a_client_that_stops_reading_is_cut_at_the_write_timeout_and_frees_its_s
     a_stuck_client_is_reset_and_frees_its_slot(None, Some(Duration::from_millis(300))).await;
 }
 
+/// A client that asks for one reply longer than the kernel's buffers (its
+/// own receive buffer is small, and a send buffer grows to 4 MiB by
+/// default) and reads none of it: the server reads everything it sent, so
+/// only the server's own choice (a zero linger at the cut) can make the
+/// close a reset; a plain close would send the reply's rest and then a FIN
+/// once the client read it.
+#[async_std::test]
+async fn a_client_stuck_with_nothing_unread_is_still_cut_with_a_reset() {
+    const LINE: usize = 12 * 1024 * 1024;
+    let mut config = quick_config();
+    config.session.write_timeout = Some(Duration::from_millis(300));
+    config.session.max_line = LINE;
+    let server = TestServer::start(config).await;
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    // A small window: the reply cannot all fit between the two ends.
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&server.addr.into()).expect("connect");
+    let mut stream = TcpStream::from(std::net::TcpStream::from(socket));
+    let line = [&vec![b'x'; LINE][..], b"\n"].concat();
+    // Taken whole (so the server had accepted the client and read it all),
+    // then nothing is read until the server has cut the client.
+    stream.write_all(&line).await.expect("one line");
+    server.wait_for_clients(0).await;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match within(PATIENCE, stream.read(&mut buf)).await {
+            Some(Ok(0)) => break "a FIN",
+            Some(Ok(_)) => {}
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => break "a reset",
+            Some(Err(e)) => panic!("read failed: {e}"),
+            None => panic!("the connection never ended"),
+        }
+    };
+    assert_eq!(ended, "a reset");
+    server.stop().await;
+}
+
 #[async_std::test]
 async fn the_idle_timeout_closes_a_client_stuck_in_a_write() {
     a_stuck_client_is_reset_and_frees_its_slot(Some(Duration::from_millis(300)), None).await;
