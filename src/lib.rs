@@ -21,7 +21,6 @@ mod messages;
 mod net;
 mod pending;
 mod proxy;
-mod registry_log;
 mod rt;
 mod tls;
 

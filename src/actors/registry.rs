@@ -30,11 +30,11 @@ use crate::messages::{
     Admission, ClientId, ClientInfo, Counts, LeaveReason, RegistryMsg, SessionCommand, SessionLink,
     Snapshot,
 };
-use crate::registry_log::{self, Who};
 use crate::rt::{JoinHandle, Receiver, bounded, sleep_until, spawn};
+use log_lines::Who;
 
 /// The log target of every line about the client table, snapshots included.
-pub(crate) const LOG_TARGET: &str = module_path!();
+const LOG_TARGET: &str = module_path!();
 
 /// Capacity of the registry's inbox. Every message is a join, a leave or an
 /// operator request, so this only absorbs bursts of connects and disconnects.
@@ -148,7 +148,7 @@ impl Registry {
                     }
                 }
                 _ = sleep_until(next_snapshot).fuse() => {
-                    registry_log::snapshot(self.snapshot());
+                    log_lines::snapshot(self.snapshot());
                     next_snapshot = interval.map(|every| Instant::now() + every);
                 }
                 _ = sleep_until(next_sweep).fuse() => {
@@ -179,14 +179,14 @@ impl Registry {
                 if let Some(entry) = self.clients.get_mut(&id) {
                     entry.via = Some(Box::new(std::mem::replace(&mut entry.peer, client)));
                     entry.announced = true;
-                    registry_log::joined(&entry.who(id), clients);
+                    log_lines::joined(&entry.who(id), clients);
                 }
             }
             RegistryMsg::Snapshot { respond_to } => {
                 // A requester that stopped waiting does not need the answer.
                 let _ = respond_to.send(self.snapshot());
             }
-            RegistryMsg::LogSnapshot => registry_log::snapshot(self.snapshot()),
+            RegistryMsg::LogSnapshot => log_lines::snapshot(self.snapshot()),
             RegistryMsg::Drain { respond_to } => {
                 self.draining = true;
                 for entry in self.clients.values() {
@@ -204,7 +204,7 @@ impl Registry {
             }
             RegistryMsg::Stop { respond_to } => {
                 let snapshot = self.snapshot();
-                registry_log::final_snapshot(&snapshot);
+                log_lines::final_snapshot(&snapshot);
                 // The server may have stopped waiting; the snapshot is logged anyway.
                 let _ = respond_to.send(snapshot);
                 return Flow::Stop;
@@ -251,7 +251,7 @@ impl Registry {
         self.admitted += 1;
         let clients = self.clients.len();
         if announce {
-            registry_log::joined(
+            log_lines::joined(
                 &Who {
                     id,
                     peer,
@@ -280,7 +280,7 @@ impl Registry {
             log::Level::Debug
         };
         let (who, connected_for) = (entry.who(id), entry.connected_at.elapsed());
-        registry_log::left(
+        log_lines::left(
             &who,
             self.clients.len(),
             reason,
@@ -355,6 +355,7 @@ impl Registry {
 }
 
 mod handle;
+mod log_lines;
 
 pub use handle::RegistryHandle;
 

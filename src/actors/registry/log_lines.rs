@@ -18,19 +18,19 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use crate::actors::registry::LOG_TARGET;
+use super::LOG_TARGET;
 use crate::logging::{self, Listing};
 use crate::messages::{ClientId, ClientInfo, Counts, LeaveReason, Snapshot};
 
 /// A client in the table, as its log lines name it.
-pub(crate) struct Who {
-    pub(crate) id: ClientId,
-    pub(crate) peer: SocketAddr,
-    pub(crate) via: Option<SocketAddr>,
+pub(super) struct Who {
+    pub(super) id: ClientId,
+    pub(super) peer: SocketAddr,
+    pub(super) via: Option<SocketAddr>,
 }
 
 /// Logs a join; `clients` counts the table after it.
-pub(crate) fn joined(who: &Who, clients: usize) {
+pub(super) fn joined(who: &Who, clients: usize) {
     match who.via {
         None => {
             info!(target: LOG_TARGET, client_id = who.id, peer:% = who.peer, clients = clients; "client joined")
@@ -44,7 +44,7 @@ pub(crate) fn joined(who: &Who, clients: usize) {
 }
 
 /// Logs a leave, at `level`; `clients` counts the table after it.
-pub(crate) fn left(
+pub(super) fn left(
     who: &Who,
     clients: usize,
     reason: &LeaveReason,
@@ -78,7 +78,7 @@ pub(crate) fn left(
 }
 
 /// Logs `snapshot`'s summary, and its client lines off the executor.
-pub(crate) fn snapshot(snapshot: Snapshot) {
+pub(super) fn snapshot(snapshot: Snapshot) {
     log_summary(&snapshot);
     match logging::log_in_background(snapshot.clients, log_client) {
         Listing::Queued | Listing::StillNoThread => {}
@@ -95,7 +95,7 @@ pub(crate) fn snapshot(snapshot: Snapshot) {
 }
 
 /// Logs `snapshot` in full on the calling thread: for the last one.
-pub(crate) fn final_snapshot(snapshot: &Snapshot) {
+pub(super) fn final_snapshot(snapshot: &Snapshot) {
     log_summary(snapshot);
     logging::log_in_place(&snapshot.clients, log_client);
 }
@@ -140,6 +140,6 @@ fn log_client(client: &ClientInfo) {
 }
 
 /// Whole milliseconds, so logged durations read `1m 3s 52ms`, not nanoseconds.
-pub(crate) fn round_ms(d: Duration) -> Duration {
+fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))
 }
