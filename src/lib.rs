@@ -16,7 +16,6 @@
 
 mod actors;
 mod buffers;
-mod mailbox;
 mod messages;
 mod net;
 mod pending;

@@ -17,11 +17,14 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 
-use crate::mailbox::Mailbox;
 use crate::pending::PendingQueue;
 use crate::rt::Receiver;
 use crate::shutdown::Shutdown;
 use crate::wire::FrameError;
+
+mod mailbox;
+
+pub(crate) use mailbox::Mailbox;
 
 // ---------------------------------------------------------------- server side
 

@@ -9,8 +9,7 @@ use std::net::SocketAddr;
 use futures::{FutureExt, select_biased};
 
 use super::SessionContext;
-use crate::mailbox::Mailbox;
-use crate::messages::{HandshakeFailure, LeaveReason, SessionCommand};
+use crate::messages::{HandshakeFailure, LeaveReason, Mailbox, SessionCommand};
 use crate::net::{Handshake, LineSocket, WriteStop};
 use crate::proxy::{ProxyHeader, TrustedProxies};
 use crate::rt::within;

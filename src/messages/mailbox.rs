@@ -13,7 +13,7 @@
 //! (the server's drain) lets a command already posted be read first, then
 //! reads as `None` for good.
 //!
-//! [`SessionLink`]: crate::messages::SessionLink
+//! [`SessionLink`]: super::SessionLink
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use futures::future::poll_fn;
 use futures::task::AtomicWaker;
 
-use crate::messages::SessionCommand;
+use super::SessionCommand;
 
 /// The slot holds a `CloseIdle`.
 const CLOSE_IDLE: u8 = 1;
