@@ -42,12 +42,12 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 use futures::{FutureExt, select_biased};
 
-use crate::rt::{self, bounded, sleep, spawn};
-use crate::shutdown::{self, Shutdown};
+use crate::rt::{self, JoinHandle, Receiver, bounded, sleep, spawn};
+use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use latency::Recorder;
 use pacer::{Credits, Schedule, release};
 use process::{cpu_busy_pct, cpu_idle_ticks, process_cpu_ns};
-use worker::{Greeted, Worker};
+use worker::{Greeted, Worker, WorkerResult};
 
 pub use config::BenchConfig;
 pub use latency::Percentiles;
@@ -57,6 +57,21 @@ pub use source::SourceAddrs;
 
 /// Runs the benchmark; stops early if `interrupt` fires.
 pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchReport> {
+    let addr = target(&config).await?;
+    let config = Arc::new(config);
+    let replies = Arc::new(AtomicU64::new(0));
+    let latencies = Recorder::new();
+    let Crew {
+        tasks,
+        connects,
+        controls,
+    } = connect(addr, &config, &replies, &latencies, &interrupt).await;
+    let measured = measure(&config, controls, connects.connected, &replies, &interrupt).await;
+    Ok(merge(&config, connects, tasks, measured, latencies).await)
+}
+
+/// The server's address, checked against `--source-addrs`.
+async fn target(config: &BenchConfig) -> io::Result<SocketAddr> {
     let addr = resolve(&config.addr).await?;
     if let Some(ip) = (config.source_addrs.as_ref()).and_then(|sources| sources.mismatch(addr)) {
         return Err(io::Error::new(
@@ -67,6 +82,40 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
             ),
         ));
     }
+    Ok(addr)
+}
+
+/// The started workers, and how their connects went.
+struct Crew {
+    tasks: Vec<JoinHandle<WorkerResult>>,
+    connects: Connects,
+    controls: Controls,
+}
+
+/// The run's ends of what every worker waits on.
+struct Controls {
+    /// Opens the gate every greeted worker waits at, with the moment
+    /// measuring starts.
+    open_start: oneshot::Sender<Instant>,
+    /// Stops every worker, and the pacer.
+    stop_trigger: ShutdownTrigger,
+    stop: Shutdown,
+    /// Told once by each worker that has done what it came to do.
+    finished: Receiver<()>,
+    /// With `rate`: what the pacer releases to each worker.
+    credits: Vec<Arc<Credits>>,
+}
+
+/// Starts one worker per connection at `connect_rate` (no more once
+/// `interrupt` fires) and waits until each has been greeted or has failed;
+/// reads the server's memory and CPU time before and after.
+async fn connect(
+    addr: SocketAddr,
+    config: &Arc<BenchConfig>,
+    replies: &Arc<AtomicU64>,
+    latencies: &Arc<Recorder>,
+    interrupt: &Shutdown,
+) -> Crew {
     let rss_before = config.server_pid.and_then(rss_kib);
     let server_cpu_at_start = config.server_pid.and_then(process_cpu_ns);
     let (open_start, start) = oneshot::channel::<Instant>();
@@ -74,9 +123,6 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
     let (stop_trigger, stop) = shutdown::channel();
     let (ready_sender, ready) = bounded(config.clients.max(1));
     let (finished_sender, finished) = bounded(config.clients.max(1));
-    let replies = Arc::new(AtomicU64::new(0));
-    let latencies = Recorder::new();
-    let config = Arc::new(config);
     let pace = Duration::from_secs_f64(1.0 / f64::from(config.connect_rate.max(1)));
     let credits: Vec<Arc<Credits>> = match config.rate {
         Some(_) => (0..config.clients).map(|_| Arc::default()).collect(),
@@ -110,12 +156,45 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
     while let Ok(greeted) = ready.recv().await {
         connects.count(greeted);
     }
-    let connect_seconds = started.elapsed().as_secs_f64();
-    let server_connect_cpu_ns = server_cpu_at_start
+    connects.seconds = started.elapsed().as_secs_f64();
+    connects.server_cpu_ns = server_cpu_at_start
         .zip(config.server_pid.and_then(process_cpu_ns))
         .map(|(before, after)| after.saturating_sub(before));
-    let rss_connected = config.server_pid.and_then(rss_kib);
+    connects.server_rss_kib = rss_before.zip(config.server_pid.and_then(rss_kib));
+    let controls = Controls {
+        open_start,
+        stop_trigger,
+        stop,
+        finished,
+        credits,
+    };
+    Crew {
+        tasks,
+        connects,
+        controls,
+    }
+}
 
+/// What the measurement read, besides what the workers counted.
+struct Measured {
+    seconds: f64,
+    cpu_busy_pct: Vec<f64>,
+    server_cpu_ns: Option<u64>,
+    bench_cpu_ns: Option<u64>,
+    /// Every connection still open, its traffic done.
+    server_rss_end_kib: Option<u64>,
+}
+
+/// Opens the gate, releases messages at `rate` if set, and lets the workers
+/// run until [`wait_until_done`]; then stops them. Reads the machine's and the
+/// processes' CPU time around it.
+async fn measure(
+    config: &BenchConfig,
+    controls: Controls,
+    connected: usize,
+    replies: &AtomicU64,
+    interrupt: &Shutdown,
+) -> Measured {
     let progress = config
         .progress
         .then(|| progress_bar(config.duration))
@@ -125,36 +204,24 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
     let bench_cpu_before = process_cpu_ns(std::process::id());
     let measuring = Instant::now();
     // Every worker waits on the gate; none has gone away without answering.
-    let _ = open_start.send(measuring);
+    let _ = controls.open_start.send(measuring);
     let pacer = config.rate.map(|rate| {
         let schedule = Schedule::new(measuring, rate, config.clients);
-        spawn(release(credits, schedule, stop.clone()))
+        spawn(release(controls.credits, schedule, controls.stop.clone()))
     });
     let deadline = measuring + config.duration;
-    // Every connection done (with --once, answered; otherwise dropped): no
-    // more to measure.
-    let mut done = 0;
-    while Instant::now() < deadline && !interrupt.is_triggered() && done < connects.connected {
-        let tick = PROGRESS_TICK.min(deadline - Instant::now());
-        select_biased! {
-            _ = interrupt.wait().fuse() => {}
-            one = finished.recv().fuse() => match one {
-                Ok(()) => done += 1,
-                // Every worker has returned: each told first.
-                Err(_) => done = connects.connected,
-            },
-            _ = sleep(tick).fuse() => {}
-        }
+    wait_until_done(deadline, &controls.finished, connected, interrupt, || {
         if let Some(bar) = &progress {
             let replied = replies.load(Ordering::Relaxed);
             let rate = replied as f64 / measuring.elapsed().as_secs_f64();
             bar.set_position(measuring.elapsed().as_millis() as u64);
             bar.set_message(format!("{replied} replies, {rate:.0}/s"));
         }
-    }
+    })
+    .await;
     // Before the workers stop: every connection is still open, its traffic done.
-    let rss_end = config.server_pid.and_then(rss_kib);
-    stop_trigger.trigger();
+    let server_rss_end_kib = config.server_pid.and_then(rss_kib);
+    controls.stop_trigger.trigger();
     if let Some(pacer) = pacer {
         pacer.await;
     }
@@ -170,8 +237,51 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
+    Measured {
+        seconds,
+        cpu_busy_pct,
+        server_cpu_ns,
+        bench_cpu_ns,
+        server_rss_end_kib,
+    }
+}
 
+/// Waits for `deadline`, `interrupt`, or every connection done (with
+/// `--once`, answered; otherwise dropped): no more to measure. Calls
+/// `progress` every [`PROGRESS_TICK`].
+async fn wait_until_done(
+    deadline: Instant,
+    finished: &Receiver<()>,
+    connected: usize,
+    interrupt: &Shutdown,
+    progress: impl Fn(),
+) {
+    let mut done = 0;
+    while Instant::now() < deadline && !interrupt.is_triggered() && done < connected {
+        let tick = PROGRESS_TICK.min(deadline - Instant::now());
+        select_biased! {
+            _ = interrupt.wait().fuse() => {}
+            one = finished.recv().fuse() => match one {
+                Ok(()) => done += 1,
+                // Every worker has returned: each told first.
+                Err(_) => done = connected,
+            },
+            _ = sleep(tick).fuse() => {}
+        }
+        progress();
+    }
+}
+
+/// Joins every worker and puts the report together.
+async fn merge(
+    config: &BenchConfig,
+    connects: Connects,
+    tasks: Vec<JoinHandle<WorkerResult>>,
+    measured: Measured,
+    latencies: Arc<Recorder>,
+) -> BenchReport {
     let connected = connects.connected;
+    let seconds = measured.seconds;
     let mut report = BenchReport {
         clients: config.clients,
         depth: config.depth,
@@ -181,16 +291,17 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
         connect_failures: connects.failures,
         connect_errors: connects.errors,
         source_addrs: connects.per_source,
-        connect_seconds,
-        server_cpu_us_per_connect: server_connect_cpu_ns
+        connect_seconds: connects.seconds,
+        server_cpu_us_per_connect: connects
+            .server_cpu_ns
             .filter(|_| connected > 0)
             .map(|ns| ns as f64 / 1000.0 / connected as f64),
         tls: config.tls.is_some(),
         seconds,
-        server_rss_kib: rss_before.zip(rss_connected),
-        server_rss_end_kib: rss_end,
+        server_rss_kib: connects.server_rss_kib,
+        server_rss_end_kib: measured.server_rss_end_kib,
         offered_rate: config.rate,
-        cpu_busy_pct,
+        cpu_busy_pct: measured.cpu_busy_pct,
         ..BenchReport::default()
     };
     for task in tasks {
@@ -209,8 +320,8 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
         ns.filter(|_| report.replies > 0)
             .map(|ns| ns as f64 / 1000.0 / report.replies as f64)
     };
-    report.server_cpu_us_per_reply = per_reply(server_cpu_ns);
-    report.bench_cpu_us_per_reply = per_reply(bench_cpu_ns);
+    report.server_cpu_us_per_reply = per_reply(measured.server_cpu_ns);
+    report.bench_cpu_us_per_reply = per_reply(measured.bench_cpu_ns);
     // Every worker is joined, so every batch is in.
     let histograms = latencies.into_histograms();
     report.latency = Percentiles::of(&histograms.from_due);
@@ -218,7 +329,7 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
         report.latency_from = LatencyFrom::DueTime;
         report.sent_latency = Some(Percentiles::of(&histograms.from_write));
     }
-    Ok(report)
+    report
 }
 
 /// How often the progress bar moves.
@@ -233,6 +344,12 @@ struct Connects {
     errors: BTreeMap<String, u64>,
     /// With `--source-addrs`: greeted connections from each address.
     per_source: BTreeMap<IpAddr, u64>,
+    /// From the first connect to the last greeting (or failure).
+    seconds: f64,
+    /// The server's CPU time while connecting.
+    server_cpu_ns: Option<u64>,
+    /// The server's RSS before connecting and with every client connected.
+    server_rss_kib: Option<(u64, u64)>,
 }
 
 impl Connects {
