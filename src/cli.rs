@@ -16,7 +16,8 @@ mod parse;
 mod values;
 
 use values::{
-    duration, host_port, max_line, nonzero, positive_duration, positive_rate, positive_usize,
+    duration, host_port, log_format, max_line, nonzero, positive_duration, positive_rate,
+    positive_usize,
 };
 
 /// Where the server listens when `--addr` is not given: loopback only.
@@ -61,7 +62,7 @@ pub(crate) struct Cli {
     addr: Option<String>,
 
     /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, value_parser = log_format(), default_value = "text")]
     pub(crate) log_format: LogFormat,
 
     /// Longest message accepted, in bytes; a longer line gets an error and the

@@ -3,6 +3,28 @@
 
 use std::time::Duration;
 
+use clap::ValueEnum;
+use clap::builder::{EnumValueParser, TypedValueParser};
+
+use duplex::logging::LogFormat;
+
+/// `--log-format`'s values, as clap lists them in `--help` and usage
+/// errors: the library's [`LogFormat`] knows nothing of clap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormatValue {
+    /// Human-readable lines: time, level, module, message, key=value pairs.
+    Text,
+    /// One JSON object per line, with the key/values as fields.
+    Json,
+}
+
+pub(super) fn log_format() -> impl TypedValueParser<Value = LogFormat> {
+    EnumValueParser::<LogFormatValue>::new().map(|value| match value {
+        LogFormatValue::Text => LogFormat::Text,
+        LogFormatValue::Json => LogFormat::Json,
+    })
+}
+
 /// `None` for zero: "0 turns this off".
 pub(super) fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)

@@ -29,7 +29,7 @@ use serde_json::{Map, Value as Json};
 pub(crate) use listing::{Listing, Throttle, log_in_background, log_in_place};
 
 /// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     /// Human-readable lines: time, level, module, message, key=value pairs.
     Text,
