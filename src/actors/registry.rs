@@ -4,9 +4,10 @@
 //! [`SessionLink`] it shares with the session: the session's inbox and the
 //! counters the session bumps itself (so it is never on the per-message
 //! path). The acceptor asks it to admit each new client
-//! (the cap lives here, beside the count); sessions tell it when they leave.
+//! (the cap lives here, beside the count); each session's task tells it
+//! when and why the session ended.
 //! It logs every join and leave, and a snapshot every `--registry-interval`
-//! and on SIGUSR1 (through [`crate::registry_log`]). One periodic sweep finds
+//! and on SIGUSR1 (the lines are in `registry/log_lines.rs`). One periodic sweep finds
 //! idle clients, from the last-input time in their counters, and tells their
 //! sessions to close.
 //!

@@ -1,12 +1,11 @@
 //! A session's inbox: a one-slot mailbox that only the registry posts to and
 //! only the session reads.
 //!
-//! It does what a bounded(1) channel of [`SessionCommand`]s did, and costs a
-//! thirtieth of one: an async-channel of capacity 1 is 768 bytes (its queue
-//! is cache-padded) plus 120 for its event, measured with valgrind's DHAT at
-//! 2,000 idle clients, which was a third of what an idle client cost. This is
-//! one atomic word and one waker, inside the [`SessionLink`] the registry and
-//! the session already share.
+//! It does what a bounded(1) channel of [`SessionCommand`]s did, at a small
+//! fraction of the cost: an async-channel's cache-padded queue and its event
+//! listener were a large part of what an idle client cost (valgrind's DHAT).
+//! This is one atomic word and one waker, inside the [`SessionLink`] the
+//! registry and the session already share.
 //!
 //! Same rules as the channel: a post finds the slot full or the mailbox
 //! closed and fails (the registry tries again at its next sweep); closing it
