@@ -122,8 +122,7 @@ impl Acceptor {
         match admission {
             Admission::Admitted { .. } => {
                 let session = Session::new(id, peer, socket, link, self.sessions.clone());
-                let registry = self.sessions.registry.clone();
-                spawn_detached(session_task(id, registry, session.run()));
+                spawn_detached(session_task(session));
             }
             Admission::Full { max } => {
                 if self.turning_away.fetch_add(1, Ordering::Relaxed) >= TURN_AWAYS_MAX {
@@ -153,25 +152,47 @@ impl Acceptor {
     }
 }
 
-/// A session's task: runs the session to its end, then tells the registry
-/// why the client left, also when the session panicked (the registry would
-/// otherwise count the client for ever).
+/// What a session's task runs to its end: a [`Session`] (in tests, a
+/// stand-in that panics).
+pub(crate) trait Serve: Send {
+    /// Serves the client; why it left.
+    fn serve(&mut self) -> impl Future<Output = LeaveReason> + Send;
+    /// The client it serves, and the registry that counts it.
+    fn client(&self) -> (ClientId, &RegistryHandle);
+}
+
+impl Serve for Session {
+    fn serve(&mut self) -> impl Future<Output = LeaveReason> + Send {
+        self.run()
+    }
+
+    fn client(&self) -> (ClientId, &RegistryHandle) {
+        (self.id(), &self.context().registry)
+    }
+}
+
+/// A session's task: runs the session to its end, tells the registry why
+/// the client left (also when the session panicked: the registry would
+/// otherwise count the client for ever), and only then drops the session,
+/// closing the connection, so a client that sees its connection close is
+/// already counted out.
 ///
-/// Combinators, not an `async` block: a block would move the session's
-/// future from its capture into a local of its own and keep room for both
-/// (rust-lang/rust#62958), and this is what every connected client costs.
-pub(crate) fn session_task(
-    id: ClientId,
-    registry: RegistryHandle,
-    session: impl Future<Output = LeaveReason> + Send,
-) -> impl Future<Output = ()> + Send {
-    AssertUnwindSafe(session).catch_unwind().then(move |ended| {
+/// Not an `async fn`: that would store `session` in its future twice (once
+/// as the argument, once as the local it is moved into;
+/// rust-lang/rust#62958), and this future is what every connected client
+/// costs.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn session_task(mut session: impl Serve + 'static) -> impl Future<Output = ()> + Send {
+    async move {
+        let ended = AssertUnwindSafe(session.serve()).catch_unwind().await;
+        let (id, registry) = session.client();
         let reason = ended.unwrap_or_else(|_| {
             warn!("session panicked", { client_id: id });
             LeaveReason::Panicked
         });
-        async move { registry.unregister(id, reason).await }
-    })
+        registry.unregister(id, reason).await;
+        drop(session);
+    }
 }
 
 /// Tells a client the server is full (after its PROXY header and TLS

@@ -23,7 +23,8 @@
 //! shutdown: when the registry closes the inbox it answers what it has read,
 //! sends the notice and closes; `cut` stops it writing at once. However it
 //! ends, [`run`](Session::run) returns the [`LeaveReason`], and the task that
-//! runs it (the acceptor's `session_task`) tells the registry.
+//! runs it (the acceptor's `session_task`) tells the registry, then drops
+//! the session, which closes the connection.
 
 use std::future::Future;
 use std::io;
@@ -97,13 +98,25 @@ impl Session {
         }
     }
 
-    /// Serves the client until it leaves, closes the connection as its end
-    /// requires, and says why it left.
-    // Not an `async fn`: that would store `self` in its future twice (once as
-    // the argument, once as the local it is moved into; rust-lang/rust#62958),
-    // and this future is most of what an idle client costs.
+    /// The client it serves.
+    pub(crate) fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// What it shares with the server's other sessions.
+    pub(crate) fn context(&self) -> &SessionContext {
+        &self.context
+    }
+
+    /// Serves the client until it leaves, readies the close its end
+    /// requires, and says why it left. The connection closes when the
+    /// session is dropped, which its task does once the registry has counted
+    /// the client out.
+    // Not an `async fn`, which would keep `self` twice (once as the
+    // argument, once as the local it is moved into; rust-lang/rust#62958):
+    // this future is most of what an idle client costs.
     #[allow(clippy::manual_async_fn)]
-    pub(crate) fn run(mut self) -> impl Future<Output = LeaveReason> + Send {
+    pub(crate) fn run(&mut self) -> impl Future<Output = LeaveReason> + Send + '_ {
         async move {
             let end = match Box::pin(self.open()).await {
                 // Once per connection, so boxed: inline, the opening's state
@@ -363,7 +376,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::acceptor::session_task;
+    use crate::actors::acceptor::{Serve, session_task};
     use crate::actors::registry::{Registry, RegistryConfig, RegistryHandle};
     use crate::rt::Socket;
     use crate::shutdown::Shutdown;
@@ -410,7 +423,7 @@ mod tests {
             Arc::default(),
             context,
         );
-        let task = session_task(ClientId(1), registry, session.run());
+        let task = session_task(session);
         let size = std::mem::size_of_val(&task);
         eprintln!("session task: {size} bytes");
         assert!(size <= 432, "a session's task is {size} bytes");
@@ -429,12 +442,16 @@ mod tests {
             admitted,
             crate::messages::Admission::Admitted { .. }
         ));
-        let panics = async {
-            panic!("a session's bug");
-            #[allow(unreachable_code)]
-            LeaveReason::PeerClosed
-        };
-        crate::rt::spawn(session_task(ClientId(1), registry.clone(), panics));
+        struct Panics(RegistryHandle);
+        impl Serve for Panics {
+            async fn serve(&mut self) -> LeaveReason {
+                panic!("a session's bug")
+            }
+            fn client(&self) -> (ClientId, &RegistryHandle) {
+                (ClientId(1), &self.0)
+            }
+        }
+        crate::rt::spawn(session_task(Panics(registry.clone())));
         let left = crate::rt::within(Duration::from_secs(10), registry.wait_for_clients(0));
         assert!(
             left.await.is_some(),
