@@ -99,6 +99,41 @@ fn sighup_without_tls_is_logged_and_the_server_keeps_serving() {
 }
 
 #[test]
+fn refused_proxy_headers_are_logged_throttled_and_all_counted() {
+    // 127.0.0.1 is not a trusted proxy here, so every connection is refused.
+    let (server, addr, logs) = start_server(&[
+        "--registry-interval",
+        "0",
+        "--proxy-protocol",
+        "--trusted-proxies",
+        "10.0.0.0/8",
+    ]);
+    const CONNECTS: usize = 30;
+    for _ in 0..CONNECTS {
+        let mut client = TcpStream::connect(&addr).expect("connect");
+        client.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).expect("closed by the server");
+    }
+    signal(&server, libc::SIGUSR1);
+    let mut warned = 0;
+    let snapshot = loop {
+        let line = logs.recv_timeout(PATIENCE).expect("the snapshot line");
+        warned += usize::from(line.contains("PROXY header refused"));
+        if line.contains("registry snapshot") {
+            break line;
+        }
+    };
+    assert!(
+        snapshot.contains(&format!("proxy_failed={CONNECTS}")),
+        "{snapshot}"
+    );
+    assert_eq!(warned, 1, "one warning for a burst of refusals");
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+}
+
+#[test]
 fn a_server_whose_log_nobody_reads_keeps_serving_and_reports_the_lines_it_dropped() {
     let mut server = server_command(&[]).spawn().expect("spawn server");
     let mut stderr = BufReader::new(server.stderr.take().expect("stderr piped"));

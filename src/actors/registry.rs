@@ -113,6 +113,7 @@ pub(crate) struct Registry {
     /// Shutdown has begun: inboxes are closed, new ones too.
     draining: bool,
     reject_warnings: Throttle,
+    proxy_warnings: Throttle,
 }
 
 /// Whether the actor should keep running after a message.
@@ -273,7 +274,17 @@ impl Registry {
         let counts = entry.link.stats.counts();
         self.departed += counts;
         self.tls_failed += u64::from(matches!(reason, LeaveReason::TlsFailed(_)));
-        self.proxy_failed += u64::from(matches!(reason, LeaveReason::ProxyFailed(_)));
+        if let LeaveReason::ProxyFailed(why) = reason {
+            self.proxy_failed += 1;
+            if let Some(suppressed) = self.proxy_warnings.allow() {
+                warn!("PROXY header refused", {
+                    client_id: id,
+                    peer: Value::from_display(&entry.peer),
+                    reason: why.as_str(),
+                    suppressed: suppressed,
+                });
+            }
+        }
         // A connection never announced (no PROXY header yet) leaves quietly.
         let level = if entry.announced {
             log::Level::Info

@@ -1,6 +1,8 @@
 //! How a session's end is closed and logged: a client that stopped reading
 //! is reset, a failure gets its log line, and a failed write at shutdown is
-//! the shutdown's cut.
+//! the shutdown's cut. (A refused PROXY header is logged by the registry,
+//! which throttles it: a connect flood from an untrusted address must not
+//! flood the log.)
 
 use std::io;
 
@@ -23,13 +25,6 @@ impl Session {
                     client_id: self.id,
                     peer: peer,
                     reason: log::kv::Value::from_display(&end),
-                });
-            }
-            LeaveReason::ProxyFailed(why) => {
-                warn!("PROXY header refused", {
-                    client_id: self.id,
-                    peer: peer,
-                    reason: why.as_str(),
                 });
             }
             LeaveReason::TlsFailed(failure) => {
