@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use cli::{Cli, Role};
 use duplex::client::{self, Outcome};
-use duplex::logging::LogFormat;
 use duplex::server::{Server, StartError};
 use duplex::{bench, logging, shutdown};
 
@@ -24,21 +23,14 @@ fn main() -> ExitCode {
     let format = cli.log_format;
     let log = logging::init(format);
     let outcome = duplex::block_on(run(cli));
+    // Queued log lines first, so that an error is the last line.
+    log.finish();
     match outcome {
-        Ok(code) => {
-            log.finish();
-            code
-        }
-        // A JSON log stays all JSON: the error is its last line.
-        Err(e) if format == LogFormat::Json => {
-            log::error!(target: "duplex", "{e}");
-            log.finish();
-            ExitCode::FAILURE
-        }
+        Ok(code) => code,
+        // In the log's format (a JSON log stays all JSON), and past any
+        // RUST_LOG filter: a fatal error is always seen.
         Err(e) => {
-            // Queued log lines first, so that the error is the last line.
-            log.finish();
-            eprintln!("error: {e}");
+            logging::print_error(format, "duplex", &e.to_string());
             ExitCode::FAILURE
         }
     }

@@ -299,15 +299,27 @@ fn a_server_that_cannot_listen_says_why_and_exits_1() {
 
 #[test]
 fn with_a_json_log_fatal_and_usage_errors_are_json_lines_too() {
-    for (args, code, says) in [
+    let unlisten = ["--addr", "192.0.2.1:8000"];
+    for (rust_log, args, code, says) in [
+        ("info", &unlisten[..], 1, "cannot listen on 192.0.2.1:8000"),
+        ("info", &["--addr", "nonsense"], 2, "expected HOST:PORT"),
+        // A filter that lets none of the server's own lines through still
+        // shows the fatal error.
         (
-            &["--addr", "192.0.2.1:8000"][..],
+            "duplex::actors::registry=info",
+            &unlisten,
             1,
             "cannot listen on 192.0.2.1:8000",
         ),
-        (&["--addr", "nonsense"], 2, "expected HOST:PORT"),
+        // Filters that would silence the log, or be partly ignored with a
+        // plain-text warning, are usage errors.
+        ("warning", &[], 2, "\"warning\" is not a level"),
+        ("inf", &[], 2, "\"inf\" is not a level"),
+        ("", &[], 2, "RUST_LOG is empty"),
+        ("duplex=inf", &[], 2, "\"inf\" is not a level"),
     ] {
         let output = duplex()
+            .env("RUST_LOG", rust_log)
             .args(["--role", "server", "--log-format", "json"])
             .args(args)
             .output()
@@ -325,6 +337,21 @@ fn with_a_json_log_fatal_and_usage_errors_are_json_lines_too() {
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn a_log_filter_that_would_silence_the_server_is_a_usage_error() {
+    let output = duplex()
+        .env("RUST_LOG", "warning")
+        .args(["--role", "server", "--addr", "127.0.0.1:0"])
+        .output()
+        .expect("run server");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("error: RUST_LOG=\"warning\": \"warning\" is not a level"),
+        "{stderr}"
+    );
 }
 
 #[test]

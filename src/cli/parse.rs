@@ -6,6 +6,8 @@ use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 
+use duplex::logging::LogFormat;
+
 use super::{Cli, Role, TLS_HEADING};
 
 /// Whether `args` ask for `--log-format json` (looked at before they parse).
@@ -14,6 +16,15 @@ fn wants_json_log(args: &[std::ffi::OsString]) -> bool {
         arg == "--log-format=json"
             || (arg == "--log-format" && args.get(i + 1).is_some_and(|v| v == "json"))
     })
+}
+
+/// A `RUST_LOG` that would silence the log or be partly ignored is a usage
+/// error (`None`: unset, the default `info`).
+fn check_log_filter(filter: Option<&str>) -> Result<(), clap::Error> {
+    match filter.map(duplex::logging::check_filter) {
+        Some(Err(why)) => Err(Cli::command().error(ErrorKind::ValueValidation, why)),
+        _ => Ok(()),
+    }
 }
 
 /// Each role's own flags are listed under a help heading, which is also
@@ -34,20 +45,22 @@ impl Cli {
         T: Into<std::ffi::OsString> + Clone,
     {
         let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-        Cli::try_parse_args(&args).unwrap_or_else(|e| {
-            // Asked for a JSON log, a usage error is a JSON line too.
-            if e.use_stderr() && wants_json_log(&args) {
-                let line = serde_json::json!({
-                    "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    "level": "ERROR",
-                    "target": "duplex::cli",
-                    "msg": e.render().to_string().trim_end(),
-                });
-                eprintln!("{line}");
-                std::process::exit(e.exit_code());
-            }
-            e.exit()
-        })
+        let filter = std::env::var("RUST_LOG").ok();
+        Cli::try_parse_args(&args)
+            .and_then(|cli| check_log_filter(filter.as_deref()).map(|()| cli))
+            .unwrap_or_else(|e| {
+                // Asked for a JSON log, a usage error is a JSON line too.
+                if e.use_stderr() && wants_json_log(&args) {
+                    let message = e.render().to_string();
+                    duplex::logging::print_error(
+                        LogFormat::Json,
+                        "duplex::cli",
+                        message.trim_end(),
+                    );
+                    std::process::exit(e.exit_code());
+                }
+                e.exit()
+            })
     }
 
     /// Parses `args`, rejecting flags given for the other role.

@@ -67,12 +67,8 @@ pub fn init(format: LogFormat) -> LogWriter {
     builder.target(Target::Pipe(Box::new(QueueWriter(queue))));
     if format == LogFormat::Json {
         builder.format(|out, record| {
-            let mut fields = Map::new();
-            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            fields.insert("ts".into(), now.into());
-            fields.insert("level".into(), record.level().as_str().into());
-            fields.insert("target".into(), record.target().into());
-            fields.insert("msg".into(), record.args().to_string().into());
+            let message = record.args().to_string();
+            let mut fields = json_fields(record.level(), record.target(), &message);
             // Collecting into a map cannot fail.
             let _ = record.key_values().visit(&mut JsonFields(&mut fields));
             writeln!(out, "{}", Json::Object(fields))
@@ -80,6 +76,72 @@ pub fn init(format: LogFormat) -> LogWriter {
     }
     builder.init();
     writer
+}
+
+/// A JSON log line's own fields: time, level, target and message.
+fn json_fields(level: log::Level, target: &str, message: &str) -> Map<String, Json> {
+    let mut fields = Map::new();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    fields.insert("ts".into(), now.into());
+    fields.insert("level".into(), level.as_str().into());
+    fields.insert("target".into(), target.into());
+    fields.insert("msg".into(), message.into());
+    fields
+}
+
+/// Prints an error that ends the program straight to stderr, in `format`
+/// (`error: …`, or a JSON line from `target`): not through the log, so that
+/// no `RUST_LOG` filter can hide it. Call it once the log is finished, so
+/// that it is the last line.
+pub fn print_error(format: LogFormat, target: &str, message: &str) {
+    match format {
+        LogFormat::Text => eprintln!("error: {message}"),
+        LogFormat::Json => {
+            let line = Json::Object(json_fields(log::Level::Error, target, message));
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// The levels a `RUST_LOG` directive can name.
+const LEVELS: &str = "error, warn, info, debug, trace, off";
+
+/// Checks a `RUST_LOG` filter, which env_logger would take without a word
+/// even where it enables nothing (`warning` and `inf` name modules to it, an
+/// empty filter turns every line off) or ignores a part (`duplex=inf`, with
+/// a warning of its own in plain text): each comma-separated directive must
+/// be a level, one of duplex's own modules (all levels), or `MODULE=LEVEL`.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    let directives: Vec<&str> = filter.split(',').map(str::trim).collect();
+    if directives.iter().all(|d| d.is_empty()) {
+        return Err(format!(
+            "RUST_LOG is empty, which would turn every log line off; unset it for the default (info), or name a level ({LEVELS})"
+        ));
+    }
+    for directive in directives.into_iter().filter(|d| !d.is_empty()) {
+        let is_level = |word: &str| word.parse::<log::LevelFilter>().is_ok();
+        match directive.split_once('=') {
+            Some(("", _)) => {
+                return Err(format!(
+                    "RUST_LOG={filter:?}: {directive:?} names no module before its `=`"
+                ));
+            }
+            Some((_, level)) if is_level(level) => {}
+            Some((_, level)) => {
+                return Err(format!(
+                    "RUST_LOG={filter:?}: in {directive:?}, {level:?} is not a level ({LEVELS})"
+                ));
+            }
+            None if is_level(directive) => {}
+            None if directive == "duplex" || directive.starts_with("duplex::") => {}
+            None => {
+                return Err(format!(
+                    "RUST_LOG={filter:?}: {directive:?} is not a level ({LEVELS}) nor one of duplex's modules; to filter another crate write MODULE=LEVEL"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Waits, if the log queue is over half full, until the writer thread has
@@ -315,6 +377,32 @@ impl<'kvs> VisitSource<'kvs> for JsonFields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_that_would_silence_or_be_ignored_are_refused() {
+        for fine in [
+            "info",
+            "WARN",
+            "off",
+            "duplex",
+            "duplex::actors::registry=info",
+            "info,rustls=warn",
+            "debug,",
+        ] {
+            assert_eq!(check_filter(fine), Ok(()), "{fine}");
+        }
+        for (bad, says) in [
+            ("", "empty"),
+            (" , ", "empty"),
+            ("warning", "\"warning\" is not a level"),
+            ("inf", "\"inf\" is not a level"),
+            ("duplex=inf", "\"inf\" is not a level"),
+            ("info,=debug", "names no module"),
+        ] {
+            let error = check_filter(bad).expect_err(bad);
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn a_full_queue_drops_whole_lines_and_counts_them() {
