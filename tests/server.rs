@@ -89,6 +89,34 @@ async fn an_unterminated_message_is_answered_after_the_fragment_timeout() {
     server.stop().await;
 }
 
+/// A client that sends a byte at a time, more often than the fragment
+/// timeout, and never a newline (slowloris) still gets its fragment taken
+/// as a message once the timeout has passed since its first byte.
+#[async_std::test]
+async fn a_fragment_that_trickles_in_is_answered_at_the_timeout_from_its_first_byte() {
+    use async_std::io::WriteExt;
+    let server = TestServer::start(quick_config()).await; // 50 ms
+    let mut peer = Peer::greeted(server.addr).await;
+    // A byte every 10 ms, beside the reads, for longer than the test waits
+    // for a reply (without the bound, none would come while it lasts).
+    let mut stream = peer.stream();
+    let trickle = spawn(async move {
+        for _ in 0..2000 {
+            if stream.write_all(b"z").await.is_err() {
+                break;
+            }
+            async_std::task::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let reply = peer.reply().await;
+    assert!(
+        !reply.is_empty() && reply.iter().all(|&b| b == b'z'),
+        "{reply:?}"
+    );
+    trickle.cancel().await;
+    server.stop().await;
+}
+
 #[async_std::test]
 async fn with_the_fragment_timeout_off_a_split_line_is_one_message() {
     let mut config = quick_config();

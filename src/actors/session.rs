@@ -206,14 +206,20 @@ impl Session {
                     let now = Instant::now();
                     let queued_before = self.replies_queued;
                     let framed = self.answer_lines();
-                    self.link
-                        .stats
-                        .received(self.replies_queued - queued_before, n as u64, now);
+                    let lines = self.replies_queued - queued_before;
+                    self.link.stats.received(lines, n as u64, now);
                     let more = match framed {
                         Ok(more) => more,
                         Err(too_long) => break too_long.into(),
                     };
-                    fragment_since = self.socket.has_fragment().then_some(now);
+                    // A fragment's time counts from its first byte: one that
+                    // trickles in a byte at a time is still taken as a
+                    // message once the fragment timeout has passed.
+                    fragment_since = match (self.socket.has_fragment(), lines) {
+                        (false, _) => None,
+                        (true, 0) => fragment_since.or(Some(now)),
+                        (true, _) => Some(now),
+                    };
                     if let Err(end) = self.flush().await {
                         break end;
                     }
@@ -236,14 +242,14 @@ impl Session {
                     let due = self
                         .fragment_deadline(fragment_since)
                         .is_some_and(|at| at <= now);
-                    if let Some(since) = fragment_since.filter(|_| due) {
+                    if due {
                         let messages = u64::from(self.socket.has_fragment());
                         if let Err(too_long) = self.answer_fragment() {
                             break too_long.into();
                         }
-                        // The client's last input is when the fragment came,
-                        // not now: the idle timeout counts from then.
-                        self.link.stats.received(messages, 0, since);
+                        // Its bytes, and the time of the client's last
+                        // input, were recorded when they were read.
+                        self.link.stats.received_more(messages);
                         fragment_since = None;
                         if let Err(end) = self.flush().await {
                             break end;

@@ -77,6 +77,11 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// Its connection, to write from another task.
+    pub fn stream(&self) -> TcpStream {
+        self.writer.clone()
+    }
+
     pub async fn connect(addr: SocketAddr) -> Peer {
         let stream = within(PATIENCE, TcpStream::connect(addr))
             .await
