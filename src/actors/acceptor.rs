@@ -121,6 +121,9 @@ impl Acceptor {
             .await;
         match admission {
             Admission::Admitted { .. } => {
+                if let Err(e) = socket.keep_alive() {
+                    debug!("keepalive not set", { client_id: id, error: log::kv::Value::from_display(&e) });
+                }
                 let session = Session::new(id, peer, socket, link, self.sessions.clone());
                 spawn_detached(session_task(session));
             }

@@ -308,6 +308,24 @@ impl LineSocket {
         bounded(self.flush(), progress_within, &mut interrupt).await
     }
 
+    /// Has the kernel probe the connection once it has been quiet for
+    /// [`KEEPALIVE_IDLE`], so that a peer that vanished without a word (its
+    /// machine off, its network gone) is found after a few minutes and the
+    /// read fails, instead of the connection waiting for it for ever (with
+    /// `--idle-timeout 0` nothing else would end it). An error if the
+    /// options cannot be set.
+    pub(crate) fn keep_alive(&self) -> io::Result<()> {
+        let Some(tcp) = self.tcp() else {
+            return Ok(());
+        };
+        let probes = socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let probes = probes.with_retries(KEEPALIVE_PROBES);
+        socket2::SockRef::from(tcp).set_tcp_keepalive(&probes)
+    }
+
     /// Makes the close that comes when this is dropped a reset: nothing
     /// unsent lingers in the kernel for a peer that does not read.
     pub(crate) fn reset_on_close(&self) {
@@ -400,6 +418,17 @@ async fn bounded<R, T>(
     }
 }
 
+/// A connection quiet this long gets its first keepalive probe: long
+/// enough to cost nothing on a busy server (one probe per quiet client per
+/// minute), short enough that a vanished peer is found within minutes.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// ... then one every this often,
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ... and this many unanswered end it: found about 2 minutes after it
+/// vanished.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const KEEPALIVE_PROBES: u32 = 6;
+
 /// A lingering close waits at most this long for the peer's side to go quiet,
 const LINGER_QUIET: Duration = Duration::from_millis(100);
 /// ... and never longer than this in all,
@@ -419,5 +448,18 @@ mod tests {
         let socket = LineSocket::new(Socket::new(tcp).expect("register"), 1024);
         let tcp = socket.tcp().expect("open");
         assert!(tcp.nodelay().expect("read TCP_NODELAY"));
+    }
+
+    #[test]
+    fn a_kept_alive_socket_is_probed_when_quiet() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let tcp = TcpStream::connect(listener.local_addr().expect("bound")).expect("connect");
+        let socket = LineSocket::new(Socket::new(tcp).expect("register"), 1024);
+        socket.keep_alive().expect("set keepalive");
+        let tcp = socket2::SockRef::from(socket.tcp().expect("open"));
+        assert!(tcp.keepalive().expect("read SO_KEEPALIVE"));
+        assert_eq!(tcp.tcp_keepalive_time().expect("read"), KEEPALIVE_IDLE);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        assert_eq!(tcp.tcp_keepalive_retries().expect("read"), KEEPALIVE_PROBES);
     }
 }
