@@ -33,7 +33,10 @@ use crate::shutdown::Shutdown;
 /// interval, so the connection is never more than a few behind.
 const CONNECTION_INBOX_CAPACITY: usize = 16;
 
-/// Jitter applied to exponential backoff delays: ±20 %.
+/// Jitter applied to backoff delays: ±20 % on an exponential one, +0 to
+/// 20 % on a fixed one (which stays the least wait `--backoff` promises), so
+/// that clients a restart cut off together do not all come back in the same
+/// millisecond.
 const JITTER: f64 = 0.2;
 
 /// Starts a connection actor and resolves to its exit.
@@ -77,7 +80,7 @@ impl Default for SupervisorConfig {
     }
 }
 
-/// The delay before each restart: fixed, or doubling up to a maximum with jitter.
+/// The delay before each restart, with jitter: fixed, or doubling up to a maximum.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
     base: Duration,
@@ -94,7 +97,7 @@ impl Backoff {
         }
     }
 
-    /// Always `base`.
+    /// `base`, lengthened by up to 20 % (jitter).
     fn fixed(base: Duration) -> Backoff {
         Backoff {
             base,
@@ -116,7 +119,9 @@ impl Backoff {
     /// The delay before the next restart.
     fn next_delay(&mut self) -> Duration {
         let Some(max) = self.max else {
-            return self.base;
+            return self
+                .base
+                .mul_f64(rand::rng().random_range(1.0..=1.0 + JITTER));
         };
         let delay = self.current;
         self.current = (self.current * 2).min(max);
@@ -472,7 +477,14 @@ mod tests {
         backoff.reset();
         assert!(within(backoff.next_delay(), 100));
         let mut fixed = Backoff::fixed(base);
-        assert_eq!((fixed.next_delay(), fixed.next_delay()), (base, base));
+        let delays: Vec<Duration> = (0..100).map(|_| fixed.next_delay()).collect();
+        assert!(
+            delays.iter().all(|d| *d >= base && *d <= base.mul_f64(1.2)),
+            "{delays:?}"
+        );
+        // Spread out: a hundred clients do not all wait the same.
+        let spread = *delays.iter().max().unwrap() - *delays.iter().min().unwrap();
+        assert!(spread >= Duration::from_millis(5), "{delays:?}");
     }
 
     #[test]
