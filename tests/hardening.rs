@@ -183,9 +183,15 @@ async fn a_client_stuck_with_nothing_unread_is_still_cut_with_a_reset() {
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     socket.connect(&server.addr.into()).expect("connect");
     let mut stream = TcpStream::from(std::net::TcpStream::from(socket));
+    // The greeting shows the server admitted the client (the kernel alone
+    // could have taken the whole line before the server accepted it).
+    let mut greeting = [0; 6];
+    within(PATIENCE, stream.read_exact(&mut greeting))
+        .await
+        .expect("greeted in time")
+        .expect("greeting");
     let line = [&vec![b'x'; LINE][..], b"\n"].concat();
-    // Taken whole (so the server had accepted the client and read it all),
-    // then nothing is read until the server has cut the client.
+    // Then nothing is read until the server has cut the client.
     stream.write_all(&line).await.expect("one line");
     server.wait_for_clients(0).await;
     let mut buf = vec![0u8; 1 << 16];
