@@ -32,7 +32,7 @@ pub const TURNING_AWAY_MAX: usize = crate::actors::acceptor::TURN_AWAYS_MAX;
 pub use crate::actors::session::SessionConfig;
 pub use crate::messages::{ClientId, ClientInfo, Counts, Snapshot};
 pub use crate::proxy::TrustedProxies;
-pub use crate::tls::{TlsError, TlsFiles, TlsReloader};
+pub use crate::tls::{Reloaded, TlsError, TlsFiles, TlsReloader};
 
 /// How long cut sessions get to report to the registry before it stops anyway.
 const CUT_GRACE: Duration = Duration::from_millis(100);

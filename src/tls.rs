@@ -1,6 +1,10 @@
 //! TLS set-up: the server's certificate, which SIGHUP can replace while the
 //! server runs, the client's trust roots, and handshake failures in words.
 //!
+//! The server's certificate is refused outside its dates (at start, and on a
+//! reload, which keeps the old one), and warned about in its last
+//! [`EXPIRY_WARNING`].
+//!
 //! The handshakes themselves and the encrypted streams are futures-rustls's;
 //! they live behind [`crate::net::LineSocket`], so no actor handles a TLS
 //! type. The crypto provider is rustls's `ring` (see `docs/architecture.md`
@@ -10,6 +14,9 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 
 use futures_rustls::pki_types::pem::PemObject;
 use futures_rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -18,8 +25,14 @@ use futures_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use futures_rustls::rustls::sign::CertifiedKey;
 use futures_rustls::rustls::{self, AlertDescription, CertificateError, RootCertStore};
 use futures_rustls::{TlsAcceptor, TlsConnector};
-use kv_log_macro::{info, warn};
+use kv_log_macro::{error, info, warn};
 use log::kv::Value;
+use x509_cert::Certificate;
+use x509_cert::der::Decode;
+
+/// How long before its notAfter the server's certificate is warned about, at
+/// load: two weeks leave time to renew it without a hurry.
+const EXPIRY_WARNING: TimeDelta = TimeDelta::days(14);
 
 /// A server's certificate chain and private key: two PEM files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,13 +75,17 @@ impl fmt::Debug for ServerTls {
 }
 
 impl ServerTls {
-    /// Loads the certificate and key; an error names the file at fault.
+    /// Loads the certificate and key, and refuses a certificate outside its
+    /// dates; an error names the file at fault (and the dates).
     pub(crate) fn load(files: &TlsFiles) -> Result<ServerTls, TlsError> {
         let provider = provider();
-        let key = load_certified_key(files, &provider)?;
+        let now = Utc::now();
+        let loaded = Loaded::read(files, &provider, now)?;
+        loaded.leaf.log("TLS certificate loaded", &files.cert);
+        loaded.leaf.warn_of_dates(&files.cert, now);
         let certificate = Arc::new(CurrentCertificate {
             files: files.clone(),
-            key: RwLock::new(Arc::new(key)),
+            in_use: RwLock::new(loaded),
             provider: provider.clone(),
         });
         let config = rustls::ServerConfig::builder_with_provider(provider)
@@ -92,19 +109,164 @@ impl ServerTls {
 #[derive(Debug)]
 struct CurrentCertificate {
     files: TlsFiles,
-    key: RwLock<Arc<CertifiedKey>>,
+    in_use: RwLock<Loaded>,
     provider: Arc<CryptoProvider>,
 }
 
 impl ResolvesServerCert for CurrentCertificate {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        // A panic while the lock was held cannot leave a half-written Arc.
-        Some(
-            self.key
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        )
+        // A panic while the lock was held cannot leave a half-written pair.
+        let in_use = self.in_use.read().unwrap_or_else(PoisonError::into_inner);
+        Some(in_use.key.clone())
+    }
+}
+
+/// A certificate and key as loaded, with what its checks and logs read.
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    leaf: Leaf,
+}
+
+impl Loaded {
+    /// Reads both files, and refuses a certificate outside its dates at `now`.
+    fn read(
+        files: &TlsFiles,
+        provider: &CryptoProvider,
+        now: DateTime<Utc>,
+    ) -> Result<Loaded, TlsError> {
+        let key = load_certified_key(files, provider)?;
+        let cannot = |e: &dyn fmt::Display| {
+            TlsError(format!(
+                "cannot read the dates of the certificate in {}: {e}",
+                files.cert.display()
+            ))
+        };
+        let der = key.end_entity_cert().map_err(|e| cannot(&e))?;
+        let leaf = Leaf::parse(der).map_err(|e| cannot(&e))?;
+        leaf.check(&files.cert, now)?;
+        Ok(Loaded {
+            key: Arc::new(key),
+            leaf,
+        })
+    }
+}
+
+/// What the server's own certificate (the first in its file) says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Leaf {
+    /// Its subject, as RFC 4514 writes it (`CN=localhost,O=Example`).
+    subject: String,
+    not_before: DateTime<Utc>,
+    not_after: DateTime<Utc>,
+}
+
+/// Where a certificate's dates put it at some moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    NotValidYet,
+    Valid,
+    /// Valid, and expiring within [`EXPIRY_WARNING`]: this long is left.
+    ExpiresSoon(TimeDelta),
+    Expired,
+}
+
+/// A date as logs and errors show it: RFC 3339, UTC, to the second (the
+/// precision of a certificate's dates).
+fn stamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+impl Leaf {
+    /// Its subject and dates, from the DER certificate.
+    fn parse(der: &[u8]) -> Result<Leaf, String> {
+        let certificate = Certificate::from_der(der).map_err(|e| e.to_string())?;
+        let tbs = certificate.tbs_certificate();
+        let date = |time: x509_cert::time::Time| {
+            let seconds = i64::try_from(time.to_unix_duration().as_secs()).ok();
+            seconds
+                .and_then(|s| DateTime::from_timestamp(s, 0))
+                .ok_or_else(|| "a date out of range".to_owned())
+        };
+        Ok(Leaf {
+            subject: tbs.subject().to_string(),
+            not_before: date(tbs.validity().not_before)?,
+            not_after: date(tbs.validity().not_after)?,
+        })
+    }
+
+    /// Where its dates put it at `now`. RFC 5280: valid from notBefore
+    /// through notAfter, both included.
+    fn standing(&self, now: DateTime<Utc>) -> Standing {
+        if now < self.not_before {
+            Standing::NotValidYet
+        } else if now > self.not_after {
+            Standing::Expired
+        } else if self.not_after - now <= EXPIRY_WARNING {
+            Standing::ExpiresSoon(self.not_after - now)
+        } else {
+            Standing::Valid
+        }
+    }
+
+    /// An error, with the dates, when every handshake would fail at `now`.
+    fn check(&self, cert: &Path, now: DateTime<Utc>) -> Result<(), TlsError> {
+        let (what, date) = match self.standing(now) {
+            Standing::Expired => ("has expired: notAfter", self.not_after),
+            Standing::NotValidYet => ("is not valid yet: notBefore", self.not_before),
+            Standing::Valid | Standing::ExpiresSoon(_) => return Ok(()),
+        };
+        Err(TlsError(format!(
+            "the certificate in {} ({}) {what} {}, now {}",
+            cert.display(),
+            self.subject,
+            stamp(date),
+            stamp(now),
+        )))
+    }
+
+    /// Logs `message` (info) with the file, the subject and the expiry.
+    fn log(&self, message: &str, cert: &Path) {
+        info!("{}", message, {
+            cert: Value::from_display(&cert.display()),
+            subject: self.subject.as_str(),
+            not_after: stamp(self.not_after).as_str(),
+        });
+    }
+
+    /// Warns of a near expiry, and logs an error outside the dates (a
+    /// running server's certificate can expire, or the clock go back).
+    fn warn_of_dates(&self, cert: &Path, now: DateTime<Utc>) {
+        let cert = cert.display();
+        let cert = Value::from_display(&cert);
+        let not_after = stamp(self.not_after);
+        match self.standing(now) {
+            Standing::Valid => {}
+            Standing::ExpiresSoon(left) => {
+                let seconds = left.num_seconds().unsigned_abs();
+                let left = humantime::format_duration(Duration::from_secs(seconds));
+                warn!("TLS certificate expires soon: renew it and send SIGHUP", {
+                    cert: cert,
+                    subject: self.subject.as_str(),
+                    not_after: not_after.as_str(),
+                    expires_in: Value::from_display(&left),
+                });
+            }
+            Standing::Expired => {
+                error!("TLS certificate has expired: every new handshake fails until it is replaced", {
+                    cert: cert,
+                    subject: self.subject.as_str(),
+                    not_after: not_after.as_str(),
+                });
+            }
+            Standing::NotValidYet => {
+                error!("TLS certificate is not valid yet: every new handshake fails", {
+                    cert: cert,
+                    subject: self.subject.as_str(),
+                    not_before: stamp(self.not_before).as_str(),
+                });
+            }
+        }
     }
 }
 
@@ -113,27 +275,55 @@ impl ResolvesServerCert for CurrentCertificate {
 #[derive(Clone, Debug)]
 pub struct TlsReloader(Arc<CurrentCertificate>);
 
+/// What a successful [`TlsReloader::reload`] found in the files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    /// Another certificate: new connections get it.
+    Replaced,
+    /// The certificate already in use: nothing changed.
+    Unchanged,
+}
+
 impl TlsReloader {
     /// Loads the certificate and key again from the same paths. New
     /// connections get the new certificate; open ones keep theirs. If the
-    /// files do not load, the old certificate stays. Logged either way.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    /// files do not load, or the certificate is outside its dates, the old
+    /// one stays. Logged either way, with the subject and the expiry.
+    pub fn reload(&self) -> Result<Reloaded, TlsError> {
         let current = &self.0;
-        match load_certified_key(&current.files, &current.provider) {
-            Ok(key) => {
-                *current.key.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(key);
-                info!("TLS certificate reloaded", {
-                    cert: Value::from_display(&current.files.cert.display()),
-                });
-                Ok(())
-            }
+        let now = Utc::now();
+        let loaded = match Loaded::read(&current.files, &current.provider, now) {
+            Ok(loaded) => loaded,
             Err(e) => {
                 warn!("TLS certificate reload failed: keeping the old one", {
                     error: Value::from_display(&e),
                 });
-                Err(e)
+                return Err(e);
             }
-        }
+        };
+        let leaf = loaded.leaf.clone();
+        let outcome = {
+            let mut in_use = current
+                .in_use
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            // The same chain is the same key too: it loaded as the pair.
+            if in_use.key.cert == loaded.key.cert {
+                Reloaded::Unchanged
+            } else {
+                *in_use = loaded;
+                Reloaded::Replaced
+            }
+        };
+        leaf.log(
+            match outcome {
+                Reloaded::Replaced => "TLS certificate reloaded",
+                Reloaded::Unchanged => "TLS certificate unchanged: the files hold the one in use",
+            },
+            &current.files.cert,
+        );
+        leaf.warn_of_dates(&current.files.cert, now);
+        Ok(outcome)
     }
 }
 
@@ -187,11 +377,7 @@ impl ClientTls {
     /// when `None`, and expects the server's certificate to be for
     /// `server_name` (a DNS name or an IP address).
     pub fn new(ca: Option<&Path>, server_name: &str) -> Result<ClientTls, TlsError> {
-        let server_name = ServerName::try_from(server_name.to_owned()).map_err(|_| {
-            TlsError(format!(
-                "{server_name:?} is not a DNS name or an IP address to verify"
-            ))
-        })?;
+        let server_name = parse_server_name(server_name)?;
         let mut roots = RootCertStore::empty();
         let described = match ca {
             Some(path) => {
@@ -228,6 +414,12 @@ impl ClientTls {
         })
     }
 
+    /// Whether a certificate can be checked against `name`: a DNS name or
+    /// an IP address (the command line asks before it loads anything).
+    pub fn check_server_name(name: &str) -> Result<(), TlsError> {
+        parse_server_name(name).map(drop)
+    }
+
     /// The host part of `addr` (`host:port`, `[v6]:port`): the name a
     /// certificate is checked against unless `--tls-server-name` says otherwise.
     pub fn host_of(addr: &str) -> &str {
@@ -236,6 +428,14 @@ impl ClientTls {
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host)
     }
+}
+
+fn parse_server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(name.to_owned()).map_err(|_| {
+        TlsError(format!(
+            "{name:?} is not a DNS name or an IP address to verify"
+        ))
+    })
 }
 
 impl fmt::Debug for ClientTls {
@@ -297,5 +497,86 @@ pub(crate) fn failure_reason(error: &io::Error) -> &'static str {
         rustls::Error::InvalidMessage(_) => "not a TLS handshake",
         rustls::Error::PeerIncompatible(_) => "no TLS version or cipher in common",
         _ => "handshake failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .expect("an RFC 3339 date")
+            .to_utc()
+    }
+
+    fn leaf(not_before: &str, not_after: &str) -> Leaf {
+        Leaf {
+            subject: "CN=localhost".to_owned(),
+            not_before: at(not_before),
+            not_after: at(not_after),
+        }
+    }
+
+    #[test]
+    fn the_subject_and_dates_are_read_from_the_certificate() {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example, Inc.");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2051, 6, 30);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let certificate = params.self_signed(&key).expect("certificate");
+        let leaf = Leaf::parse(certificate.der()).expect("parses");
+        assert_eq!(leaf.subject, r"CN=localhost,O=Example\, Inc.");
+        assert_eq!(stamp(leaf.not_before), "2019-01-01T00:00:00Z");
+        // After 2049 the date is a GeneralizedTime, not a UTCTime.
+        assert_eq!(stamp(leaf.not_after), "2051-06-30T00:00:00Z");
+        assert!(Leaf::parse(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn a_certificate_is_refused_outside_its_dates_and_warned_of_in_its_last_two_weeks() {
+        let leaf = leaf("2026-01-01T00:00:00Z", "2026-03-01T00:00:00Z");
+        let standing = |now| leaf.standing(at(now));
+        assert_eq!(standing("2025-12-31T23:59:59Z"), Standing::NotValidYet);
+        assert_eq!(standing("2026-01-01T00:00:00Z"), Standing::Valid);
+        assert_eq!(standing("2026-02-14T23:59:59Z"), Standing::Valid);
+        assert_eq!(
+            standing("2026-02-15T00:00:00Z"),
+            Standing::ExpiresSoon(EXPIRY_WARNING)
+        );
+        assert_eq!(
+            standing("2026-03-01T00:00:00Z"),
+            Standing::ExpiresSoon(TimeDelta::zero())
+        );
+        assert_eq!(standing("2026-03-01T00:00:01Z"), Standing::Expired);
+
+        let cert = Path::new("server.pem");
+        let expired = leaf
+            .check(cert, at("2026-04-01T12:00:00Z"))
+            .expect_err("expired");
+        assert_eq!(
+            expired.to_string(),
+            "the certificate in server.pem (CN=localhost) has expired: \
+             notAfter 2026-03-01T00:00:00Z, now 2026-04-01T12:00:00Z"
+        );
+        let early = leaf
+            .check(cert, at("2025-06-01T00:00:00Z"))
+            .expect_err("early");
+        assert!(
+            early
+                .to_string()
+                .contains("is not valid yet: notBefore 2026-01-01T00:00:00Z"),
+            "{early}"
+        );
+        leaf.check(cert, at("2026-02-28T00:00:00Z"))
+            .expect("valid, if not for long");
     }
 }

@@ -2,8 +2,9 @@
 //! module talk to the duplex server; the duplex client talks to a Node TLS
 //! version of the original server. Every failure a user can meet is
 //! provoked for real: plain text on the TLS port, an unknown CA, a wrong
-//! name, an expired certificate, a stalled handshake, SIGHUP with a good
-//! and a broken file, and a server restart under a running client.
+//! name, an expired certificate, a stalled handshake, SIGHUP with a good,
+//! an unchanged, an out-of-date and a broken file, a server certificate that
+//! is out of date at start, and a server restart under a running client.
 
 mod common;
 
@@ -206,12 +207,8 @@ fn client_error(addr: SocketAddr, ca: &std::path::Path, extra: &[&str]) -> Strin
 async fn the_client_names_why_it_refuses_a_certificate() {
     let ca = TestCa::new("trusted CA");
     let stranger = TestCa::new("stranger CA");
+    // Not an expired one: the server refuses to start with it.
     for (files, ca_file, reason) in [
-        (
-            ca.leaf("expired", Leaf::Expired),
-            ca.ca_pem(),
-            "certificate expired",
-        ),
         (
             ca.leaf("other", Leaf::OtherName),
             ca.ca_pem(),
@@ -300,7 +297,7 @@ async fn a_stalled_handshake_is_closed_at_the_timeout_and_costs_no_one_else() {
 }
 
 #[test]
-fn sighup_reloads_the_certificate_and_a_broken_file_keeps_the_old_one() {
+fn sighup_reloads_the_certificate_and_a_bad_or_out_of_date_one_keeps_the_old_one() {
     let first = TestCa::new("first CA");
     let second = TestCa::new("second CA");
     let files = first.leaf("server", Leaf::Good);
@@ -320,19 +317,55 @@ fn sighup_reloads_the_certificate_and_a_broken_file_keeps_the_old_one() {
         })
     };
     let mut open = exchange(&first.ca_pem()).expect("the first certificate");
+    let replace_with = |replacement: &TlsFiles| {
+        std::fs::copy(&replacement.cert, &files.cert).expect("copy");
+        std::fs::copy(&replacement.key, &files.key).expect("copy");
+    };
+
+    // The same files again: nothing changes, and the log says so.
+    signal(&server, libc::SIGHUP);
+    let unchanged = wait_for(&logs, "TLS certificate unchanged");
+    assert!(
+        unchanged.contains("subject=CN=first CA server")
+            && unchanged.contains("not_after=4096-01-01T00:00:00Z"),
+        "{unchanged}"
+    );
 
     // The files now hold a certificate from the second CA.
-    let replacement = second.leaf("server", Leaf::Good);
-    std::fs::copy(&replacement.cert, &files.cert).expect("copy");
-    std::fs::copy(&replacement.key, &files.key).expect("copy");
+    replace_with(&second.leaf("server", Leaf::Good));
     signal(&server, libc::SIGHUP);
-    wait_for(&logs, "TLS certificate reloaded");
+    let reloaded = wait_for(&logs, "TLS certificate reloaded");
+    assert!(
+        reloaded.contains("subject=CN=second CA server")
+            && reloaded.contains("not_after=4096-01-01T00:00:00Z"),
+        "{reloaded}"
+    );
     exchange(&second.ca_pem()).expect("new connections get the new certificate");
     assert!(exchange(&first.ca_pem()).is_err(), "the old one is gone");
     async_std::task::block_on(async {
         open.send(b"still here\n").await;
         assert_reply(&open.line().await, b"still here");
     });
+
+    // A certificate outside its dates is refused like a broken file, with
+    // the date at fault, and the one in use stays (from the same CA, it
+    // would fail every handshake).
+    for (kind, why) in [
+        (
+            Leaf::Expired,
+            "has expired: notAfter 2020-01-01T00:00:00Z, now ",
+        ),
+        (
+            Leaf::NotValidYet,
+            "is not valid yet: notBefore 2999-01-01T00:00:00Z, now ",
+        ),
+    ] {
+        replace_with(&second.leaf("out of date", kind));
+        signal(&server, libc::SIGHUP);
+        let failed = wait_for(&logs, "TLS certificate reload failed: keeping the old one");
+        assert!(failed.contains(why), "{failed}");
+        exchange(&second.ca_pem()).expect("the certificate in use stays");
+    }
 
     // A broken file is logged, and the certificate in use stays.
     std::fs::write(&files.cert, "not a certificate\n").expect("write");
@@ -374,10 +407,12 @@ async fn a_tls_client_reconnects_across_a_server_restart_and_loses_nothing() {
 }
 
 #[test]
-fn a_certificate_that_does_not_load_stops_the_server_with_a_clear_error() {
+fn a_certificate_that_does_not_load_or_is_out_of_date_stops_the_server_with_a_clear_error() {
     let ca = TestCa::new("bad files CA");
     let files = ca.leaf("server", Leaf::Good);
     let other = ca.leaf("other", Leaf::Good);
+    let expired = ca.leaf("expired", Leaf::Expired);
+    let early = ca.leaf("early", Leaf::NotValidYet);
     for (cert, key, expected) in [
         (
             ca.ca_pem().with_extension("missing"),
@@ -393,6 +428,16 @@ fn a_certificate_that_does_not_load_stops_the_server_with_a_clear_error() {
             files.cert.clone(),
             files.cert.clone(),
             "cannot read a private key from",
+        ),
+        (
+            expired.cert.clone(),
+            expired.key.clone(),
+            "(CN=bad files CA expired) has expired: notAfter 2020-01-01T00:00:00Z, now ",
+        ),
+        (
+            early.cert.clone(),
+            early.key.clone(),
+            "(CN=bad files CA early) is not valid yet: notBefore 2999-01-01T00:00:00Z, now ",
         ),
     ] {
         let output = duplex()

@@ -1,5 +1,6 @@
 //! Certificates made at run time (no private key is committed): a test CA,
-//! server certificates it signs (good, expired, for another name), and a
+//! server certificates it signs (good, expired, not valid yet, soon expiring,
+//! for another name), and a
 //! second CA the client does not trust. Each set lives in its own temporary
 //! directory, removed when dropped.
 
@@ -25,6 +26,11 @@ pub enum Leaf {
     Good,
     /// For `localhost` and 127.0.0.1, expired in 2020.
     Expired,
+    /// For `localhost` and 127.0.0.1, valid from 2999.
+    NotValidYet,
+    /// For `localhost` and 127.0.0.1, valid now and until this long from now
+    /// (to the second, as certificates store it).
+    ExpiresIn(std::time::Duration),
     /// Valid now, but for `other.example` only.
     OtherName,
 }
@@ -55,16 +61,30 @@ impl TestCa {
     /// and `<file>.key`.
     pub fn leaf(&self, file: &str, kind: Leaf) -> TlsFiles {
         let names = match kind {
-            Leaf::Good | Leaf::Expired => vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
             Leaf::OtherName => vec!["other.example".to_owned()],
+            _ => vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
         };
         let mut params = CertificateParams::new(names).expect("params");
         params
             .distinguished_name
             .push(DnType::CommonName, format!("{} {file}", self.name));
-        if let Leaf::Expired = kind {
-            params.not_before = date_time_ymd(2019, 1, 1);
-            params.not_after = date_time_ymd(2020, 1, 1);
+        match kind {
+            Leaf::Expired => {
+                params.not_before = date_time_ymd(2019, 1, 1);
+                params.not_after = date_time_ymd(2020, 1, 1);
+            }
+            Leaf::NotValidYet => {
+                params.not_before = date_time_ymd(2999, 1, 1);
+                params.not_after = date_time_ymd(3000, 1, 1);
+            }
+            Leaf::ExpiresIn(left) => {
+                let since_epoch = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("after 1970");
+                params.not_before = date_time_ymd(2019, 1, 1);
+                params.not_after = date_time_ymd(1970, 1, 1) + since_epoch + left;
+            }
+            Leaf::Good | Leaf::OtherName => {}
         }
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("signed");
