@@ -19,9 +19,9 @@ use kv_log_macro::{info, warn};
 use crate::actors::acceptor::Acceptor;
 use crate::actors::registry::Registry;
 use crate::actors::session::SessionContext;
-use crate::rt::{JoinHandle, Listener, within};
+use crate::rt::{JoinHandle, Listener, spawn, within};
 use crate::shutdown::{self, Shutdown};
-use crate::tls::ServerTls;
+use crate::tls::{CERTIFICATE_CHECK_INTERVAL, ServerTls};
 
 pub use crate::actors::registry::{RegistryConfig, RegistryHandle};
 
@@ -159,6 +159,10 @@ impl Server {
             }),
             Err(e) => info!("listening", { addr_error: log::kv::Value::from_display(&e) }),
         }
+        // The certificate's dates, checked while it serves; ends with `shutdown`.
+        let certificate_watch = self.tls_reloader().map(|certificate| {
+            spawn(certificate.watch(CERTIFICATE_CHECK_INTERVAL, shutdown.clone()))
+        });
         let (cut_trigger, cut) = shutdown::channel();
         let sessions = Arc::new(SessionContext {
             registry: self.registry.clone(),
@@ -168,6 +172,10 @@ impl Server {
             proxy: self.config.proxy_protocol.clone(),
         });
         let accepted = Acceptor::new(self.listener, sessions).run(shutdown).await;
+        if let Some(watch) = certificate_watch {
+            // The acceptor returns once `shutdown` fired; so does the watch.
+            watch.await;
+        }
 
         let at_shutdown = self.registry.snapshot().await.clients.len();
         info!("shutting down", { clients: at_shutdown });

@@ -2,8 +2,9 @@
 //! server runs, the client's trust roots, and handshake failures in words.
 //!
 //! The server's certificate is refused outside its dates (at start, and on a
-//! reload, which keeps the old one), and warned about in its last
-//! [`EXPIRY_WARNING`].
+//! reload, which keeps the old one), warned about in its last
+//! [`EXPIRY_WARNING`], and checked again daily and at its expiry while the
+//! server runs ([`TlsReloader::watch`]).
 //!
 //! The handshakes themselves and the encrypted streams are futures-rustls's;
 //! they live behind [`crate::net::LineSocket`], so no actor handles a TLS
@@ -17,6 +18,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use futures::{FutureExt, select_biased};
 
 use futures_rustls::pki_types::pem::PemObject;
 use futures_rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -30,9 +32,17 @@ use log::kv::Value;
 use x509_cert::Certificate;
 use x509_cert::der::Decode;
 
+use crate::rt::sleep;
+use crate::shutdown::Shutdown;
+
 /// How long before its notAfter the server's certificate is warned about, at
-/// load: two weeks leave time to renew it without a hurry.
+/// load and at every check: two weeks leave time to renew it without a hurry.
 const EXPIRY_WARNING: TimeDelta = TimeDelta::days(14);
+
+/// How often a running TLS server checks its certificate's dates, so a near
+/// expiry is warned about once a day (and the expiry itself is logged when
+/// it comes, whatever this says).
+pub(crate) const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A server's certificate chain and private key: two PEM files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,9 +123,18 @@ struct CurrentCertificate {
     provider: Arc<CryptoProvider>,
 }
 
+impl CurrentCertificate {
+    /// What the certificate in use says of itself.
+    fn leaf(&self) -> Leaf {
+        // A panic while the lock was held cannot leave a half-written pair.
+        let in_use = self.in_use.read().unwrap_or_else(PoisonError::into_inner);
+        in_use.leaf.clone()
+    }
+}
+
 impl ResolvesServerCert for CurrentCertificate {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        // A panic while the lock was held cannot leave a half-written pair.
+        // As in `leaf`: a poisoned lock still holds a whole pair.
         let in_use = self.in_use.read().unwrap_or_else(PoisonError::into_inner);
         Some(in_use.key.clone())
     }
@@ -268,6 +287,14 @@ impl Leaf {
             }
         }
     }
+
+    /// How long until the next check after `now`: `every`, or just past the
+    /// expiry if that comes first, so that it is logged when it happens.
+    fn next_check(&self, now: DateTime<Utc>, every: Duration) -> Duration {
+        let until_expired = (self.not_after - now + TimeDelta::seconds(1)).to_std();
+        // Negative (already expired): `every`.
+        until_expired.map_or(every, |until| until.min(every))
+    }
 }
 
 /// Replaces a running server's certificate with what its files hold now
@@ -324,6 +351,22 @@ impl TlsReloader {
         );
         leaf.warn_of_dates(&current.files.cert, now);
         Ok(outcome)
+    }
+
+    /// Checks the certificate in use every `every`, and just after it
+    /// expires, until `shutdown`: warns of a near expiry (so, with
+    /// [`CERTIFICATE_CHECK_INTERVAL`], once a day), and logs an error once
+    /// it has expired, when every new handshake fails.
+    pub(crate) async fn watch(self, every: Duration, shutdown: Shutdown) {
+        loop {
+            let wait = self.0.leaf().next_check(Utc::now(), every);
+            select_biased! {
+                () = shutdown.wait().fuse() => return,
+                () = sleep(wait).fuse() => {}
+            }
+            // A reload may have replaced it meanwhile.
+            self.0.leaf().warn_of_dates(&self.0.files.cert, Utc::now());
+        }
     }
 }
 
@@ -578,5 +621,19 @@ mod tests {
         );
         leaf.check(cert, at("2026-02-28T00:00:00Z"))
             .expect("valid, if not for long");
+    }
+
+    #[test]
+    fn the_next_check_is_a_day_later_or_just_past_the_expiry() {
+        let day = CERTIFICATE_CHECK_INTERVAL;
+        let leaf = leaf("2026-01-01T00:00:00Z", "2026-03-01T00:00:00Z");
+        assert_eq!(leaf.next_check(at("2026-02-01T00:00:00Z"), day), day);
+        // An hour before the expiry: woken a second after it, to log it.
+        assert_eq!(
+            leaf.next_check(at("2026-02-28T23:00:00Z"), day),
+            Duration::from_secs(3601)
+        );
+        // Expired: every day again, as long as it is in use.
+        assert_eq!(leaf.next_check(at("2026-03-02T00:00:00Z"), day), day);
     }
 }

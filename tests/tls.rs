@@ -4,7 +4,8 @@
 //! provoked for real: plain text on the TLS port, an unknown CA, a wrong
 //! name, an expired certificate, a stalled handshake, SIGHUP with a good,
 //! an unchanged, an out-of-date and a broken file, a server certificate that
-//! is out of date at start, and a server restart under a running client.
+//! is out of date at start or expires while it runs, and a server restart
+//! under a running client.
 
 mod common;
 
@@ -17,8 +18,8 @@ use async_std::io::WriteExt;
 use async_std::net::TcpStream;
 use common::certs::{Leaf, TestCa, TlsPeer, have};
 use common::process::{
-    PATIENCE as PROCESS_PATIENCE, duplex, lines_of, server_command, signal, start_server_from,
-    stderr_lines, wait_for, wait_with_timeout,
+    PATIENCE as PROCESS_PATIENCE, duplex, lines_of, listening_addr, server_command, signal,
+    start_server_from, stderr_lines, wait_for, wait_with_timeout,
 };
 use common::{PATIENCE, Peer, TestClient, TestServer, quick_config, within};
 use duplex::client::{ClientConfig, ClientTls, Outcome};
@@ -207,7 +208,8 @@ fn client_error(addr: SocketAddr, ca: &std::path::Path, extra: &[&str]) -> Strin
 async fn the_client_names_why_it_refuses_a_certificate() {
     let ca = TestCa::new("trusted CA");
     let stranger = TestCa::new("stranger CA");
-    // Not an expired one: the server refuses to start with it.
+    // An expired one: a_certificate_near_its_expiry_…, where it expires
+    // under a running server (which refuses to start with one).
     for (files, ca_file, reason) in [
         (
             ca.leaf("other", Leaf::OtherName),
@@ -455,6 +457,50 @@ fn a_certificate_that_does_not_load_or_is_out_of_date_stops_the_server_with_a_cl
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn a_certificate_near_its_expiry_is_warned_of_and_its_expiry_logged_when_it_comes() {
+    let ca = TestCa::new("expiring CA");
+    // Long enough for the server to start before it expires, on a busy machine.
+    let files = ca.leaf("server", Leaf::ExpiresIn(Duration::from_secs(5)));
+    let mut command = server_command(&[]);
+    command
+        .arg("--tls-cert")
+        .arg(&files.cert)
+        .arg("--tls-key")
+        .arg(&files.key);
+    let mut server = command.spawn().expect("spawn server");
+    let logs = stderr_lines(&mut server);
+    // At load, before the server listens.
+    let warning = wait_for(&logs, "TLS certificate expires soon");
+    assert!(
+        warning.starts_with('[')
+            && warning.contains("WARN")
+            && warning.contains("subject=CN=expiring CA server")
+            && warning.contains("not_after=")
+            && warning.contains("expires_in="),
+        "{warning}"
+    );
+    let addr: SocketAddr = listening_addr(&wait_for(&logs, "listening"))
+        .parse()
+        .expect("address");
+    // No SIGHUP, no client: the server checks at the expiry by itself.
+    let expired = wait_for(&logs, "TLS certificate has expired");
+    assert!(expired.contains("ERROR"), "{expired}");
+    // Every new client fails from now on, and says why.
+    let error = client_error(addr, &ca.ca_pem(), &[]);
+    assert!(error.contains("tls=certificate expired error="), "{error}");
+    let left = wait_for(&logs, "client left");
+    assert!(left.contains("peer rejected our certificate"), "{left}");
+    signal(&server, libc::SIGUSR1);
+    let snapshot = wait_for(&logs, "registry snapshot");
+    assert!(snapshot.contains("tls_failed=1"), "{snapshot}");
+    signal(&server, libc::SIGTERM);
+    assert!(
+        wait_with_timeout(server).success(),
+        "the check ends with the server"
+    );
 }
 
 #[test]
