@@ -48,7 +48,7 @@ pub(crate) enum Role {
 /// Ctrl-C or SIGTERM exits cleanly with code 0; SIGUSR1 makes the server log a
 /// registry snapshot.
 #[derive(Debug, Parser)]
-#[command(name = "duplex", version, max_term_width = 100)]
+#[command(name = "duplex", version, max_term_width = 100, after_help = EXIT_CODES)]
 pub(crate) struct Cli {
     /// Which part to run: the server, a client, or the load generator (bench).
     #[arg(long, value_enum)]
@@ -251,6 +251,20 @@ pub(crate) struct Cli {
     server_pid: Option<u32>,
 }
 
+/// The end of `--help`: every exit code, as the README's table gives them.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    stopped by Ctrl-C or SIGTERM (the client also when its stdout closes), or
+       done: the client's --count replies, a bench run with no error
+  1    cannot run as configured (said in a last line \"error: ...\"): cannot listen,
+       a certificate or key that does not load or is out of date, an unreadable
+       --tls-ca or an empty trust store; or, once running, the client past
+       --max-restarts, a bench run with errors or no connection
+  2    usage error: an unknown flag, a flag of another role, a bad value (a
+       --tls-server-name, or the host of --addr, that is no DNS name or IP address),
+       a RUST_LOG that would silence the log or be partly ignored
+  130  a second Ctrl-C or SIGTERM during the shutdown";
+
 /// The heading of the TLS flags the client and the bench share.
 const TLS_HEADING: &str = "Client and bench TLS options";
 
@@ -290,13 +304,20 @@ impl Cli {
         }
     }
 
+    /// With TLS on (client and bench), the name the server's certificate
+    /// must be for: `--tls-server-name`, or the host of `--addr`.
+    pub(crate) fn tls_server_name(&self) -> Option<&str> {
+        if !self.tls && self.tls_ca.is_none() && self.tls_server_name.is_none() {
+            return None;
+        }
+        Some((self.tls_server_name.as_deref()).unwrap_or(ClientTls::host_of(self.addr())))
+    }
+
     /// The client's and the bench's TLS flags, with its trust roots loaded.
     pub(crate) fn client_tls(&self) -> Result<Option<ClientTls>, TlsError> {
-        if !self.tls && self.tls_ca.is_none() && self.tls_server_name.is_none() {
-            return Ok(None);
-        }
-        let name = (self.tls_server_name.as_deref()).unwrap_or(ClientTls::host_of(self.addr()));
-        ClientTls::new(self.tls_ca.as_deref(), name).map(Some)
+        (self.tls_server_name())
+            .map(|name| ClientTls::new(self.tls_ca.as_deref(), name))
+            .transpose()
     }
 
     /// The client's flags.
@@ -475,6 +496,10 @@ mod tests {
             &["--role", "bench", "--source-addrs", "localhost"],
             &["--role", "bench", "--source-addrs", ""],
             &["--role", "client", "--source-addrs", "127.0.0.1"],
+            &["--role", "client", "--tls-server-name", "not a name"],
+            &["--role", "bench", "--tls-server-name", "a..example"],
+            &["--role", "client", "--tls", "--addr", "no such host:8000"],
+            &["--role", "server", "--tls-server-name", "localhost"],
         ] {
             let error = parse(args).expect_err("rejected");
             assert_eq!(error.exit_code(), 2, "{args:?}: {error}");

@@ -265,6 +265,20 @@ fn help_explains_every_flag() {
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");
     }
+    // Every exit code, as the README's table gives them.
+    let codes = help
+        .split_once("Exit codes:")
+        .expect("an exit codes section")
+        .1;
+    let listed: Vec<&str> = codes
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix("  ")
+                .filter(|rest| !rest.starts_with(' '))
+        })
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert_eq!(listed, ["0", "1", "2", "130"], "{codes}");
 }
 
 #[test]
@@ -279,6 +293,89 @@ fn bad_flags_exit_2_with_a_clear_error() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.starts_with("error:"), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn exit_codes_are_the_readmes_a_bad_tls_name_is_a_usage_error_an_unloadable_trust_store_1() {
+    let empty = std::env::temp_dir().join(format!("duplex-test-{}-empty.pem", std::process::id()));
+    std::fs::write(&empty, "").expect("write an empty trust store");
+    // The port of a listener just closed: nothing accepts there.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("bound").to_string()
+    };
+    let client = ["--role", "client", "--addr", &closed];
+    let bench = ["--role", "bench", "--addr", &closed];
+    let cases: [(&[&str], &[&str], i32, &str); 7] = [
+        // A value wrong in itself: a usage error, before anything starts.
+        (
+            &client,
+            &["--tls-server-name", "not a name"],
+            2,
+            "error: --tls-server-name: \"not a name\" is not a DNS name or an IP address",
+        ),
+        (
+            &bench,
+            &["--tls-server-name", "a..example"],
+            2,
+            "error: --tls-server-name: \"a..example\" is not a DNS name",
+        ),
+        (
+            &["--role", "client", "--addr", "no such host:8000"],
+            &["--tls"],
+            2,
+            "error: --addr (its host, without --tls-server-name): \"no such host\"",
+        ),
+        // A configuration that cannot be loaded: `error: …` last, exit 1.
+        (
+            &client,
+            &["--tls-ca", "/nonexistent/ca.pem"],
+            1,
+            "error: cannot read certificates from /nonexistent/ca.pem",
+        ),
+        (
+            &bench,
+            &["--tls-ca", "/nonexistent/ca.pem"],
+            1,
+            "error: cannot read certificates from /nonexistent/ca.pem",
+        ),
+        // rustls-native-certs reads SSL_CERT_FILE as the system's store.
+        (
+            &client,
+            &["--tls"],
+            1,
+            "error: no trusted certificates in the system's trust store",
+        ),
+        // Running, the client gives up past --max-restarts.
+        (
+            &client,
+            &["--max-restarts", "0", "--backoff", "10ms"],
+            1,
+            "client stopped outcome=gave up",
+        ),
+    ];
+    for (role, flags, code, says) in cases {
+        let output = duplex()
+            .args(role)
+            .args(flags)
+            .env("SSL_CERT_FILE", &empty)
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{flags:?}: {stderr}");
+        // A usage error starts with clap's error line, then the usage; any
+        // other error is the last line.
+        let line = match code {
+            2 => stderr.lines().next(),
+            _ => stderr.lines().last(),
+        };
+        assert!(
+            line.is_some_and(|line| line.contains(says)),
+            "{flags:?}: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_file(&empty);
 }
 
 #[test]

@@ -1,11 +1,13 @@
 //! Reading the command line: clap's parse, then the checks clap cannot
 //! express (a flag of another role, values that depend on each other or on
-//! the machine), and usage errors as JSON lines when a JSON log was asked for.
+//! the machine, a TLS server name), and usage errors as JSON lines when a
+//! JSON log was asked for.
 
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 
+use duplex::client::ClientTls;
 use duplex::logging::LogFormat;
 
 use super::{Cli, Role, TLS_HEADING};
@@ -94,6 +96,15 @@ impl Cli {
                     ErrorKind::ValueValidation,
                     format!("--server-pid {pid}: no such process on this machine"),
                 ));
+            }
+        }
+        if let (Some(name), Role::Client | Role::Bench) = (cli.tls_server_name(), cli.role) {
+            if let Err(e) = ClientTls::check_server_name(name) {
+                let flag = match cli.tls_server_name {
+                    Some(_) => "--tls-server-name",
+                    None => "--addr (its host, without --tls-server-name)",
+                };
+                return Err(command.error(ErrorKind::ValueValidation, format!("{flag}: {e}")));
             }
         }
         if let Some((flag, heading)) = wrong_role {
