@@ -65,7 +65,8 @@ pub(crate) fn check_max_clients(max_clients: usize, limit: Option<u64>) {
 /// and never read) the memory returns to the system instead of staying in
 /// the heap. Without it, glibc's threshold rises with the first such block
 /// freed, and 1,000 clients' 64 KiB lines stayed resident after they left
-/// (docs/performance.md). Shorter buffers come from per-thread pools.
+/// (docs/performance.md). Shorter buffers, and a few long ones, are kept in
+/// per-thread pools (`buffers.rs`).
 pub(crate) fn return_long_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt sets one of the allocator's tunables, under the

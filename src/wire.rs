@@ -116,9 +116,12 @@ impl Framer {
                 .max(buffers::GROWN_MIN)
                 .max(self.end + MIN_READ)
                 .min(cap);
-            // Exact, so the buffer's memory is what the limits above say.
-            self.buf.reserve_exact(len - self.buf.len());
-            self.buf.resize(len, 0);
+            // Within the limits above: one the thread kept, or a new one of
+            // exactly `len`. (`start` is 0: the bytes were moved down above.)
+            debug_assert_eq!(self.start, 0);
+            let mut grown = buffers::take_grown(len, cap);
+            grown[..self.end].copy_from_slice(&self.buf[..self.end]);
+            buffers::give_read(std::mem::replace(&mut self.buf, grown));
         }
         &mut self.buf[self.end..]
     }
@@ -277,9 +280,9 @@ pub(crate) fn write_reply(out: &mut Vec<u8>, message: &[u8]) {
                 .unwrap_or_else(Local::now);
             write_prefix(&mut cached.prefix, &local);
         }
-        // Exact, when it must grow: a long line's reply is not given twice
-        // its size by the push of its `\n`.
-        out.reserve(cached.prefix.len() + message.len() + 1);
+        // All at once, when it must grow: a long line's reply is not given
+        // twice its size by the push of its `\n`.
+        buffers::reserve_out(out, cached.prefix.len() + message.len() + 1);
         out.extend_from_slice(&cached.prefix);
     });
     out.extend_from_slice(message);
@@ -438,7 +441,7 @@ mod tests {
         framer.push(b"o\n");
         assert_eq!(lines(&mut framer), vec![b"two".to_vec()]);
         assert_eq!(framer.capacity(), 0, "given back once all is handed out");
-        // One that grew for a long line is given back too (and freed).
+        // One that grew for a long line is given back too.
         framer.push(&vec![b'y'; buffers::READ_SIZE * 8]);
         assert!(lines(&mut framer).is_empty());
         assert!(framer.capacity() > buffers::READ_SIZE);
@@ -462,6 +465,25 @@ mod tests {
         assert_eq!(framer.capacity(), buffers::READ_SIZE, "the rest moved");
         framer.push(b"ne\n");
         assert_eq!(lines(&mut framer), vec![b"next line".to_vec()]);
+    }
+
+    #[test]
+    fn long_lines_one_after_another_reuse_one_grown_buffer() {
+        let mut framer = Framer::new(1 << 20);
+        let line = vec![b'y'; buffers::READ_SIZE * 8];
+        let mut grown = Vec::new();
+        for _ in 0..3 {
+            framer.push(&line);
+            grown.push((framer.buf.as_ptr(), framer.capacity()));
+            framer.push(b"\n");
+            assert_eq!(lines(&mut framer).len(), 1);
+            assert_eq!(framer.capacity(), 0, "given back");
+        }
+        assert!(
+            grown[1].1 > line.len(),
+            "the second takes what the first grew to"
+        );
+        assert_eq!(grown[1], grown[2], "and so does the third");
     }
 
     #[test]

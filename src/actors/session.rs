@@ -334,7 +334,7 @@ impl Session {
             let Some(line) = self.socket.next_line() else {
                 return Ok(false);
             };
-            wire::write_reply(buffers::lend_out(&mut self.out), line?);
+            wire::write_reply(&mut self.out, line?);
             self.replies_queued += 1;
         }
         // The rest waits: in no more memory than it needs.
@@ -345,7 +345,7 @@ impl Session {
     /// Takes buffered unterminated bytes as one message and formats its reply.
     fn answer_fragment(&mut self) -> Result<(), wire::FrameError> {
         if let Some(fragment) = self.socket.take_fragment() {
-            wire::write_reply(buffers::lend_out(&mut self.out), fragment?);
+            wire::write_reply(&mut self.out, fragment?);
             self.replies_queued += 1;
         }
         Ok(())
