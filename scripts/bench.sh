@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Measures duplex against the hand-written reference server (examples/reference_server.rs)
-# and, when node and the seed tutorial are available, the original Node.js server.
+# Measures duplex against the hand-written reference server (examples/reference_server.rs),
+# when node and the seed tutorial are available the original Node.js server, and (peers
+# section) the servers in ../shared/peers: tokio, C epoll and, when Go is installed, Go.
 # Servers are pinned to CPU 0 (taskset), the load (`duplex --role bench`) to CPU 1.
 #
 # This machine's speed drifts over minutes (it is a VM), so servers are never
@@ -10,12 +11,14 @@
 #   scripts/bench.sh                  # everything: about 26 minutes
 #   DURATION=10s REPEAT=7 scripts/bench.sh  # cost, scaling and snapshot runs: longer, more rounds
 #   THROUGHPUT_REPEAT=21 ONLY=throughput scripts/bench.sh  # (and LATENCY_REPEAT, SCALING_REPEAT)
-#   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|tls|hold|hostile|syscalls|instructions
+#   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|tls|hold|hostile|syscalls|instructions|peers
 #   (cost: CPU per reply at a fixed rate, then throughput unpaced, with all servers at once;
 #   syscalls: system calls per reply of each server and each bench, with perf;
 #   hold: HOLD_CLIENTS (19 500) connections held idle, then one message each;
-#   hostile: clients that send lines and never read, HOSTILE_ROUNDS (3) rounds)
-#   BASELINE=/path/to/other/duplex ONLY=cost scripts/bench.sh  # also compare another build (cost, syscalls)
+#   hostile: clients that send lines and never read, HOSTILE_ROUNDS (3) rounds;
+#   peers: duplex beside the peers, each on one thread, for each CLIENTS:SIZE in PEERS_CASES)
+#   PEERS_CASES="10:32768 1000:16" PEERS_REPEAT=9 ONLY=peers scripts/bench.sh
+#   BASELINE=/path/to/other/duplex ONLY=cost scripts/bench.sh  # also compare another build (cost, syscalls, peers)
 #   scripts/pool_rounds.py run1.jsonl run2.jsonl  # pool the throughput rounds of saved runs
 #
 # Prints the tables docs/performance.md quotes; every run's JSON goes to target/bench/results.jsonl.
@@ -49,6 +52,12 @@ HOSTILE_ROUNDS=${HOSTILE_ROUNDS:-3}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 SEED=${SEED:-../shared/seed}
+# The peers section: its cases (clients:bytes per message, depth 1), rounds and run length.
+PEERS_CASES=${PEERS_CASES:-10:32768 1000:16}
+PEERS_REPEAT=${PEERS_REPEAT:-7}
+PEERS_DURATION=${PEERS_DURATION:-3s}
+PEERS_SRC=${PEERS_SRC:-../shared/peers}
+PEERS=target/peers
 OUT=target/bench
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
@@ -95,7 +104,8 @@ wait_for_port() {
     exit 1
 }
 
-# start NAME PORT KIND [duplex server flags...]: KIND is duplex, baseline, reference or node
+# start NAME PORT KIND [duplex server flags...]: KIND is duplex, baseline, reference, node,
+# or a peer (tokio, epoll, go: built into $PEERS), which runs on one thread
 start() {
     local name=$1 port=$2 kind=$3
     shift 3
@@ -107,6 +117,8 @@ start() {
                     2>"$OUT/$name.log" & ;;
         reference) taskset -c "$SERVER_CPU" "$REF" "127.0.0.1:$port" 2>/dev/null & ;;
         node) (cd "$NODE_DIR" && exec taskset -c "$SERVER_CPU" node server.mjs >/dev/null 2>&1) & ;;
+        tokio|epoll) taskset -c "$SERVER_CPU" "$PEERS/peer-$kind" "$port" 1 >/dev/null 2>&1 & ;;
+        go) GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$PEERS/peer-go" "$port" >/dev/null 2>&1 & ;;
     esac
     PID[$name]=$!
     PORT[$name]=$port
@@ -305,6 +317,29 @@ if want hostile; then
             stop_all
         done
     done
+fi
+
+if want peers; then
+    # duplex beside what its users would otherwise run, every server on one
+    # thread on SERVER_CPU, interleaved rounds; the table pairs each round's runs.
+    bash "$PEERS_SRC/build.sh" "$PEERS" >/dev/null
+    start duplex 8180 duplex --registry-interval 0
+    start tokio 8181 tokio
+    start epoll 8182 epoll
+    peers="duplex tokio epoll"
+    if command -v go >/dev/null && [ -x "$PEERS/peer-go" ]; then
+        start go 8183 go
+        peers+=" go"
+    fi
+    if [ -n "$BASELINE" ]; then
+        start baseline 8184 baseline --registry-interval 0
+        peers+=" baseline"
+    fi
+    for case in $PEERS_CASES; do
+        IFS=: read -r clients size <<<"$case"
+        interleave peers "$PEERS_REPEAT" "$peers" --clients "$clients" --depth 1 --size "$size" --duration "$PEERS_DURATION"
+    done
+    stop_all
 fi
 
 if want syscalls && perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1; then
@@ -574,6 +609,29 @@ for server in ("duplex", "reference", "node"):
 table("Memory, 10 000 idle clients: all greeted, then after one message each (fresh server each)",
       ["server", "connected", "RSS before KiB", "RSS greeted KiB", "bytes per client greeted",
        "RSS after one message each KiB", "bytes per client after", "replies", "errors"], lines)
+
+lines = []
+cases = sorted({(r["result"].get("clients"), r["result"].get("size")) for r in runs if r["section"] == "peers"})
+for clients, size in cases:
+    rounds = {}
+    for r in runs:
+        if r["section"] == "peers" and (r["result"].get("clients"), r["result"].get("size")) == (clients, size):
+            rounds.setdefault(r["round"], {})[r["server"]] = r["result"]
+    for name in ("duplex", "tokio", "epoll", "go", "baseline"):
+        found = [by[name] for by in rounds.values() if name in by]
+        if not found:
+            continue
+        ratios = [by["duplex"]["rate"] / by[name]["rate"] for by in rounds.values()
+                  if by.get(name, {}).get("rate") and by.get("duplex", {}).get("rate")]
+        cpu = [r["server_cpu_us_per_reply"] for r in found if r.get("server_cpu_us_per_reply")]
+        lines.append((clients, size, name, f"{statistics.median(r['rate'] for r in found):.0f}",
+                      f"{statistics.median(cpu):.2f}" if cpu else "-",
+                      "-" if name == "duplex" or not ratios else f"{statistics.median(ratios):.2f}x",
+                      "-" if name == "duplex" else " ".join(f"{x:.2f}" for x in ratios),
+                      sum(r.get("errors", 0) for r in found)))
+table("duplex beside the peers (../shared/peers), each server on one thread, depth 1 (median of interleaved rounds)",
+      ["clients", "bytes", "server", "replies/s", "server us CPU per reply", "duplex vs it (median of rounds)",
+       "every round, duplex vs it", "errors (all rounds)"], lines)
 
 lines = []
 for row in runs:
