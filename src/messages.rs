@@ -110,6 +110,11 @@ impl SessionStats {
         self.messages_in.fetch_add(messages, Ordering::Relaxed);
     }
 
+    /// Whether the client has sent nothing yet: its next read is its first.
+    pub(crate) fn nothing_received(&self) -> bool {
+        self.bytes_in.load(Ordering::Relaxed) == 0
+    }
+
     /// How long before `now` the client last sent anything (or connected).
     pub(crate) fn idle_for(&self, now: Instant) -> Duration {
         let last = self.last_input_ms.load(Ordering::Relaxed);
@@ -188,6 +193,9 @@ pub(crate) enum LeaveReason {
     ProxyFailed(String),
     /// The proxy's own connection (a health check): nothing to serve.
     ProxyLocal,
+    /// A plain server's client opened with a TLS ClientHello: it was
+    /// closed unanswered.
+    TlsOnPlain,
 }
 
 impl From<io::Error> for LeaveReason {
@@ -236,6 +244,7 @@ impl fmt::Display for LeaveReason {
             }) => write!(f, "TLS handshake failed: {reason}: {e}"),
             LeaveReason::ProxyFailed(why) => write!(f, "PROXY header refused: {why}"),
             LeaveReason::ProxyLocal => f.write_str("proxy health check"),
+            LeaveReason::TlsOnPlain => f.write_str("TLS client on a plain port"),
         }
     }
 }
@@ -281,6 +290,9 @@ pub struct Snapshot {
     /// Connections closed for want of a valid PROXY header from a trusted
     /// proxy.
     pub proxy_failed: u64,
+    /// Clients of a plain server that opened with a TLS handshake, closed
+    /// unanswered.
+    pub tls_on_plain: u64,
 }
 
 /// What the registry actor's inbox carries.

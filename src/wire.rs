@@ -222,6 +222,11 @@ impl Framer {
         self.start < self.end
     }
 
+    /// The bytes read and not yet handed out.
+    pub(crate) fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
     /// Hands out the unterminated bytes, verbatim, as one message.
     ///
     /// Call it only after [`next_line`](Framer::next_line) returned `None`.

@@ -46,6 +46,27 @@ async fn binary_and_empty_messages_are_echoed_verbatim_in_order() {
     server.stop().await;
 }
 
+/// Only a connection's first bytes can be a TLS client's hello; later, the
+/// same bytes are a binary message like any other.
+#[async_std::test]
+async fn a_message_that_starts_like_a_tls_hello_is_echoed_after_the_first() {
+    let server = TestServer::start(quick_config()).await;
+    let mut peer = Peer::greeted(server.addr).await;
+    peer.send(b"first\n").await;
+    assert_eq!(peer.reply().await, b"first");
+    let hello_like = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+    let mut line = hello_like.to_vec();
+    line.push(b'\n');
+    peer.send(&line).await;
+    assert_eq!(peer.reply().await, hello_like);
+    let snapshot = server.registry.snapshot().await;
+    assert_eq!(
+        (snapshot.tls_on_plain, snapshot.totals.messages_out),
+        (0, 2)
+    );
+    server.stop().await;
+}
+
 /// After a read that leaves the socket empty, a session waits for readiness
 /// instead of reading again; a read that fills the buffer reads on at once.
 /// Both paths, and lines cut anywhere between reads, must lose nothing.

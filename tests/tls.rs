@@ -2,7 +2,8 @@
 //! module talk to the duplex server; the duplex client talks to a Node TLS
 //! version of the original server. Every failure a user can meet is
 //! provoked for real: plain text on the TLS port, an unknown CA, a wrong
-//! name, an expired certificate, a stalled handshake, SIGHUP with a good,
+//! name, an expired certificate, a stalled handshake, a TLS client on a
+//! plain port, SIGHUP with a good,
 //! an unchanged, an out-of-date and a broken file, a server certificate that
 //! is out of date at start or expires while it runs, and a server restart
 //! under a running client.
@@ -182,6 +183,67 @@ async fn a_plain_client_waiting_for_its_greeting_is_told_at_the_handshake_timeou
     server.wait_for_clients(0).await;
     assert_eq!(server.registry.snapshot().await.tls_failed, 1);
     server.stop().await;
+}
+
+#[test]
+fn a_tls_client_on_a_plain_server_is_closed_unanswered_counted_and_logged_once() {
+    let ca = TestCa::new("wrong port CA");
+    let (server, addr, logs) = start_server_from(server_command(&[]));
+    let addr: SocketAddr = addr.parse().expect("address");
+    // rustls reads the plain greeting as a broken record and gives up.
+    let refused = async_std::task::block_on(TlsPeer::connect(addr, &ca.ca_pem()));
+    assert!(refused.is_err(), "a TLS handshake with a plain server");
+    let logged = wait_for(&logs, "TLS client on a plain port: closed unanswered");
+    assert!(
+        logged.contains("INFO") && logged.contains("suppressed=0"),
+        "{logged}"
+    );
+    let left = wait_for(&logs, "client left");
+    assert!(
+        left.contains("reason=TLS client on a plain port") && left.contains("messages_out=0"),
+        "{left}"
+    );
+    // openssl, a second TLS client: counted, and its line held back.
+    let mut held_back = Vec::new();
+    let mut until = |needle: &str| loop {
+        let line = wait_for(&logs, "");
+        if line.contains(needle) {
+            return line;
+        }
+        held_back.push(line);
+    };
+    let clients = if have("openssl") {
+        let mut s_client = Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect", &addr.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run openssl");
+        let stdout = lines_of(BufReader::new(s_client.stdout.take().expect("stdout")));
+        assert!(!wait_with_timeout(s_client).success(), "a failed handshake");
+        let stdout: Vec<String> = stdout.iter().collect();
+        assert!(stdout.is_empty(), "{stdout:?}");
+        let left = until("client left");
+        assert!(left.contains("reason=TLS client on a plain port"), "{left}");
+        2
+    } else {
+        1
+    };
+    signal(&server, libc::SIGUSR1);
+    let snapshot = until("registry snapshot");
+    assert!(
+        snapshot.contains(&format!("tls_on_plain={clients} "))
+            && snapshot.contains("messages_in=0 messages_out=0"),
+        "{snapshot}"
+    );
+    assert!(
+        !held_back
+            .iter()
+            .any(|line| line.contains("closed unanswered")),
+        "{held_back:?}"
+    );
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
 }
 
 /// Runs the duplex client binary against `addr` until it gives up, and

@@ -109,11 +109,15 @@ pub(crate) struct Registry {
     rejected: u64,
     tls_failed: u64,
     proxy_failed: u64,
+    tls_on_plain: u64,
     waiters: Vec<(usize, oneshot::Sender<()>)>,
     /// Shutdown has begun: inboxes are closed, new ones too.
     draining: bool,
     reject_warnings: Throttle,
     proxy_warnings: Throttle,
+    /// TLS clients on a plain server: a fleet of them, misconfigured, can
+    /// come many times a second.
+    tls_on_plain_lines: Throttle,
 }
 
 /// Whether the actor should keep running after a message.
@@ -285,6 +289,16 @@ impl Registry {
                 });
             }
         }
+        if let LeaveReason::TlsOnPlain = reason {
+            self.tls_on_plain += 1;
+            if let Some(suppressed) = self.tls_on_plain_lines.allow() {
+                info!("TLS client on a plain port: closed unanswered", {
+                    client_id: id,
+                    peer: Value::from_display(&entry.peer),
+                    suppressed: suppressed,
+                });
+            }
+        }
         // A connection never announced (no PROXY header yet) leaves quietly.
         let level = if entry.announced {
             log::Level::Info
@@ -329,6 +343,7 @@ impl Registry {
             rejected: self.rejected,
             tls_failed: self.tls_failed,
             proxy_failed: self.proxy_failed,
+            tls_on_plain: self.tls_on_plain,
         }
     }
 

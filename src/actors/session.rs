@@ -12,15 +12,16 @@
 //! Behind a PROXY-protocol balancer, a session starts by reading the header
 //! and telling the registry who the client is; a TLS server's session then
 //! does the handshake, within the handshake timeout (a plain-text client is
-//! told in plain text that the port speaks TLS). The waits the server can
-//! interrupt are in `session/waits.rs`.
+//! told in plain text that the port speaks TLS). A plain server's session
+//! whose client opens with a TLS ClientHello closes without answering it.
+//! The waits the server can interrupt are in `session/waits.rs`.
 //!
 //! A slow reader stalls only its own session: while a write waits for the
 //! socket, the session reads nothing more from that client (backpressure).
 //!
-//! Stops when the client closes or fails, when a line is too long, when the
-//! registry finds the client idle (`SessionCommand::CloseIdle`), or at server
-//! shutdown: when the registry closes the inbox it answers what it has read,
+//! Stops when the client closes or fails, when it opens with TLS on a plain
+//! server, when a line is too long, when the registry finds the client idle
+//! (`SessionCommand::CloseIdle`), or at server shutdown: when the registry closes the inbox it answers what it has read,
 //! sends the notice and closes; `cut` stops it writing at once. However it
 //! ends, [`run`](Session::run) returns the [`LeaveReason`], and the task that
 //! runs it (the acceptor's `session_task`) tells the registry, then drops
@@ -204,6 +205,13 @@ impl Session {
                 Event::Read(Ok(0)) => break LeaveReason::PeerClosed,
                 Event::Read(Ok(n)) => {
                     let now = Instant::now();
+                    // A TLS client on a plain server: its ClientHello is no
+                    // message, and no echo could reach it. Only the first
+                    // bytes are looked at; later, the same are a message.
+                    if self.link.stats.nothing_received() && self.socket.holds_client_hello() {
+                        self.link.stats.received(0, n as u64, now);
+                        break LeaveReason::TlsOnPlain;
+                    }
                     let queued_before = self.replies_queued;
                     let framed = self.answer_lines();
                     let lines = self.replies_queued - queued_before;

@@ -24,6 +24,7 @@ use crate::tls::{ClientTls, ServerTls};
 use crate::wire::{FrameError, Framer};
 
 mod bind;
+mod sniff;
 mod sockopt;
 
 pub(crate) use bind::{LISTEN_BACKLOG, bind};
@@ -54,9 +55,6 @@ enum Transport {
     /// was abandoned): the connection is closed.
     Closed,
 }
-
-/// The first byte of every TLS connection: a handshake record.
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Most plaintext rustls encrypts ahead of what the socket takes: a write
 /// waits once this much is queued, so a bounded write sees the peer's real
@@ -106,6 +104,14 @@ impl LineSocket {
         matches!(self.transport, Transport::Plain(_))
     }
 
+    /// Whether the bytes read and not yet handed out, on a plain
+    /// connection, start with a TLS client's ClientHello. Asked after a
+    /// connection's first read, it says whether a TLS client came to a plain
+    /// server; later, the same bytes are a message.
+    pub(crate) fn holds_client_hello(&self) -> bool {
+        self.is_plain() && sniff::is_client_hello(self.framer.buffered())
+    }
+
     /// The server's TLS handshake, on a connection that is still plain.
     ///
     /// A peer whose first byte cannot start a TLS handshake gets
@@ -120,7 +126,7 @@ impl LineSocket {
         if peeked == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        if first[0] != TLS_HANDSHAKE_RECORD {
+        if first[0] != sniff::HANDSHAKE_RECORD {
             return Ok(Handshake::NotTls);
         }
         let socket = self.take_plain()?;

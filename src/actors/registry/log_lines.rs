@@ -109,6 +109,7 @@ fn log_summary(snapshot: &Snapshot) {
         rejected = snapshot.rejected,
         tls_failed = snapshot.tls_failed,
         proxy_failed = snapshot.proxy_failed,
+        tls_on_plain = snapshot.tls_on_plain,
         messages_in = totals.messages_in,
         messages_out = totals.messages_out,
         bytes_in = totals.bytes_in,
