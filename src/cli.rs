@@ -259,7 +259,8 @@ Exit codes:
   1    cannot run as configured (said in a last line \"error: ...\"): cannot listen,
        a certificate or key that does not load or is out of date, an unreadable
        --tls-ca or an empty trust store; or, once running, the client past
-       --max-restarts, a bench run with errors or no connection
+       --max-restarts or, without --tls, finding the server speaking TLS three
+       times in a row, a bench run with errors or no connection
   2    usage error: an unknown flag, a flag of another role, a bad value (a
        --tls-server-name, or the host of --addr, that is no DNS name or IP address),
        a RUST_LOG that would silence the log or be partly ignored

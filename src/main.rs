@@ -75,11 +75,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn Error + Send + Sync>> {
             });
             signals::install(trigger, None)?;
             let config = cli.client_config()?;
+            let addr = config.connection.addr.clone();
             let summary = client::run(config, shutdown, sink).await;
-            Ok(match summary.outcome {
-                Outcome::GaveUp => ExitCode::FAILURE,
-                Outcome::CountReached | Outcome::Shutdown => ExitCode::SUCCESS,
-            })
+            match summary.outcome {
+                Outcome::ServerSpeaksTls => {
+                    Err(format!("the server at {addr} speaks TLS; use --tls").into())
+                }
+                Outcome::GaveUp => Ok(ExitCode::FAILURE),
+                Outcome::CountReached | Outcome::Shutdown => Ok(ExitCode::SUCCESS),
+            }
         }
         Role::Bench => {
             let _ = limits::raise_open_files();

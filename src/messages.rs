@@ -378,6 +378,9 @@ pub(crate) enum ConnectionEnd {
     Io(io::Error),
     /// The server sent a line longer than the client accepts.
     LineTooLong,
+    /// The server speaks TLS and this client does not: it said so
+    /// (`error: this server speaks TLS`), or sent a TLS record.
+    ServerSpeaksTls,
     /// `--count` replies arrived.
     CountReached,
     /// The client is shutting down.
@@ -400,6 +403,7 @@ impl fmt::Display for ConnectionEnd {
             ConnectionEnd::WriteTimeout => f.write_str("a write did not finish within the timeout"),
             ConnectionEnd::Io(e) => write!(f, "io error: {e}"),
             ConnectionEnd::LineTooLong => f.write_str("server sent a line that is too long"),
+            ConnectionEnd::ServerSpeaksTls => f.write_str("the server speaks TLS; use --tls"),
             ConnectionEnd::CountReached => f.write_str("count reached"),
             ConnectionEnd::Shutdown => f.write_str("shutdown"),
         }

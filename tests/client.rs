@@ -231,3 +231,40 @@ fn the_client_says_why_the_server_sent_it_away_and_backs_off_from_a_full_server(
     signal(&server, libc::SIGTERM);
     assert!(wait_with_timeout(server).success());
 }
+
+/// A TLS server that is not duplex answers a plain client's first line with
+/// a TLS alert record, not a line: the client takes it for what it is.
+#[async_std::test]
+async fn a_server_that_answers_with_a_tls_record_stops_a_plain_client_after_three_tries() {
+    use async_std::io::{ReadExt, WriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut config = config(listener.local_addr().expect("bound"));
+    config.supervisor.backoff = Duration::from_millis(20);
+    let client = TestClient::start(config);
+    let server = async_std::task::spawn(async move {
+        let mut connections = 0;
+        while let Some(Ok(mut stream)) = listener.incoming().next().await {
+            connections += 1;
+            let mut first = [0u8; 64];
+            let _ = stream.read(&mut first).await;
+            // A protocol_version alert, as rustls sends one to plain text.
+            let _ = stream
+                .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46])
+                .await;
+            if connections == 3 {
+                return connections;
+            }
+        }
+        connections
+    });
+    let summary = within(PATIENCE, client.task)
+        .await
+        .expect("stops by itself");
+    assert_eq!(summary.outcome, Outcome::ServerSpeaksTls);
+    assert_eq!(summary.reconnects, 2);
+    assert_eq!(within(PATIENCE, server).await, Some(3));
+    assert!(
+        client.lines.is_empty(),
+        "the record is not printed as a line"
+    );
+}

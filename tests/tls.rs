@@ -3,7 +3,7 @@
 //! version of the original server. Every failure a user can meet is
 //! provoked for real: plain text on the TLS port, an unknown CA, a wrong
 //! name, an expired certificate, a stalled handshake, a TLS client on a
-//! plain port, SIGHUP with a good,
+//! plain port and a plain client on a TLS port, SIGHUP with a good,
 //! an unchanged, an out-of-date and a broken file, a server certificate that
 //! is out of date at start or expires while it runs, and a server restart
 //! under a running client.
@@ -244,6 +244,55 @@ fn a_tls_client_on_a_plain_server_is_closed_unanswered_counted_and_logged_once()
     );
     signal(&server, libc::SIGTERM);
     assert!(wait_with_timeout(server).success());
+}
+
+#[async_std::test]
+async fn a_plain_duplex_client_on_the_tls_port_stops_after_three_tries_and_says_why() {
+    let ca = TestCa::new("no --tls CA");
+    let server = TestServer::start(tls_config(&ca.leaf("server", Leaf::Good))).await;
+    let mut client = duplex()
+        .args([
+            "--role",
+            "client",
+            "--interval",
+            "50ms",
+            "--backoff",
+            "20ms",
+        ])
+        .arg("--addr")
+        .arg(server.addr.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn client");
+    let stdout = lines_of(BufReader::new(client.stdout.take().expect("stdout")));
+    let stderr = stderr_lines(&mut client);
+    let status = wait_with_timeout(client);
+    let stdout: Vec<String> = stdout.iter().collect();
+    let stderr: Vec<String> = stderr.iter().collect();
+    assert_eq!(status.code(), Some(1), "{stderr:#?}");
+    assert_eq!(
+        stderr.last().map(String::as_str),
+        Some(format!("error: the server at {} speaks TLS; use --tls", server.addr).as_str()),
+        "{stderr:#?}"
+    );
+    // Said at once, on each of the three connections.
+    let said = |needle: &str| stderr.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        said("error error=the server speaks TLS; use --tls"),
+        3,
+        "{stderr:#?}"
+    );
+    assert_eq!(
+        said("outcome=gave up: the server speaks TLS"),
+        1,
+        "{stderr:#?}"
+    );
+    // The server's plain-text line is printed as every server line is.
+    assert_eq!(stdout, ["error: this server speaks TLS"; 3], "{stdout:?}");
+    server.wait_for_clients(0).await;
+    assert_eq!(server.registry.snapshot().await.tls_failed, 3);
+    server.stop().await;
 }
 
 /// Runs the duplex client binary against `addr` until it gives up, and

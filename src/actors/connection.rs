@@ -6,11 +6,13 @@
 //! through the client's [`LineSink`]; a reply acknowledges the oldest pending
 //! message whose text it echoes, and a reply that echoes none (a server that
 //! answers twice, or echoes something else) is logged and counts for nothing:
-//! it neither counts toward `--count` nor shows the link alive. It ends when the server closes (`end`), on an
-//! error (`error`), when messages are outstanding and nothing has arrived for
-//! the timeout (`timeout`), when enough replies arrived, or at shutdown; it
-//! always logs `close` and hands the pending queue back in its
-//! [`ConnectionExit`].
+//! it neither counts toward `--count` nor shows the link alive. It ends when
+//! the server closes (`end`), on an error (`error`; without `--tls`, a server
+//! that says it speaks TLS, or sends a TLS record first, is one at once:
+//! [`ConnectionEnd::ServerSpeaksTls`]), when messages are outstanding and
+//! nothing has arrived for the timeout (`timeout`), when enough replies
+//! arrived, or at shutdown; it always logs `close` and hands the pending
+//! queue back in its [`ConnectionExit`].
 //!
 //! Lifecycle events are logged under the original client's names: `lookup`,
 //! `connect`, `data` (debug), `end`, `timeout`, `error`, `close`.
@@ -96,6 +98,9 @@ impl Connection {
             ConnectionEnd::Tls { reason, error } => {
                 warn!("error", { tls: *reason, error: Value::from_display(error) });
             }
+            ConnectionEnd::ServerSpeaksTls => {
+                warn!("error", { error: Value::from_display(&end) });
+            }
             _ => {}
         }
         let had_error = matches!(
@@ -104,6 +109,7 @@ impl Connection {
                 | ConnectionEnd::Lookup(_)
                 | ConnectionEnd::Connect(_)
                 | ConnectionEnd::Tls { .. }
+                | ConnectionEnd::ServerSpeaksTls
         );
         info!("close", {
             reason: Value::from_display(&end),
@@ -201,6 +207,8 @@ impl Connection {
         // they became owed or the last one came. Other lines do not count: a
         // server that talks but never answers is as dead as a silent one.
         let mut quiet_since = Instant::now();
+        // A plain connection's first bytes may be a TLS server's record.
+        let mut first_read = socket.is_plain();
         loop {
             let deadline =
                 (!self.start.pending.is_empty()).then(|| quiet_since + self.config.timeout);
@@ -227,6 +235,10 @@ impl Connection {
                         return Err(ConnectionEnd::ServerClosed { said });
                     }
                     debug!("data", { bytes: n });
+                    // Not lines: printed, they would be noise on stdout.
+                    if std::mem::take(&mut first_read) && socket.holds_tls_record() {
+                        return Err(ConnectionEnd::ServerSpeaksTls);
+                    }
                     let replied_before = self.replied;
                     self.take_lines(socket)?;
                     if self.replied > replied_before {
@@ -252,6 +264,11 @@ impl Connection {
             };
             (self.sink)(line);
             if line.starts_with(b"error: ") || line.starts_with(b"notice: ") {
+                if self.config.tls.is_none()
+                    && wire::TLS_REQUIRED_ERROR.strip_suffix(b"\n") == Some(line)
+                {
+                    return Err(ConnectionEnd::ServerSpeaksTls);
+                }
                 self.said = Some(String::from_utf8_lossy(line).into_owned());
             }
             let Some(echo) = wire::reply_echo(line) else {

@@ -7,9 +7,11 @@
 //! messages to it, and when the connection hands back its [`ConnectionExit`]
 //! it logs why, waits the backoff and starts the next one.
 //!
-//! It stops when a connection reports `--count` replies, at shutdown, or when
+//! It stops when a connection reports `--count` replies, at shutdown, when
 //! restarts exceed `--max-restarts` within `--restart-window` (OTP's restart
-//! intensity), and logs a summary line on every exit.
+//! intensity), or when a few connections in a row find the server speaking
+//! TLS to a client that does not (a configuration error, which no restart
+//! mends), and logs a summary line on every exit.
 //!
 //! How a connection is started is injected ([`StartConnection`]), so tests can
 //! supervise a child that fails on purpose.
@@ -144,6 +146,11 @@ const SERVER_FULL: &str = "error: server full";
 /// `--backoff-max` does not say.
 const FULL_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// Connections in a row that find the server speaking TLS (to a client
+/// without `--tls`) before the client stops: one or two could be a server
+/// being changed over, three are the client's configuration.
+const TLS_MISMATCHES_MAX: u32 = 3;
+
 /// Why the supervisor stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -153,6 +160,9 @@ pub enum Outcome {
     Shutdown,
     /// More than `max_restarts` restarts within the window.
     GaveUp,
+    /// The server speaks TLS and the client does not: on a few connections
+    /// in a row (or on the last one `max_restarts` allowed).
+    ServerSpeaksTls,
 }
 
 impl fmt::Display for Outcome {
@@ -161,6 +171,7 @@ impl fmt::Display for Outcome {
             Outcome::CountReached => "count reached",
             Outcome::Shutdown => "shutdown",
             Outcome::GaveUp => "gave up: too many restarts",
+            Outcome::ServerSpeaksTls => "gave up: the server speaks TLS",
         })
     }
 }
@@ -195,6 +206,8 @@ pub(crate) struct Supervisor {
     /// `--backoff-max` (or `FULL_BACKOFF_MAX`), whatever `backoff` is.
     full_backoff: Backoff,
     restarts: VecDeque<Instant>,
+    /// Connections in a row that found the server speaking TLS.
+    tls_mismatches: u32,
     replied: u64,
     reconnects: u64,
     next_tick: Instant,
@@ -213,6 +226,7 @@ impl Supervisor {
             config,
             start_connection,
             restarts: VecDeque::new(),
+            tls_mismatches: 0,
             replied: 0,
             reconnects: 0,
         }
@@ -239,9 +253,25 @@ impl Supervisor {
                 self.backoff.reset();
                 self.full_backoff.reset();
             }
+            // A configuration error, not a failure: said as such whatever
+            // stops the client.
+            let speaks_tls = matches!(exit.end, ConnectionEnd::ServerSpeaksTls);
+            self.tls_mismatches = if speaks_tls {
+                self.tls_mismatches + 1
+            } else {
+                0
+            };
+            if self.tls_mismatches >= TLS_MISMATCHES_MAX {
+                self.pending = Some(pending);
+                break Outcome::ServerSpeaksTls;
+            }
             if self.restart_limit_exceeded() {
                 self.pending = Some(pending);
-                break Outcome::GaveUp;
+                break if speaks_tls {
+                    Outcome::ServerSpeaksTls
+                } else {
+                    Outcome::GaveUp
+                };
             }
             // A server that said it is full is asked again less and less often.
             let delay = match &exit.end {
@@ -294,7 +324,7 @@ impl Supervisor {
                 pending: summary.pending,
             })
         };
-        if outcome == Outcome::GaveUp {
+        if matches!(outcome, Outcome::GaveUp | Outcome::ServerSpeaksTls) {
             log_summary(log::Level::Error);
         } else {
             log_summary(log::Level::Info);
@@ -456,6 +486,60 @@ mod tests {
             .expect("gives up quickly");
         assert_eq!(summary.outcome, Outcome::GaveUp);
         assert_eq!(reports.len(), 4);
+    }
+
+    /// A child that ends as `ends` says, start after start (then
+    /// `ServerSpeaksTls` for ever), and reports how many starts there were.
+    fn scripted_child(ends: Vec<fn() -> ConnectionEnd>) -> (StartConnection, Receiver<()>) {
+        let (report, starts) = bounded(1000);
+        let mut started = 0;
+        let start = Box::new(move |start: ConnectionStart| {
+            let end = ends
+                .get(started)
+                .map_or(ConnectionEnd::ServerSpeaksTls, |end| end());
+            started += 1;
+            // The test counts at most 1000 starts.
+            let _ = report.try_send(());
+            async move {
+                ConnectionExit {
+                    end,
+                    pending: start.pending,
+                    replied: 0,
+                }
+            }
+            .boxed()
+        });
+        (start, starts)
+    }
+
+    #[async_std::test]
+    async fn a_server_speaking_tls_three_times_in_a_row_stops_the_client() {
+        fn tls() -> ConnectionEnd {
+            ConnectionEnd::ServerSpeaksTls
+        }
+        fn refused() -> ConnectionEnd {
+            ConnectionEnd::Connect(std::io::ErrorKind::ConnectionRefused.into())
+        }
+        // Twice, then a server down in between: counted again from there.
+        let (child, starts) = scripted_child(vec![tls, tls, refused]);
+        let supervisor = Supervisor::new(config(Duration::from_millis(1)), child);
+        let summary = within(Duration::from_secs(5), supervisor.run(Shutdown::never()))
+            .await
+            .expect("stops by itself");
+        assert_eq!(summary.outcome, Outcome::ServerSpeaksTls);
+        assert_eq!(starts.len(), 6);
+        // With a restart limit that comes first, it still says why.
+        let mut limited = config(Duration::from_millis(1));
+        limited.max_restarts = Some(0);
+        let (child, starts) = scripted_child(Vec::new());
+        let summary = within(
+            Duration::from_secs(5),
+            Supervisor::new(limited, child).run(Shutdown::never()),
+        )
+        .await
+        .expect("stops by itself");
+        assert_eq!(summary.outcome, Outcome::ServerSpeaksTls);
+        assert_eq!(starts.len(), 1);
     }
 
     #[test]

@@ -112,6 +112,13 @@ impl LineSocket {
         self.is_plain() && sniff::is_client_hello(self.framer.buffered())
     }
 
+    /// Whether the bytes read and not yet handed out, on a plain
+    /// connection, start with a TLS record. Asked after a connection's first
+    /// read, it says whether a plain client came to a TLS server.
+    pub(crate) fn holds_tls_record(&self) -> bool {
+        self.is_plain() && sniff::is_tls_record(self.framer.buffered())
+    }
+
     /// The server's TLS handshake, on a connection that is still plain.
     ///
     /// A peer whose first byte cannot start a TLS handshake gets
