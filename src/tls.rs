@@ -17,27 +17,28 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use futures::{FutureExt, select_biased};
 
+use futures_rustls::TlsAcceptor;
 use futures_rustls::pki_types::pem::PemObject;
-use futures_rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use futures_rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use futures_rustls::rustls::crypto::{CryptoProvider, ring};
 use futures_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use futures_rustls::rustls::sign::CertifiedKey;
-use futures_rustls::rustls::{self, AlertDescription, CertificateError, RootCertStore};
-use futures_rustls::{TlsAcceptor, TlsConnector};
-use kv_log_macro::{error, info, warn};
+use futures_rustls::rustls::{self, AlertDescription, CertificateError};
+use kv_log_macro::warn;
 use log::kv::Value;
-use x509_cert::Certificate;
-use x509_cert::der::Decode;
 
 use crate::rt::sleep;
 use crate::shutdown::Shutdown;
 
-/// How long before its notAfter the server's certificate is warned about, at
-/// load and at every check: two weeks leave time to renew it without a hurry.
-const EXPIRY_WARNING: TimeDelta = TimeDelta::days(14);
+mod client;
+mod leaf;
+
+pub use client::ClientTls;
+
+use leaf::Leaf;
 
 /// How often a running TLS server checks its certificate's dates, so a near
 /// expiry is warned about once a day (and the expiry itself is logged when
@@ -171,132 +172,6 @@ impl Loaded {
     }
 }
 
-/// What the server's own certificate (the first in its file) says of itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Leaf {
-    /// Its subject, as RFC 4514 writes it (`CN=localhost,O=Example`).
-    subject: String,
-    not_before: DateTime<Utc>,
-    not_after: DateTime<Utc>,
-}
-
-/// Where a certificate's dates put it at some moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Standing {
-    NotValidYet,
-    Valid,
-    /// Valid, and expiring within [`EXPIRY_WARNING`]: this long is left.
-    ExpiresSoon(TimeDelta),
-    Expired,
-}
-
-/// A date as logs and errors show it: RFC 3339, UTC, to the second (the
-/// precision of a certificate's dates).
-fn stamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
-impl Leaf {
-    /// Its subject and dates, from the DER certificate.
-    fn parse(der: &[u8]) -> Result<Leaf, String> {
-        let certificate = Certificate::from_der(der).map_err(|e| e.to_string())?;
-        let tbs = certificate.tbs_certificate();
-        let date = |time: x509_cert::time::Time| {
-            let seconds = i64::try_from(time.to_unix_duration().as_secs()).ok();
-            seconds
-                .and_then(|s| DateTime::from_timestamp(s, 0))
-                .ok_or_else(|| "a date out of range".to_owned())
-        };
-        Ok(Leaf {
-            subject: tbs.subject().to_string(),
-            not_before: date(tbs.validity().not_before)?,
-            not_after: date(tbs.validity().not_after)?,
-        })
-    }
-
-    /// Where its dates put it at `now`. RFC 5280: valid from notBefore
-    /// through notAfter, both included.
-    fn standing(&self, now: DateTime<Utc>) -> Standing {
-        if now < self.not_before {
-            Standing::NotValidYet
-        } else if now > self.not_after {
-            Standing::Expired
-        } else if self.not_after - now <= EXPIRY_WARNING {
-            Standing::ExpiresSoon(self.not_after - now)
-        } else {
-            Standing::Valid
-        }
-    }
-
-    /// An error, with the dates, when every handshake would fail at `now`.
-    fn check(&self, cert: &Path, now: DateTime<Utc>) -> Result<(), TlsError> {
-        let (what, date) = match self.standing(now) {
-            Standing::Expired => ("has expired: notAfter", self.not_after),
-            Standing::NotValidYet => ("is not valid yet: notBefore", self.not_before),
-            Standing::Valid | Standing::ExpiresSoon(_) => return Ok(()),
-        };
-        Err(TlsError(format!(
-            "the certificate in {} ({}) {what} {}, now {}",
-            cert.display(),
-            self.subject,
-            stamp(date),
-            stamp(now),
-        )))
-    }
-
-    /// Logs `message` (info) with the file, the subject and the expiry.
-    fn log(&self, message: &str, cert: &Path) {
-        info!("{}", message, {
-            cert: Value::from_display(&cert.display()),
-            subject: self.subject.as_str(),
-            not_after: stamp(self.not_after).as_str(),
-        });
-    }
-
-    /// Warns of a near expiry, and logs an error outside the dates (a
-    /// running server's certificate can expire, or the clock go back).
-    fn warn_of_dates(&self, cert: &Path, now: DateTime<Utc>) {
-        let cert = cert.display();
-        let cert = Value::from_display(&cert);
-        let not_after = stamp(self.not_after);
-        match self.standing(now) {
-            Standing::Valid => {}
-            Standing::ExpiresSoon(left) => {
-                let seconds = left.num_seconds().unsigned_abs();
-                let left = humantime::format_duration(Duration::from_secs(seconds));
-                warn!("TLS certificate expires soon: renew it and send SIGHUP", {
-                    cert: cert,
-                    subject: self.subject.as_str(),
-                    not_after: not_after.as_str(),
-                    expires_in: Value::from_display(&left),
-                });
-            }
-            Standing::Expired => {
-                error!("TLS certificate has expired: every new handshake fails until it is replaced", {
-                    cert: cert,
-                    subject: self.subject.as_str(),
-                    not_after: not_after.as_str(),
-                });
-            }
-            Standing::NotValidYet => {
-                error!("TLS certificate is not valid yet: every new handshake fails", {
-                    cert: cert,
-                    subject: self.subject.as_str(),
-                    not_before: stamp(self.not_before).as_str(),
-                });
-            }
-        }
-    }
-
-    /// How long until the next check after `now`: `every`, or just past the
-    /// expiry if that comes first, so that it is logged when it happens.
-    fn next_check(&self, now: DateTime<Utc>, every: Duration) -> Duration {
-        let until_expired = (self.not_after - now + TimeDelta::seconds(1)).to_std();
-        // Negative (already expired): `every`.
-        until_expired.map_or(every, |until| until.min(every))
-    }
-}
-
 /// Replaces a running server's certificate with what its files hold now
 /// (the SIGHUP path); see [`Server::tls_reloader`](crate::server::Server::tls_reloader).
 #[derive(Clone, Debug)]
@@ -407,98 +282,6 @@ fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsErr
     Ok(chain)
 }
 
-/// The client's side: whom it trusts, and the name it expects.
-#[derive(Clone)]
-pub struct ClientTls {
-    pub(crate) connector: TlsConnector,
-    pub(crate) server_name: ServerName<'static>,
-    roots: Arc<str>,
-}
-
-impl ClientTls {
-    /// Trusts the CA certificates in `ca` (PEM), or the system's trust store
-    /// when `None`, and expects the server's certificate to be for
-    /// `server_name` (a DNS name or an IP address).
-    pub fn new(ca: Option<&Path>, server_name: &str) -> Result<ClientTls, TlsError> {
-        let server_name = parse_server_name(server_name)?;
-        let mut roots = RootCertStore::empty();
-        let described = match ca {
-            Some(path) => {
-                for certificate in load_certificates(path)? {
-                    roots.add(certificate).map_err(|e| {
-                        TlsError(format!("{} is not a CA certificate: {e}", path.display()))
-                    })?;
-                }
-                path.display().to_string()
-            }
-            None => {
-                let found = rustls_native_certs::load_native_certs();
-                let (added, _) = roots.add_parsable_certificates(found.certs);
-                if added == 0 {
-                    let errors: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
-                    return Err(TlsError(format!(
-                        "no trusted certificates in the system's trust store ({}); \
-                         pass --tls-ca with the server's CA",
-                        errors.join("; ")
-                    )));
-                }
-                "the system's trust store".to_owned()
-            }
-        };
-        let config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError(format!("TLS set-up failed: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(ClientTls {
-            connector: TlsConnector::from(Arc::new(config)),
-            server_name,
-            roots: described.into(),
-        })
-    }
-
-    /// Whether a certificate can be checked against `name`: a DNS name or
-    /// an IP address (the command line asks before it loads anything).
-    pub fn check_server_name(name: &str) -> Result<(), TlsError> {
-        parse_server_name(name).map(drop)
-    }
-
-    /// The host part of `addr` (`host:port`, `[v6]:port`): the name a
-    /// certificate is checked against unless `--tls-server-name` says otherwise.
-    pub fn host_of(addr: &str) -> &str {
-        let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
-        host.strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host)
-    }
-}
-
-fn parse_server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
-    ServerName::try_from(name.to_owned()).map_err(|_| {
-        TlsError(format!(
-            "{name:?} is not a DNS name or an IP address to verify"
-        ))
-    })
-}
-
-impl fmt::Debug for ClientTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientTls")
-            .field("server_name", &self.server_name)
-            .field("roots", &self.roots)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Two are equal when they are the same set-up (clones of one another).
-impl PartialEq for ClientTls {
-    fn eq(&self, other: &ClientTls) -> bool {
-        Arc::ptr_eq(&self.roots, &other.roots) && self.server_name == other.server_name
-    }
-}
-
-impl Eq for ClientTls {}
-
 /// Why a handshake failed, in a few words a log reader can act on; the
 /// error itself carries rustls's detail.
 pub(crate) fn failure_reason(error: &io::Error) -> &'static str {
@@ -546,6 +329,8 @@ pub(crate) fn failure_reason(error: &io::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeDelta;
+    use leaf::{EXPIRY_WARNING, Standing, stamp};
 
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
