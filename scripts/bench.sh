@@ -218,10 +218,15 @@ fi
 
 if want snapshot; then
     # 10 000 busy clients, against one server that never logs a snapshot and one
-    # that logs its 10 001-line snapshot (to a file) every second.
+    # that logs its 10 001-line snapshot (to a file) every second: a SIGUSR1
+    # a second, as the periodic snapshot is its summary line alone.
     start quiet 8102 duplex --registry-interval 0
-    start snapshotting 8103 duplex --registry-interval 1s
+    start snapshotting 8103 duplex --registry-interval 0
+    (while kill -USR1 "${PID[snapshotting]}" 2>/dev/null; do sleep 1; done) &
+    SIGNALLER=$!
     interleave snapshot "$SCALING_REPEAT" "quiet snapshotting" --clients 10000 --depth 1 --size 16 --duration "$DURATION"
+    kill "$SIGNALLER" 2>/dev/null || true
+    wait "$SIGNALLER" 2>/dev/null || true
     echo "  snapshots logged by the snapshotting server: $(grep -c 'registry snapshot' "$OUT/snapshotting.log" || true)" >&2
     stop_all
 fi

@@ -17,7 +17,7 @@ mod values;
 
 use values::{
     duration, host_port, log_format, max_line, nonzero, positive_duration, positive_rate,
-    positive_usize,
+    positive_usize, registry_interval,
 };
 
 /// Where the server listens when `--addr` is not given: loopback only.
@@ -46,7 +46,7 @@ pub(crate) enum Role {
 /// Logs go to stderr. Filter them with RUST_LOG (default "info"), e.g.
 /// RUST_LOG=debug or RUST_LOG=duplex::actors::registry=info,warn.
 /// Ctrl-C or SIGTERM exits cleanly with code 0; SIGUSR1 makes the server log a
-/// registry snapshot.
+/// registry snapshot with a line per client.
 #[derive(Debug, Parser)]
 #[command(name = "duplex", version, max_term_width = 100, after_help = EXIT_CODES)]
 pub(crate) struct Cli {
@@ -88,9 +88,9 @@ pub(crate) struct Cli {
     #[arg(long, default_value = "5m", value_parser = duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
     idle_timeout: Duration,
 
-    /// How often the registry logs its client list; 0 turns this off
-    /// (SIGUSR1 still logs it on demand).
-    #[arg(long, default_value = "30s", value_parser = duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
+    /// How often the registry logs its summary line (client count, totals):
+    /// 0 (off) or at least 1s. SIGUSR1 logs it with a line per client.
+    #[arg(long, default_value = "30s", value_parser = registry_interval, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
     registry_interval: Duration,
 
     /// On Ctrl-C/SIGTERM, how long clients get to receive their last replies
@@ -428,6 +428,24 @@ mod tests {
         }
         let error = parse(&["--role", "server", "--idle-timeout", "-1"]).expect_err("negative");
         assert!(error.to_string().contains("cannot be negative"), "{error}");
+    }
+
+    #[test]
+    fn the_registry_interval_is_off_or_at_least_a_second() {
+        for (given, taken) in [("0", None), ("1s", Some(1)), ("30s", Some(30))] {
+            let cli = parse(&["--role", "server", "--registry-interval", given]).expect(given);
+            let interval = cli.server_config().registry.snapshot_interval;
+            assert_eq!(interval, taken.map(Duration::from_secs), "{given}");
+        }
+        for given in ["999ms", "1ms", "500ms"] {
+            let error =
+                parse(&["--role", "server", "--registry-interval", given]).expect_err(given);
+            assert_eq!(error.exit_code(), 2);
+            assert!(
+                error.to_string().contains("must be 0 (off) or at least 1s"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -77,6 +77,30 @@ fn sigusr1_logs_a_registry_snapshot_and_sigint_stops_the_server() {
 }
 
 #[test]
+fn the_periodic_snapshot_logs_the_totals_and_only_sigusr1_lists_every_client() {
+    let (server, addr, logs) = start_server(&["--registry-interval", "1s"]);
+    let connection = TcpStream::connect(&addr).expect("connect");
+    wait_for(&logs, "client joined");
+    // Three periodic snapshots with a client connected, and no client line:
+    // the list of one would have been written within the second after it.
+    let mut periodic = 0;
+    while periodic < 3 {
+        let line = logs.recv_timeout(PATIENCE).expect("a periodic snapshot");
+        assert!(!line.contains("registry client"), "{line}");
+        if line.contains("registry snapshot") {
+            assert!(line.contains("clients=1"), "{line}");
+            periodic += 1;
+        }
+    }
+    signal(&server, libc::SIGUSR1);
+    let listed = wait_for(&logs, "registry client");
+    assert!(listed.contains("client_id=1"), "{listed}");
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+    drop(connection);
+}
+
+#[test]
 fn sighup_without_tls_is_logged_and_the_server_keeps_serving() {
     let (server, addr, logs) = start_server(&["--registry-interval", "0"]);
     signal(&server, libc::SIGHUP);
@@ -287,6 +311,7 @@ fn bad_flags_exit_2_with_a_clear_error() {
         &["--role", "server", "--bogus"][..],
         &["--role", "client", "--interval", "soon"],
         &["--role", "client", "--max-clients", "3"],
+        &["--role", "server", "--registry-interval", "500ms"],
     ] {
         let output = duplex().args(args).output().expect("run");
         assert_eq!(output.status.code(), Some(2), "{args:?}");

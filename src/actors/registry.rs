@@ -6,8 +6,9 @@
 //! path). The acceptor asks it to admit each new client
 //! (the cap lives here, beside the count); each session's task tells it
 //! when and why the session ended.
-//! It logs every join and leave, and a snapshot every `--registry-interval`
-//! and on SIGUSR1 (the lines are in `registry/log_lines.rs`). One periodic sweep finds
+//! It logs every join and leave, the snapshot's summary line every
+//! `--registry-interval`, and the whole snapshot, a line per client, on
+//! SIGUSR1 and when it stops (the lines are in `registry/log_lines.rs`). One periodic sweep finds
 //! idle clients, from the last-input time in their counters, and tells their
 //! sessions to close.
 //!
@@ -32,7 +33,7 @@ use crate::messages::{
     Snapshot,
 };
 use crate::rt::{JoinHandle, Receiver, bounded, sleep_until, spawn};
-use log_lines::Who;
+use log_lines::{Summary, Who};
 
 /// The log target of every line about the client table, snapshots included.
 const LOG_TARGET: &str = module_path!();
@@ -47,7 +48,8 @@ const INBOX_CAPACITY: usize = 1024;
 pub struct RegistryConfig {
     /// Clients admitted at once; one more is turned away (`--max-clients`).
     pub max_clients: usize,
-    /// How often to log a snapshot; `None`: never (`--registry-interval`).
+    /// How often to log the snapshot's summary line (its client lines come
+    /// on SIGUSR1 only); `None`: never (`--registry-interval`).
     pub snapshot_interval: Option<Duration>,
     /// Close clients silent this long; `None`: never (`--idle-timeout`).
     pub idle_timeout: Option<Duration>,
@@ -154,7 +156,7 @@ impl Registry {
                     }
                 }
                 _ = sleep_until(next_snapshot).fuse() => {
-                    log_lines::snapshot(self.snapshot());
+                    log_lines::summary(&self.summary());
                     next_snapshot = interval.map(|every| Instant::now() + every);
                 }
                 _ = sleep_until(next_sweep).fuse() => {
@@ -347,6 +349,24 @@ impl Registry {
         }
     }
 
+    /// The snapshot's counts, without building its client list: what the
+    /// periodic line says.
+    fn summary(&self) -> Summary {
+        let mut totals = self.departed;
+        for entry in self.clients.values() {
+            totals += entry.link.stats.counts();
+        }
+        Summary {
+            clients: self.clients.len(),
+            totals,
+            admitted: self.admitted,
+            rejected: self.rejected,
+            tls_failed: self.tls_failed,
+            proxy_failed: self.proxy_failed,
+            tls_on_plain: self.tls_on_plain,
+        }
+    }
+
     /// Tells every client idle for the timeout (as of `now`) to close.
     fn close_idle(&mut self, now: Instant) {
         let Some(idle_timeout) = self.config.idle_timeout else {
@@ -475,6 +495,20 @@ mod tests {
         assert_eq!(snapshot.clients[0].counts.messages_in, 1);
         assert_eq!(snapshot.totals.messages_in, 4);
         assert_eq!(snapshot.totals.bytes_out, 90);
+    }
+
+    #[test]
+    fn the_periodic_summary_counts_what_the_snapshot_lists() {
+        let mut registry = registry(10);
+        let (_, link1) = register(&mut registry, 1);
+        register(&mut registry, 2);
+        link1.stats.received(2, 20, Instant::now());
+        leave(&mut registry, 2);
+        let summary = registry.summary();
+        let snapshot = registry.snapshot();
+        assert_eq!(summary.clients, snapshot.clients.len());
+        assert_eq!(summary.totals, snapshot.totals);
+        assert_eq!(summary.admitted, snapshot.admitted);
     }
 
     #[test]

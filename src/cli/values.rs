@@ -71,6 +71,21 @@ pub(super) fn positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Shortest `--registry-interval` but 0 (off): each is a log line, and a
+/// summary more often than every second is more than anyone reads (SIGUSR1
+/// logs one on demand).
+const REGISTRY_INTERVAL_MIN: Duration = Duration::from_secs(1);
+
+pub(super) fn registry_interval(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        d if !d.is_zero() && d < REGISTRY_INTERVAL_MIN => Err(format!(
+            "must be 0 (off) or at least {} (SIGUSR1 logs a snapshot on demand)",
+            humantime::format_duration(REGISTRY_INTERVAL_MIN)
+        )),
+        d => Ok(d),
+    }
+}
+
 pub(super) fn positive_usize(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),

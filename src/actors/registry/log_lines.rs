@@ -1,9 +1,10 @@
 //! How the registry's client table reads in the log: `client joined` and
-//! `client left`, and snapshots: a `registry snapshot` summary line, then one
+//! `client left`, and snapshots: a `registry snapshot` summary line, then
+//! (on SIGUSR1 and at shutdown, not every `--registry-interval`) one
 //! `registry client` line per client. A client relayed by a PROXY-protocol
 //! balancer shows as its own address (`peer`) and the balancer's (`via`).
 //!
-//! The summary is logged at once. The client lines of a periodic snapshot go
+//! The summary is logged at once. The client lines of a SIGUSR1 snapshot go
 //! through [`logging::log_in_background`], so sessions keep answering while
 //! a long list is written; the final snapshot, taken when nothing is left to
 //! serve, is written in place and in full.
@@ -77,9 +78,56 @@ pub(super) fn left(
     }
 }
 
-/// Logs `snapshot`'s summary, and its client lines off the executor.
+/// What a `registry snapshot` line says: a [`Snapshot`]'s counts, without
+/// its client list.
+pub(super) struct Summary {
+    pub(super) clients: usize,
+    pub(super) totals: Counts,
+    pub(super) admitted: u64,
+    pub(super) rejected: u64,
+    pub(super) tls_failed: u64,
+    pub(super) proxy_failed: u64,
+    pub(super) tls_on_plain: u64,
+}
+
+impl From<&Snapshot> for Summary {
+    fn from(snapshot: &Snapshot) -> Summary {
+        Summary {
+            clients: snapshot.clients.len(),
+            totals: snapshot.totals,
+            admitted: snapshot.admitted,
+            rejected: snapshot.rejected,
+            tls_failed: snapshot.tls_failed,
+            proxy_failed: snapshot.proxy_failed,
+            tls_on_plain: snapshot.tls_on_plain,
+        }
+    }
+}
+
+/// Logs the summary line alone: the periodic snapshot. A line per client
+/// every `--registry-interval` would be most of the log (at 10 000 clients,
+/// journald's whole default burst every 30 s); SIGUSR1 lists them.
+pub(super) fn summary(summary: &Summary) {
+    info!(
+        target: LOG_TARGET,
+        clients = summary.clients,
+        admitted = summary.admitted,
+        rejected = summary.rejected,
+        tls_failed = summary.tls_failed,
+        proxy_failed = summary.proxy_failed,
+        tls_on_plain = summary.tls_on_plain,
+        messages_in = summary.totals.messages_in,
+        messages_out = summary.totals.messages_out,
+        bytes_in = summary.totals.bytes_in,
+        bytes_out = summary.totals.bytes_out;
+        "registry snapshot"
+    );
+}
+
+/// Logs `snapshot`'s summary, and its client lines off the executor: the
+/// SIGUSR1 snapshot.
 pub(super) fn snapshot(snapshot: Snapshot) {
-    log_summary(&snapshot);
+    summary(&Summary::from(&snapshot));
     match logging::log_in_background(snapshot.clients, log_client) {
         Listing::Queued | Listing::StillNoThread => {}
         Listing::Busy => warn!(
@@ -96,26 +144,8 @@ pub(super) fn snapshot(snapshot: Snapshot) {
 
 /// Logs `snapshot` in full on the calling thread: for the last one.
 pub(super) fn final_snapshot(snapshot: &Snapshot) {
-    log_summary(snapshot);
+    summary(&Summary::from(snapshot));
     logging::log_in_place(&snapshot.clients, log_client);
-}
-
-fn log_summary(snapshot: &Snapshot) {
-    let totals = snapshot.totals;
-    info!(
-        target: LOG_TARGET,
-        clients = snapshot.clients.len(),
-        admitted = snapshot.admitted,
-        rejected = snapshot.rejected,
-        tls_failed = snapshot.tls_failed,
-        proxy_failed = snapshot.proxy_failed,
-        tls_on_plain = snapshot.tls_on_plain,
-        messages_in = totals.messages_in,
-        messages_out = totals.messages_out,
-        bytes_in = totals.bytes_in,
-        bytes_out = totals.bytes_out;
-        "registry snapshot"
-    );
 }
 
 fn log_client(client: &ClientInfo) {
