@@ -252,7 +252,7 @@ impl fmt::Display for LeaveReason {
 /// The registry's answer to [`RegistryMsg::Register`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admission {
-    /// Registered; `clients` is the count including this one.
+    /// Registered; `clients` is the connections held, this one included.
     Admitted { clients: usize },
     /// Turned away: `max` clients are already connected.
     Full { max: usize },
@@ -276,12 +276,18 @@ pub struct ClientInfo {
 /// The client list at one instant, ordered by id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    /// Every connected client.
+    /// Every connected client: with `--proxy-protocol`, once its PROXY
+    /// header named it.
     pub clients: Vec<ClientInfo>,
+    /// Connections still awaiting their PROXY header (`--proxy-protocol`):
+    /// not clients yet, but each holds a `--max-clients` slot.
+    pub awaiting_header: usize,
     /// Counters summed over every client since the server started,
     /// including those that have left.
     pub totals: Counts,
-    /// Clients admitted since start.
+    /// Connections that became clients since start: with
+    /// `--proxy-protocol`, those whose header named a client (a health
+    /// check or a refused header is not one).
     pub admitted: u64,
     /// Clients turned away because the server was full.
     pub rejected: u64,
@@ -293,6 +299,17 @@ pub struct Snapshot {
     /// Clients of a plain server that opened with a TLS handshake, closed
     /// unanswered.
     pub tls_on_plain: u64,
+    /// Connections that were a proxy's health check (a PROXY v2 `LOCAL`
+    /// header), closed without a greeting.
+    pub proxy_local: u64,
+}
+
+impl Snapshot {
+    /// Connections held, each a `--max-clients` slot: the clients, and those
+    /// awaiting their PROXY header.
+    pub fn connections(&self) -> usize {
+        self.clients.len() + self.awaiting_header
+    }
 }
 
 /// What the registry actor's inbox carries.
@@ -322,7 +339,8 @@ pub(crate) enum RegistryMsg {
     /// answer what it has read, send the shutdown notice and close (sessions
     /// admitted later get a closed inbox at once). Replies when done.
     Drain { respond_to: oneshot::Sender<()> },
-    /// Reply once exactly `clients` clients are registered.
+    /// Reply once exactly `clients` connections are held (clients, and any
+    /// awaiting their PROXY header).
     WaitForCount {
         clients: usize,
         respond_to: oneshot::Sender<()>,

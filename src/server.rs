@@ -76,9 +76,10 @@ impl Default for ServerConfig {
 pub struct ServerSummary {
     /// Connections accepted, admitted or not.
     pub accepted: u64,
-    /// Clients connected when shutdown began.
+    /// Connections held when shutdown began (clients, and any awaiting
+    /// their PROXY header: they are drained too).
     pub at_shutdown: usize,
-    /// Clients still connected when the shutdown timeout ran out.
+    /// Connections still held when the shutdown timeout ran out.
     pub cut: usize,
     /// The registry's final snapshot.
     pub last: Snapshot,
@@ -177,7 +178,7 @@ impl Server {
             watch.await;
         }
 
-        let at_shutdown = self.registry.snapshot().await.clients.len();
+        let at_shutdown = self.registry.snapshot().await.connections();
         info!("shutting down", { clients: at_shutdown });
         self.registry.drain().await;
         let timeout = self.config.shutdown_timeout;
@@ -186,7 +187,7 @@ impl Server {
             .is_some();
         let mut cut_count = 0;
         if !drained {
-            cut_count = self.registry.snapshot().await.clients.len();
+            cut_count = self.registry.snapshot().await.connections();
             warn!("shutdown timeout: cutting remaining clients", { clients: cut_count });
             cut_trigger.trigger();
             // Best effort: a cut session reports at once unless its task is starved.

@@ -158,6 +158,49 @@ fn refused_proxy_headers_are_logged_throttled_and_all_counted() {
 }
 
 #[test]
+fn client_joined_counts_clients_not_connections_awaiting_a_header_nor_health_checks() {
+    let (server, addr, logs) = start_server(&["--registry-interval", "0", "--proxy-protocol"]);
+    // Accepted first, so held when the client joins: a slot, not a client.
+    let waiting = TcpStream::connect(&addr).expect("connect");
+    // A balancer's health check: a PROXY v2 LOCAL header, closed unanswered.
+    let mut check = TcpStream::connect(&addr).expect("connect");
+    check.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    check
+        .write_all(b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00")
+        .expect("send");
+    let mut rest = Vec::new();
+    check.read_to_end(&mut rest).expect("closed by the server");
+    assert!(rest.is_empty(), "{rest:?}");
+    let mut client = TcpStream::connect(&addr).expect("connect");
+    client.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    client
+        .write_all(b"PROXY TCP4 192.0.2.1 127.0.0.1 56324 8000\r\n")
+        .expect("send");
+    let mut greeting = String::new();
+    BufReader::new(&client)
+        .read_line(&mut greeting)
+        .expect("greeting");
+    assert_eq!(greeting, "Hello\n");
+    let joined = wait_for(&logs, "client joined");
+    assert!(joined.contains("peer=192.0.2.1:56324"), "{joined}");
+    assert!(joined.contains("clients=1"), "{joined}");
+    signal(&server, libc::SIGUSR1);
+    let snapshot = wait_for(&logs, "registry snapshot");
+    for counted in [
+        "clients=1",
+        "awaiting_header=1",
+        "admitted=1",
+        "proxy_failed=0",
+        "proxy_local=1",
+    ] {
+        assert!(snapshot.contains(counted), "{counted}: {snapshot}");
+    }
+    drop((waiting, client));
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+}
+
+#[test]
 fn a_server_whose_log_nobody_reads_keeps_serving_and_reports_the_lines_it_dropped() {
     let mut server = server_command(&[]).spawn().expect("spawn server");
     let mut stderr = BufReader::new(server.stderr.take().expect("stderr piped"));

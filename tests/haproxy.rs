@@ -1,8 +1,9 @@
 //! duplex behind a real HAProxy (Debian's `haproxy`), in TCP mode with
 //! `send-proxy-v2` and health checks, in front of two duplex servers: the
-//! registries list clients under their own addresses, clients of a killed
-//! server reconnect through HAProxy to the other and lose nothing, and a
-//! rolling restart with `--reuse-port` refuses no connection.
+//! registries list clients under their own addresses, and count HAProxy's
+//! health checks apart from them, clients of a killed server reconnect
+//! through HAProxy to the other and lose nothing, and a rolling restart with
+//! `--reuse-port` refuses no connection.
 
 mod common;
 
@@ -138,11 +139,8 @@ fn behind_haproxy_clients_keep_their_addresses_survive_a_killed_server_and_a_rol
         signal(server, libc::SIGUSR1);
         let clients = count_of(&wait_for(logs, "registry snapshot"));
         assert!(clients >= 2, "round robin gives each server some");
+        // Only clients: a health check caught before its header is not one.
         for (peer, via) in listed(logs, clients) {
-            if via.is_empty() {
-                // A health check caught before its header: HAProxy itself.
-                continue;
-            }
             assert!(ours.contains(&peer), "{peer} is one of our clients");
             assert!(
                 !ours.contains(&via) && !via.is_empty(),
@@ -269,6 +267,26 @@ fn behind_haproxy_clients_keep_their_addresses_survive_a_killed_server_and_a_rol
             );
         }
     });
+    // The replacement has had HAProxy's health checks and the prober's
+    // LOCAL headers: counted apart, so `admitted` is its joins, no more.
+    signal(&replacement, libc::SIGUSR1);
+    let mut joins = 0;
+    let snapshot = loop {
+        let line = (replacement_logs.recv_timeout(PATIENCE)).expect("the snapshot line");
+        joins += usize::from(line.contains("client joined"));
+        if line.contains("registry snapshot") {
+            break line;
+        }
+    };
+    let count = |key: &str| -> u64 {
+        (snapshot.split_whitespace())
+            .find_map(|f| f.strip_prefix(key))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {snapshot}"))
+    };
+    assert!(joins > 0, "clients came through the replacement");
+    assert_eq!(count("admitted=") as usize, joins, "{snapshot}");
+    assert!(count("proxy_local=") >= 20, "{snapshot}");
     drop(replacement_logs);
     signal(&replacement, libc::SIGTERM);
     assert!(wait_with_timeout(replacement).success());

@@ -1,8 +1,9 @@
 //! The PROXY protocol, in process, with headers written by hand (the real
 //! balancer is in `tests/haproxy.rs`): both versions name the client, bytes
-//! after the header are the client's, a health check leaves quietly, and a
-//! connection without a valid header from a trusted address is closed and
-//! counted, costing nobody else anything.
+//! after the header are the client's, a health check leaves quietly and is
+//! counted apart, a connection is a client (listed, admitted) only once its
+//! header named one, and a connection without a valid header from a trusted
+//! address is closed and counted, costing nobody else anything.
 
 mod common;
 
@@ -90,6 +91,46 @@ async fn a_health_check_is_closed_quietly_and_bad_headers_are_refused_and_counte
         snapshot.proxy_failed, 4,
         "the health check is not a failure"
     );
+    assert_eq!(snapshot.proxy_local, 1, "the health check, counted apart");
+    assert_eq!(snapshot.admitted, 0, "none of them was a client");
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn a_connection_awaiting_its_header_holds_a_slot_but_is_no_client_yet() {
+    let mut config = proxied("127.0.0.1/32");
+    config.registry.max_clients = 2;
+    let server = TestServer::start(config).await;
+    let mut waiting = Peer::connect(server.addr).await;
+    server.wait_for_clients(1).await;
+    let mut client = Peer::connect(server.addr).await;
+    client
+        .send(b"PROXY TCP4 192.0.2.1 127.0.0.1 56324 8000\r\n")
+        .await;
+    assert_eq!(client.line().await, b"Hello\n");
+    let snapshot = server.registry.snapshot().await;
+    let peers: Vec<String> = snapshot
+        .clients
+        .iter()
+        .map(|c| c.peer.to_string())
+        .collect();
+    assert_eq!(peers, ["192.0.2.1:56324"], "only the client is listed");
+    assert_eq!(snapshot.awaiting_header, 1);
+    assert_eq!(snapshot.admitted, 1);
+    // Both hold a slot: a third connection finds the server full.
+    let mut third = Peer::connect(server.addr).await;
+    third
+        .send(b"PROXY TCP4 192.0.2.3 127.0.0.1 1 8000\r\n")
+        .await;
+    assert_eq!(third.line().await, b"error: server full (max 2 clients)\n");
+    // Once its header comes, the waiting connection is a client too.
+    waiting
+        .send(b"PROXY TCP4 192.0.2.2 127.0.0.1 2 8000\r\n")
+        .await;
+    assert_eq!(waiting.line().await, b"Hello\n");
+    let snapshot = server.registry.snapshot().await;
+    assert_eq!((snapshot.clients.len(), snapshot.awaiting_header), (2, 0));
+    assert_eq!((snapshot.admitted, snapshot.rejected), (2, 1));
     server.stop().await;
 }
 

@@ -1,11 +1,18 @@
 //! The registry actor: the server's client table, and what follows from it.
 //!
-//! Owns, per client: id, peer address, connection time, and the
+//! Owns, per connection: id, peer address, connection time, and the
 //! [`SessionLink`] it shares with the session: the session's inbox and the
 //! counters the session bumps itself (so it is never on the per-message
-//! path). The acceptor asks it to admit each new client
+//! path). The acceptor asks it to admit each new connection
 //! (the cap lives here, beside the count); each session's task tells it
 //! when and why the session ended.
+//!
+//! Every connection it holds takes a `--max-clients` slot (it holds a
+//! descriptor), but it is a client, listed, counted in `clients=` and in
+//! `admitted`, only once announced: at once, or with `--proxy-protocol` once
+//! its header named the client. A balancer's health check (a `LOCAL`
+//! header) is counted apart, in `proxy_local`, and a refused header in
+//! `proxy_failed`.
 //! It logs every join and leave, the snapshot's summary line every
 //! `--registry-interval`, and the whole snapshot, a line per client, on
 //! SIGUSR1 and when it stops (the lines are in `registry/log_lines.rs`). One periodic sweep finds
@@ -46,7 +53,8 @@ const INBOX_CAPACITY: usize = 1024;
 /// CLI's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryConfig {
-    /// Clients admitted at once; one more is turned away (`--max-clients`).
+    /// Connections held at once, clients and those still awaiting their
+    /// PROXY header; one more is turned away (`--max-clients`).
     pub max_clients: usize,
     /// How often to log the snapshot's summary line (its client lines come
     /// on SIGUSR1 only); `None`: never (`--registry-interval`).
@@ -105,13 +113,18 @@ impl Entry {
 pub(crate) struct Registry {
     config: RegistryConfig,
     clients: HashMap<ClientId, Entry>,
+    /// Entries announced: the clients (the rest await their PROXY header).
+    announced: usize,
     /// Counts of clients that have left.
     departed: Counts,
+    /// Clients announced since start.
     admitted: u64,
     rejected: u64,
     tls_failed: u64,
     proxy_failed: u64,
     tls_on_plain: u64,
+    /// Connections that were a proxy's health check (a `LOCAL` header).
+    proxy_local: u64,
     waiters: Vec<(usize, oneshot::Sender<()>)>,
     /// Shutdown has begun: inboxes are closed, new ones too.
     draining: bool,
@@ -183,11 +196,14 @@ impl Registry {
             }
             RegistryMsg::Unregister { id, reason } => self.unregister(id, &reason),
             RegistryMsg::Identify { id, client } => {
-                let clients = self.clients.len();
                 if let Some(entry) = self.clients.get_mut(&id) {
                     entry.via = Some(Box::new(std::mem::replace(&mut entry.peer, client)));
-                    entry.announced = true;
-                    log_lines::joined(&entry.who(id), clients);
+                    if !entry.announced {
+                        entry.announced = true;
+                        self.announced += 1;
+                        self.admitted += 1;
+                        log_lines::joined(&entry.who(id), self.announced);
+                    }
                 }
             }
             RegistryMsg::Snapshot { respond_to } => {
@@ -256,20 +272,22 @@ impl Registry {
                 closing_idle: false,
             },
         );
-        self.admitted += 1;
-        let clients = self.clients.len();
         if announce {
+            self.announced += 1;
+            self.admitted += 1;
             log_lines::joined(
                 &Who {
                     id,
                     peer,
                     via: None,
                 },
-                clients,
+                self.announced,
             );
         }
         self.wake_waiters();
-        Admission::Admitted { clients }
+        Admission::Admitted {
+            clients: self.clients.len(),
+        }
     }
 
     fn unregister(&mut self, id: ClientId, reason: &LeaveReason) {
@@ -279,7 +297,9 @@ impl Registry {
         };
         let counts = entry.link.stats.counts();
         self.departed += counts;
+        self.announced -= usize::from(entry.announced);
         self.tls_failed += u64::from(matches!(reason, LeaveReason::TlsFailed(_)));
+        self.proxy_local += u64::from(matches!(reason, LeaveReason::ProxyLocal));
         if let LeaveReason::ProxyFailed(why) = reason {
             self.proxy_failed += 1;
             if let Some(suppressed) = self.proxy_warnings.allow() {
@@ -308,44 +328,40 @@ impl Registry {
             log::Level::Debug
         };
         let (who, connected_for) = (entry.who(id), entry.connected_at.elapsed());
-        log_lines::left(
-            &who,
-            self.clients.len(),
-            reason,
-            connected_for,
-            counts,
-            level,
-        );
+        log_lines::left(&who, self.announced, reason, connected_for, counts, level);
         self.wake_waiters();
     }
 
-    /// The client list now, ordered by id.
+    /// The client list now, ordered by id (connections awaiting their PROXY
+    /// header are only counted).
     fn snapshot(&self) -> Snapshot {
         let mut totals = self.departed;
         let mut clients: Vec<ClientInfo> = self
             .clients
             .iter()
-            .map(|(&id, entry)| {
+            .filter_map(|(&id, entry)| {
                 let counts = entry.link.stats.counts();
                 totals += counts;
-                ClientInfo {
+                entry.announced.then(|| ClientInfo {
                     id,
                     peer: entry.peer,
                     via: entry.via.as_deref().copied(),
                     connected_for: entry.connected_at.elapsed(),
                     counts,
-                }
+                })
             })
             .collect();
         clients.sort_by_key(|c| c.id);
         Snapshot {
             clients,
+            awaiting_header: self.clients.len() - self.announced,
             totals,
             admitted: self.admitted,
             rejected: self.rejected,
             tls_failed: self.tls_failed,
             proxy_failed: self.proxy_failed,
             tls_on_plain: self.tls_on_plain,
+            proxy_local: self.proxy_local,
         }
     }
 
@@ -357,13 +373,15 @@ impl Registry {
             totals += entry.link.stats.counts();
         }
         Summary {
-            clients: self.clients.len(),
+            clients: self.announced,
+            awaiting_header: self.clients.len() - self.announced,
             totals,
             admitted: self.admitted,
             rejected: self.rejected,
             tls_failed: self.tls_failed,
             proxy_failed: self.proxy_failed,
             tls_on_plain: self.tls_on_plain,
+            proxy_local: self.proxy_local,
         }
     }
 
@@ -428,13 +446,22 @@ mod tests {
     /// Registers client `id` and returns the admission and its link (the
     /// session's inbox and stats).
     fn register(registry: &mut Registry, id: u64) -> (Admission, Arc<SessionLink>) {
+        register_as(registry, id, false)
+    }
+
+    /// Registers connection `id`, which awaits a PROXY header if `proxied`.
+    fn register_as(
+        registry: &mut Registry,
+        id: u64,
+        proxied: bool,
+    ) -> (Admission, Arc<SessionLink>) {
         let link = Arc::new(SessionLink::default());
         let (respond_to, mut response) = oneshot::channel();
         registry.handle(RegistryMsg::Register {
             id: ClientId(id),
             peer: peer(40000 + id as u16),
             link: link.clone(),
-            awaits_header: false,
+            awaits_header: proxied,
             respond_to,
         });
         let admission = response
@@ -509,6 +536,39 @@ mod tests {
         assert_eq!(summary.clients, snapshot.clients.len());
         assert_eq!(summary.totals, snapshot.totals);
         assert_eq!(summary.admitted, snapshot.admitted);
+        assert_eq!(summary.awaiting_header, snapshot.awaiting_header);
+    }
+
+    #[test]
+    fn a_connection_is_a_client_once_its_header_names_one_and_a_check_counts_apart() {
+        let mut registry = registry(3);
+        register_as(&mut registry, 1, true);
+        register_as(&mut registry, 2, true);
+        let snapshot = registry.snapshot();
+        assert!(snapshot.clients.is_empty());
+        assert_eq!((snapshot.awaiting_header, snapshot.admitted), (2, 0));
+        registry.handle(RegistryMsg::Identify {
+            id: ClientId(1),
+            client: peer(9),
+        });
+        registry.handle(RegistryMsg::Unregister {
+            id: ClientId(2),
+            reason: LeaveReason::ProxyLocal,
+        });
+        let snapshot = registry.snapshot();
+        assert_eq!(snapshot.clients.len(), 1);
+        assert_eq!(snapshot.clients[0].peer, peer(9));
+        assert_eq!((snapshot.awaiting_header, snapshot.admitted), (0, 1));
+        assert_eq!((snapshot.proxy_local, snapshot.proxy_failed), (1, 0));
+        // Every held connection counts toward the cap, header or not.
+        register_as(&mut registry, 3, true);
+        register_as(&mut registry, 4, true);
+        assert_eq!(
+            register_as(&mut registry, 5, true).0,
+            Admission::Full { max: 3 }
+        );
+        assert_eq!(registry.summary().clients, 1);
+        assert_eq!(registry.summary().awaiting_header, 2);
     }
 
     #[test]

@@ -83,7 +83,8 @@ impl RegistryHandle {
             .await
     }
 
-    /// Completes when exactly `clients` clients are registered.
+    /// Completes when exactly `clients` connections are held: the clients,
+    /// and any awaiting their PROXY header (the count `--max-clients` caps).
     pub async fn wait_for_clients(&self, clients: usize) {
         self.ask(|respond_to| RegistryMsg::WaitForCount {
             clients,

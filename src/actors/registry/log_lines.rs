@@ -30,7 +30,8 @@ pub(super) struct Who {
     pub(super) via: Option<SocketAddr>,
 }
 
-/// Logs a join; `clients` counts the table after it.
+/// Logs a join; `clients` counts the clients after it (not the
+/// connections still awaiting their PROXY header).
 pub(super) fn joined(who: &Who, clients: usize) {
     match who.via {
         None => {
@@ -44,7 +45,7 @@ pub(super) fn joined(who: &Who, clients: usize) {
     }
 }
 
-/// Logs a leave, at `level`; `clients` counts the table after it.
+/// Logs a leave, at `level`; `clients` counts the clients after it.
 pub(super) fn left(
     who: &Who,
     clients: usize,
@@ -82,24 +83,28 @@ pub(super) fn left(
 /// its client list.
 pub(super) struct Summary {
     pub(super) clients: usize,
+    pub(super) awaiting_header: usize,
     pub(super) totals: Counts,
     pub(super) admitted: u64,
     pub(super) rejected: u64,
     pub(super) tls_failed: u64,
     pub(super) proxy_failed: u64,
     pub(super) tls_on_plain: u64,
+    pub(super) proxy_local: u64,
 }
 
 impl From<&Snapshot> for Summary {
     fn from(snapshot: &Snapshot) -> Summary {
         Summary {
             clients: snapshot.clients.len(),
+            awaiting_header: snapshot.awaiting_header,
             totals: snapshot.totals,
             admitted: snapshot.admitted,
             rejected: snapshot.rejected,
             tls_failed: snapshot.tls_failed,
             proxy_failed: snapshot.proxy_failed,
             tls_on_plain: snapshot.tls_on_plain,
+            proxy_local: snapshot.proxy_local,
         }
     }
 }
@@ -111,10 +116,12 @@ pub(super) fn summary(summary: &Summary) {
     info!(
         target: LOG_TARGET,
         clients = summary.clients,
+        awaiting_header = summary.awaiting_header,
         admitted = summary.admitted,
         rejected = summary.rejected,
         tls_failed = summary.tls_failed,
         proxy_failed = summary.proxy_failed,
+        proxy_local = summary.proxy_local,
         tls_on_plain = summary.tls_on_plain,
         messages_in = summary.totals.messages_in,
         messages_out = summary.totals.messages_out,
