@@ -46,6 +46,13 @@ impl TrustedProxies {
         };
         self.0.iter().any(|net| net.contains(&ip))
     }
+
+    /// Whether a network given takes in every address of its family
+    /// (`0.0.0.0/0`, `::/0`): then any host can send a header, and so pose
+    /// as any client.
+    pub fn trusts_anyone(&self) -> bool {
+        self.0.iter().any(|net| net.prefix_len() == 0)
+    }
 }
 
 impl Default for TrustedProxies {
@@ -197,6 +204,18 @@ mod tests {
         assert!(TrustedProxies::parse("10.0.0.0/33").is_err());
         assert!(TrustedProxies::parse("").is_err());
         assert!(TrustedProxies::default().contains("127.0.0.1".parse().unwrap()));
+        assert!(!TrustedProxies::default().trusts_anyone());
+        assert!(
+            !TrustedProxies::parse("0.0.0.0/1,128.0.0.0/2")
+                .unwrap()
+                .trusts_anyone()
+        );
+        for anyone in ["0.0.0.0/0", "10.0.0.0/8,::/0"] {
+            assert!(
+                TrustedProxies::parse(anyone).unwrap().trusts_anyone(),
+                "{anyone}"
+            );
+        }
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub use crate::messages::{ClientId, ClientInfo, Counts, Snapshot};
 pub use crate::proxy::TrustedProxies;
 pub use crate::tls::{Reloaded, TlsError, TlsFiles, TlsReloader};
 
+/// The version the `listening` line names (as `duplex --version` does).
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// How long cut sessions get to report to the registry before it stops anyway.
 const CUT_GRACE: Duration = Duration::from_millis(100);
 
@@ -157,8 +160,17 @@ impl Server {
                 tls: self.tls.is_some(),
                 proxy_protocol: self.config.proxy_protocol.is_some(),
                 reuse_port: self.config.reuse_port,
+                version: VERSION,
             }),
-            Err(e) => info!("listening", { addr_error: log::kv::Value::from_display(&e) }),
+            Err(e) => info!("listening", {
+                addr_error: log::kv::Value::from_display(&e),
+                version: VERSION,
+            }),
+        }
+        if let Some(trusted) = (self.config.proxy_protocol.as_ref()).filter(|t| t.trusts_anyone()) {
+            warn!("trusted proxies include every address: any host can send a PROXY header and pose as any client", {
+                trusted_proxies: log::kv::Value::from_display(trusted),
+            });
         }
         // The certificate's dates, checked while it serves; ends with `shutdown`.
         let certificate_watch = self.tls_reloader().map(|certificate| {

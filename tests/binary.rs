@@ -101,6 +101,59 @@ fn the_periodic_snapshot_logs_the_totals_and_only_sigusr1_lists_every_client() {
 }
 
 #[test]
+fn the_listening_line_and_version_flag_name_the_version() {
+    let version = env!("CARGO_PKG_VERSION");
+    let output = duplex().arg("--version").output().expect("run --version");
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("duplex {version}\n")
+    );
+    let mut command = server_command(&[]);
+    let mut server = command.spawn().expect("spawn server");
+    let logs = stderr_lines(&mut server);
+    let listening = wait_for(&logs, "listening");
+    assert!(
+        listening.contains(&format!(" version={version}")),
+        "{listening}"
+    );
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+}
+
+#[test]
+fn trusting_every_address_to_send_a_proxy_header_is_warned_about() {
+    const WARNING: &str = "trusted proxies include every address";
+    for anyone in ["0.0.0.0/0", "::/0", "10.0.0.0/8,0.0.0.0/0"] {
+        let (server, _, logs) = start_server(&["--proxy-protocol", "--trusted-proxies", anyone]);
+        let warning = wait_for(&logs, WARNING);
+        assert!(warning.contains(" WARN "), "{warning}");
+        assert!(
+            warning.contains(&format!("trusted_proxies={anyone}")),
+            "{warning}"
+        );
+        signal(&server, libc::SIGTERM);
+        assert!(wait_with_timeout(server).success());
+    }
+    // Given a network that is not everyone, the server says nothing of it
+    // before its first client joins.
+    let (server, addr, logs) =
+        start_server(&["--proxy-protocol", "--trusted-proxies", "127.0.0.0/8"]);
+    let mut client = TcpStream::connect(&addr).expect("connect");
+    client.write_all(b"PROXY UNKNOWN\r\n").expect("send");
+    loop {
+        let line = logs.recv_timeout(PATIENCE).expect("the join");
+        assert!(!line.contains(WARNING), "{line}");
+        if line.contains("client joined") {
+            break;
+        }
+    }
+    drop(client);
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+}
+
+#[test]
 fn sighup_without_tls_is_logged_and_the_server_keeps_serving() {
     let (server, addr, logs) = start_server(&["--registry-interval", "0"]);
     signal(&server, libc::SIGHUP);
