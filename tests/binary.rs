@@ -359,6 +359,26 @@ fn json_logs_are_one_object_per_line_with_the_key_values_as_fields() {
 }
 
 #[test]
+fn durations_in_json_logs_are_numbers_of_milliseconds() {
+    let (server, addr, logs) = start_server(&["--log-format", "json", "--registry-interval", "0"]);
+    let json = |line: String| -> serde_json::Value {
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+    let connection = TcpStream::connect(&addr).expect("connect");
+    wait_for(&logs, "client joined");
+    signal(&server, libc::SIGUSR1);
+    let listed = json(wait_for(&logs, "registry client"));
+    drop(connection);
+    let left = json(wait_for(&logs, "client left"));
+    for line in [listed, left] {
+        assert!(line["connected_for_ms"].is_u64(), "{line}");
+        assert!(line.get("connected_for").is_none(), "{line}");
+    }
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+}
+
+#[test]
 fn help_explains_every_flag() {
     let output = duplex().arg("--help").output().expect("run --help");
     assert!(output.status.success());

@@ -54,7 +54,7 @@ pub(super) fn left(
     counts: Counts,
     level: log::Level,
 ) {
-    let connected_for = humantime::format_duration(round_ms(connected_for));
+    let connected_for_ms = millis(connected_for);
     // `via` only when there is one: a plain server's lines stay as they were.
     macro_rules! left {
         ($($via:tt)*) => {
@@ -66,7 +66,7 @@ pub(super) fn left(
                 $($via)*
                 clients = clients,
                 reason:% = reason,
-                connected_for:% = connected_for,
+                connected_for_ms = connected_for_ms,
                 messages_in = counts.messages_in,
                 messages_out = counts.messages_out;
                 "client left"
@@ -156,7 +156,7 @@ pub(super) fn final_snapshot(snapshot: &Snapshot) {
 }
 
 fn log_client(client: &ClientInfo) {
-    let connected_for = humantime::format_duration(round_ms(client.connected_for));
+    let connected_for_ms = millis(client.connected_for);
     macro_rules! client {
         ($($via:tt)*) => {
             info!(
@@ -164,7 +164,7 @@ fn log_client(client: &ClientInfo) {
                 client_id = client.id,
                 peer:% = client.peer,
                 $($via)*
-                connected_for:% = connected_for,
+                connected_for_ms = connected_for_ms,
                 messages_in = client.counts.messages_in,
                 messages_out = client.counts.messages_out;
                 "registry client"
@@ -177,7 +177,8 @@ fn log_client(client: &ClientInfo) {
     }
 }
 
-/// Whole milliseconds, so logged durations read `1m 3s 52ms`, not nanoseconds.
-fn round_ms(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))
+/// A duration as the log gives it: whole milliseconds, a number (in a JSON
+/// line too), under a key that ends in `_ms`, as every duration logged does.
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
 }
