@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::channel::oneshot;
 use futures::{FutureExt, select_biased};
@@ -48,40 +48,6 @@ const LOG_TARGET: &str = module_path!();
 /// Capacity of the registry's inbox. Every message is a join, a leave or an
 /// operator request, so this only absorbs bursts of connects and disconnects.
 const INBOX_CAPACITY: usize = 1024;
-
-/// The registry's part of the server's configuration; `Default` gives the
-/// CLI's defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegistryConfig {
-    /// Connections held at once, clients and those still awaiting their
-    /// PROXY header; one more is turned away (`--max-clients`).
-    pub max_clients: usize,
-    /// How often to log the snapshot's summary line (its client lines come
-    /// on SIGUSR1 only); `None`: never (`--registry-interval`).
-    pub snapshot_interval: Option<Duration>,
-    /// Close clients silent this long; `None`: never (`--idle-timeout`).
-    pub idle_timeout: Option<Duration>,
-}
-
-impl Default for RegistryConfig {
-    fn default() -> RegistryConfig {
-        RegistryConfig {
-            max_clients: 10_000,
-            snapshot_interval: Some(Duration::from_secs(30)),
-            idle_timeout: Some(Duration::from_secs(300)),
-        }
-    }
-}
-
-impl RegistryConfig {
-    /// How often to look for idle clients: a quarter of the timeout, so a
-    /// client is closed between 1 and 1.25 idle timeouts after its last input
-    /// (never more often than every 10 ms, never less often than every second).
-    fn idle_sweep_interval(&self) -> Option<Duration> {
-        self.idle_timeout
-            .map(|idle| (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
-    }
-}
 
 struct Entry {
     peer: SocketAddr,
@@ -419,14 +385,17 @@ impl Registry {
     }
 }
 
+mod config;
 mod handle;
 mod log_lines;
 
+pub use config::RegistryConfig;
 pub use handle::RegistryHandle;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn registry(max_clients: usize) -> Registry {
         Registry {
