@@ -33,6 +33,14 @@ pub fn server_full_error(max: usize) -> Vec<u8> {
     format!("error: server full (max {max} clients)\n").into_bytes()
 }
 
+/// Whether `line` is one of the server's own words to a client, sent
+/// before it closes the connection: `error: …` (the lines above) or
+/// `notice: …` (the shutdown notice). The client and the bench give it as
+/// the reason the connection ended.
+pub fn is_error_or_notice(line: &[u8]) -> bool {
+    line.starts_with(b"error: ") || line.starts_with(b"notice: ")
+}
+
 /// Free space, in bytes, a framer guarantees before each read.
 const MIN_READ: usize = 256;
 
@@ -527,6 +535,23 @@ mod tests {
         assert_eq!(reply_echo(b"x:5:3 - server reply: abc"), None);
         assert_eq!(reply_echo(b"1:2:3:4 - server reply: abc"), None);
         assert_eq!(reply_echo(b"notice: server shutting down"), None);
+    }
+
+    #[test]
+    fn every_error_and_notice_line_is_recognised_as_one() {
+        let lines = [
+            SHUTDOWN_NOTICE.to_vec(),
+            IDLE_TIMEOUT_ERROR.to_vec(),
+            TLS_REQUIRED_ERROR.to_vec(),
+            line_too_long_error(8),
+            server_full_error(1),
+        ];
+        for line in lines {
+            assert!(is_error_or_notice(&line), "{line:?}");
+        }
+        assert!(!is_error_or_notice(b"Hello"));
+        assert!(!is_error_or_notice(b"1:2:3 - server reply: error: x"));
+        assert!(!is_error_or_notice(b"errors: none"));
     }
 
     mod properties {

@@ -263,7 +263,7 @@ impl Connection {
                 return Err(ConnectionEnd::LineTooLong);
             };
             (self.sink)(line);
-            if line.starts_with(b"error: ") || line.starts_with(b"notice: ") {
+            if wire::is_error_or_notice(line) {
                 if self.config.tls.is_none()
                     && wire::TLS_REQUIRED_ERROR.strip_suffix(b"\n") == Some(line)
                 {
