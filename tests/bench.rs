@@ -12,7 +12,7 @@ use async_std::net::TcpListener;
 use async_std::task::{sleep, spawn};
 use common::certs::{Leaf, TestCa};
 use common::process::{duplex, signal, start_server, wait_with_timeout};
-use common::{PATIENCE, TestServer, quick_config, within};
+use common::{PATIENCE, Peer, TestServer, quick_config, within};
 use duplex::bench::{self, BenchConfig, LatencyFrom, SourceAddrs};
 use duplex::client::ClientTls;
 use duplex::server::ServerConfig;
@@ -155,6 +155,8 @@ struct FakeServer {
     stall: Option<(usize, Duration)>,
     /// Close each connection after this many replies.
     close_after: Option<usize>,
+    /// Greet only this long after the connect.
+    greet_after: Option<Duration>,
 }
 
 /// A duplex-style reply to one line.
@@ -172,6 +174,7 @@ impl FakeServer {
             reply,
             stall: None,
             close_after: None,
+            greet_after: None,
         }
     }
 
@@ -186,6 +189,7 @@ impl FakeServer {
             reply,
             stall,
             close_after,
+            greet_after,
         } = self;
         spawn(async move {
             while let Ok((stream, peer)) = listener.accept().await {
@@ -194,6 +198,9 @@ impl FakeServer {
                 spawn(async move {
                     let mut reader = BufReader::new(stream.clone());
                     let mut writer = stream;
+                    if let Some(delay) = greet_after {
+                        sleep(delay).await;
+                    }
                     writer.write_all(b"Hello\n").await.ok()?;
                     let mut read = Vec::new();
                     for replies in 1.. {
@@ -366,6 +373,8 @@ async fn a_run_whose_every_connection_is_dropped_ends_then() {
     })
     .await;
     assert_eq!((report.disconnects, report.replies), (2, 6), "{report}");
+    let reasons: Vec<_> = report.disconnect_errors.iter().collect();
+    assert_eq!(reasons, [(&"closed by the server".to_owned(), &2)]);
 }
 
 #[async_std::test]
@@ -428,6 +437,142 @@ async fn a_server_that_is_not_there_is_a_counted_failure() {
         text.contains("failed connect: Connection refused"),
         "{text}"
     );
+}
+
+#[async_std::test]
+async fn a_full_server_is_a_failed_connect_in_the_servers_own_words() {
+    let mut full = quick_config();
+    full.registry.max_clients = 1;
+    let server = TestServer::start(full).await;
+    let _holder = Peer::greeted(server.addr).await;
+    server.wait_for_clients(1).await;
+    let report = run(config(server.addr, 2, 1, 16)).await;
+    let reasons: Vec<_> = report.connect_errors.iter().collect();
+    let full = "error: server full (max 1 clients)".to_owned();
+    assert_eq!(reasons, [(&full, &2)], "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("failed connect: error: server full (max 1 clients) (2)"),
+        "{report}"
+    );
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn a_plain_bench_on_a_tls_port_says_so_without_waiting_for_its_timeout() {
+    let ca = TestCa::new("plain bench CA");
+    let mut tls = ServerConfig {
+        tls: Some(ca.leaf("server", Leaf::Good)),
+        ..quick_config()
+    };
+    // The server's own limit cannot end the wait: only what the bench sends
+    // makes it answer before the bench's 10 s connect timeout (and the
+    // test's patience).
+    tls.session.handshake_timeout = NEVER;
+    let server = TestServer::start(tls).await;
+    let report = run(config(server.addr, 2, 1, 16)).await;
+    let reasons: Vec<_> = report.connect_errors.iter().collect();
+    let told = "error: this server speaks TLS".to_owned();
+    assert_eq!(reasons, [(&told, &2)], "{report}");
+    assert_eq!(report.to_json()["connect_errors"][&told], 2);
+    server.stop().await;
+}
+
+/// A TLS server that is not duplex (rustls, as is): it says nothing to
+/// plain text but a TLS alert.
+async fn foreign_tls_server(files: &duplex::server::TlsFiles) -> std::net::SocketAddr {
+    use futures_rustls::pki_types::pem::PemObject;
+    use futures_rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use futures_rustls::rustls;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .expect("certificate file")
+        .map(|cert| cert.expect("certificate PEM"))
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&files.key).expect("key");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let acceptor = futures_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound");
+    spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            // Plain text fails the handshake: that failure is the point.
+            spawn(async move { acceptor.accept(stream).await.map(drop) });
+        }
+    });
+    addr
+}
+
+#[async_std::test]
+async fn a_plain_bench_recognises_another_tls_servers_record() {
+    let ca = TestCa::new("foreign CA");
+    let addr = foreign_tls_server(&ca.leaf("server", Leaf::Good)).await;
+    let report = run(config(addr, 2, 1, 16)).await;
+    let reasons: Vec<_> = report.connect_errors.iter().collect();
+    assert_eq!(reasons.len(), 1, "{report}");
+    assert!(
+        reasons[0].0.contains("speaks TLS") && *reasons[0].1 == 2,
+        "{report}"
+    );
+}
+
+#[async_std::test]
+async fn a_server_slow_to_greet_answers_the_nudge_and_no_reply_is_wrong() {
+    static EMPTY_LINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    fn counting_echo(line: &[u8]) -> Vec<u8> {
+        if line.is_empty() {
+            EMPTY_LINES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        echo(line)
+    }
+    // Past the half second a plain connection waits before its empty line.
+    let (addr, _) = FakeServer {
+        greet_after: Some(Duration::from_millis(1500)),
+        ..FakeServer::new(counting_echo)
+    }
+    .start()
+    .await;
+    let report = run(config(addr, 2, 1, 16)).await;
+    assert_eq!((report.connected, report.errors()), (2, 0), "{report}");
+    assert!(report.replies > 0, "{report}");
+    // Each connection sent one, and its reply was not taken for a message's.
+    assert_eq!(
+        EMPTY_LINES.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "{report}"
+    );
+}
+
+#[async_std::test]
+async fn a_line_too_long_for_the_server_is_the_reason_it_dropped_not_mismatches() {
+    let mut short = quick_config();
+    short.session.max_line = 8;
+    let server = TestServer::start(short).await;
+    // Ends when both connections are dropped, or `run` fails.
+    let report = run(BenchConfig {
+        duration: NEVER,
+        ..config(server.addr, 2, 1, 16)
+    })
+    .await;
+    assert_eq!((report.disconnects, report.mismatches), (2, 0), "{report}");
+    let reasons: Vec<_> = report.disconnect_errors.iter().collect();
+    let too_long = "error: line too long (max 8 bytes)".to_owned();
+    assert_eq!(reasons, [(&too_long, &2)], "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("dropped connection: error: line too long (max 8 bytes) (2)"),
+        "{report}"
+    );
+    assert_eq!(report.to_json()["disconnect_errors"][&too_long], 2);
+    server.stop().await;
 }
 
 #[test]

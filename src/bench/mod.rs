@@ -309,7 +309,10 @@ async fn merge(
         report.replies += result.replies;
         report.mismatches += result.mismatches;
         report.merged += result.merged;
-        report.disconnects += u64::from(result.disconnected);
+        if let Some(reason) = result.dropped {
+            report.disconnects += 1;
+            *report.disconnect_errors.entry(reason).or_insert(0) += 1;
+        }
     }
     report.rate = if seconds > 0.0 {
         report.replies as f64 / seconds

@@ -43,9 +43,9 @@ pub struct BenchReport {
     pub connected: usize,
     /// Connections that failed to connect or be greeted in time.
     pub connect_failures: u64,
-    /// Why they failed: each reason (refused, timed out, a TLS failure...)
-    /// and how many.
-    pub connect_errors: std::collections::BTreeMap<String, u64>,
+    /// Why they failed: each reason (refused, timed out, a TLS failure, the
+    /// server's own `error: …` line...) and how many.
+    pub connect_errors: BTreeMap<String, u64>,
     /// With `--source-addrs`: how many greeted connections came from each
     /// local address.
     pub source_addrs: BTreeMap<IpAddr, u64>,
@@ -59,6 +59,9 @@ pub struct BenchReport {
     pub tls: bool,
     /// Connections the server closed while measuring.
     pub disconnects: u64,
+    /// Why they ended: each reason (the server's own `error: …` or
+    /// `notice: …` line, `closed by the server`, an I/O error) and how many.
+    pub disconnect_errors: BTreeMap<String, u64>,
     /// Replies that did not echo the message they answered.
     pub mismatches: u64,
     /// Messages the server echoed inside the reply to an earlier one (it
@@ -154,6 +157,7 @@ impl BenchReport {
             "connect_failures": self.connect_failures,
             "connect_errors": self.connect_errors,
             "disconnects": self.disconnects,
+            "disconnect_errors": self.disconnect_errors,
             "server_rss_before_kib": rss_before,
             "server_rss_connected_kib": rss_connected,
             "server_rss_end_kib": self.server_rss_end_kib,
@@ -270,6 +274,9 @@ impl std::fmt::Display for BenchReport {
         )?;
         for (reason, count) in &self.connect_errors {
             write!(f, "\n  failed connect: {reason} ({count})")?;
+        }
+        for (reason, count) in &self.disconnect_errors {
+            write!(f, "\n  dropped connection: {reason} ({count})")?;
         }
         Ok(())
     }

@@ -2,9 +2,11 @@
 //! any), wait for the greeting, then keep `--depth` messages in flight (or,
 //! with `--once`, send one) and check every reply against the message it
 //! should echo (replies come in order, so against the oldest one in flight).
+//! When the server ends the connection, the reason is its own words if it
+//! said any (`error: server full …`, `error: line too long …`, `notice:
+//! server shutting down`), and a TLS server is named as one.
 
 use std::collections::VecDeque;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
@@ -25,6 +27,23 @@ use crate::wire;
 
 /// How long a connection may take to connect and be greeted.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a plain connection waits for its greeting before it sends
+/// [`NUDGE`]. A TLS server says nothing until the client's handshake, so a
+/// plain bench would otherwise wait out [`CONNECT_TIMEOUT`]; the line makes
+/// duplex's TLS server answer `error: this server speaks TLS` at once (and
+/// others a TLS alert, or a close). A plain server greets within
+/// milliseconds even under a burst of connects; one slower than this only
+/// gets an empty line to answer, and that reply is skipped.
+const GREETING_NUDGE: Duration = Duration::from_millis(500);
+
+/// What a connection still waiting for its greeting sends: an empty line,
+/// which no message of the bench's is.
+const NUDGE: &[u8] = b"\n";
+
+/// Why a connection ended when the server answered plain text with a TLS
+/// record.
+const TLS_SPOKEN: &str = "the server speaks TLS (it answered with a TLS record): use --tls";
 
 /// Opens once, for every worker at the same moment: the start of the
 /// measurement, when every connection has been greeted (or failed). It
@@ -47,7 +66,9 @@ pub(super) struct WorkerResult {
     pub(super) mismatches: u64,
     /// Messages answered inside the reply to an earlier one.
     pub(super) merged: u64,
-    pub(super) disconnected: bool,
+    /// Set if the connection ended while measuring: why (the server's own
+    /// `error: …` or `notice: …` line, its close, or the error).
+    pub(super) dropped: Option<String>,
 }
 
 /// One benchmark connection's task.
@@ -84,6 +105,9 @@ struct Exchange {
     in_flight: VecDeque<(u64, Instant)>,
     /// The next message's sequence number (messages sent so far).
     next_seq: u64,
+    /// The server greeted late, after the [`NUDGE`]: a reply with an empty
+    /// echo is still to come, and is not one of ours.
+    nudge_reply_owed: bool,
     result: WorkerResult,
     latencies: Batch,
 }
@@ -110,13 +134,13 @@ impl Worker {
                 let shaken = Box::pin(socket.connect_tls(tls)).await;
                 shaken.map_err(|e| format!("TLS: {}", crate::tls::failure_reason(&e)))?;
             }
-            greeting(&mut socket).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(socket)
+            let nudged = greeting(&mut socket, self.config.tls.is_none()).await?;
+            Ok::<_, String>((socket, nudged))
         })
         .await;
         let source = self.source;
-        let mut socket = match connected.unwrap_or_else(|| Err("timed out".to_owned())) {
-            Ok(socket) => socket,
+        let (mut socket, nudged) = match connected.unwrap_or_else(|| Err("timed out".to_owned())) {
+            Ok(connected) => connected,
             Err(reason) => {
                 // The coordinator counts every answer; it only stops listening
                 // once all senders are gone.
@@ -158,6 +182,7 @@ impl Worker {
                 .map(|rate| Schedule::new(started, rate, self.config.clients)),
             in_flight: VecDeque::with_capacity(depth),
             next_seq: 0,
+            nudge_reply_owed: nudged,
             result: WorkerResult::default(),
             latencies: Batch::new(self.latencies.clone()),
         };
@@ -169,15 +194,16 @@ impl Worker {
         } = exchange;
         // Its latencies go to the recorder now, not after a --once hold.
         drop(latencies);
-        match outcome {
-            Ok(true) => {}
-            Ok(false) | Err(_) => result.disconnected = !stop.is_triggered(),
+        if let Err(reason) = outcome {
+            if !stop.is_triggered() {
+                result.dropped = Some(reason);
+            }
         }
         if !stop.is_triggered() {
             // Only this worker sends on it, once; the coordinator may be gone.
             let _ = self.finished.try_send(());
         }
-        if self.config.once && !result.disconnected {
+        if self.config.once && result.dropped.is_none() {
             // Hold the connection, idle, until the run ends.
             stop.wait().await;
         }
@@ -185,13 +211,14 @@ impl Worker {
     }
 
     /// Keeps up to `depth` messages in flight until `stop`, or until the
-    /// `limit`th is answered; `Ok(false)` if the server closed the connection.
+    /// `limit`th is answered; `Err` with the reason if the connection ended
+    /// first.
     async fn exchange(
         &self,
         socket: &mut LineSocket,
         state: &mut Exchange,
         stop: &Shutdown,
-    ) -> io::Result<bool> {
+    ) -> Result<(), String> {
         let depth = state.depth;
         let mut stopped = pin!(stop.wait().fuse());
         let mut out = Vec::new();
@@ -211,11 +238,11 @@ impl Worker {
                 state.next_seq += 1;
             }
             if !out.is_empty() {
-                socket.write_all(&out).await?;
+                socket.write_all(&out).await.map_err(|e| e.to_string())?;
                 out.clear();
             }
             if state.in_flight.is_empty() && state.next_seq >= state.limit {
-                return Ok(true);
+                return Ok(());
             }
             let released = async {
                 match &self.credits {
@@ -228,23 +255,31 @@ impl Worker {
             // The pacer's release comes before the read: a read polled at a
             // wake-up that was the pacer's would find nothing.
             let read = select_biased! {
-                _ = stopped => return Ok(true),
+                _ = stopped => return Ok(()),
                 _ = released.fuse() => continue,
-                read = socket.read().fuse() => read?,
+                read = socket.read().fuse() => read.map_err(|e| e.to_string())?,
             };
             if read == 0 {
-                return Ok(false);
+                return Err("closed by the server".to_owned());
             }
             let now = Instant::now();
             while let Some(line) = socket.next_line() {
-                let Ok(line) = line else {
+                let line = line.map_err(|e| {
                     state.result.mismatches += 1;
-                    return Ok(false);
-                };
+                    format!("the server sent a {e}")
+                })?;
                 if line.is_empty() {
                     continue;
                 }
+                // Not an answer: why the server is about to close.
+                if wire::is_error_or_notice(line) {
+                    return Err(String::from_utf8_lossy(line).into_owned());
+                }
                 let echo = wire::reply_echo(line);
+                if state.nudge_reply_owed && echo == Some(&b""[..]) {
+                    state.nudge_reply_owed = false;
+                    continue;
+                }
                 let Some((seq, written)) = state.in_flight.pop_front() else {
                     state.result.mismatches += 1;
                     continue;
@@ -296,19 +331,54 @@ fn push_hex(out: &mut Vec<u8>, n: u64) {
     }
 }
 
-/// Reads lines until the greeting.
-async fn greeting(socket: &mut LineSocket) -> io::Result<()> {
+/// Reads lines until the greeting; with `nudge`, sends [`NUDGE`] if it is
+/// slow to come. `Ok(true)` if it did: the reply to it is still to come.
+/// `Err` says why no greeting came: the server's own `error: …` or
+/// `notice: …` line (`error: server full …`, `error: this server speaks
+/// TLS`), a TLS server's record, or the close.
+async fn greeting(socket: &mut LineSocket, nudge: bool) -> Result<bool, String> {
     let greeting = wire::GREETING.strip_suffix(b"\n").unwrap_or(wire::GREETING);
+    let mut nudged = false;
+    let mut first_read = true;
     loop {
         while let Some(line) = socket.next_line() {
-            if line.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))? == greeting {
-                return Ok(());
+            let line = line.map_err(|e| format!("the server sent a {e} before its greeting"))?;
+            if line == greeting {
+                return Ok(nudged);
+            }
+            // Not the greeting: the server's reason to close, if it is one.
+            if wire::is_error_or_notice(line) {
+                return Err(String::from_utf8_lossy(line).into_owned());
             }
         }
-        if socket.read().await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+        let read = if nudge && !nudged {
+            // Dropped when the time is up, the read reads nothing.
+            let Some(read) = within(GREETING_NUDGE, socket.read()).await else {
+                socket.write_all(NUDGE).await.map_err(|e| e.to_string())?;
+                nudged = true;
+                continue;
+            };
+            read
+        } else {
+            socket.read().await
+        };
+        match read {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        // A TLS server's first bytes (rustls's alert to plain text) are a
+        // record, not a line.
+        if std::mem::take(&mut first_read) && socket.holds_tls_record() {
+            return Err(TLS_SPOKEN.to_owned());
         }
     }
+    Err(if nudged {
+        "closed by the server, with no greeting, when sent plain text: a TLS server? (--tls)"
+    } else {
+        "closed by the server before its greeting"
+    }
+    .to_owned())
 }
 
 #[cfg(test)]
@@ -338,5 +408,6 @@ mod tests {
             out,
             b"1f-0-xxxxxxxxxxx\n1f-abc-xxxxxxxxx\n1f-ffffffffffffffff-\n".to_vec()
         );
+        assert!(!out.starts_with(NUDGE), "a message is never the nudge");
     }
 }
