@@ -22,6 +22,10 @@
 #   scripts/pool_rounds.py run1.jsonl run2.jsonl  # pool the throughput rounds of saved runs
 #
 # Prints the tables docs/performance.md quotes; every run's JSON goes to target/bench/results.jsonl.
+# Servers listen on free ports (the Node server on 8000, its only port:
+# skipped when another program has it), and every start checks that the
+# process it started is the one listening, so it never measures another
+# program under a server's name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -68,9 +72,55 @@ BIN=target/release/duplex
 REF=target/release/examples/reference_server
 ulimit -n "$(ulimit -Hn)" # 10 000 connections on each side
 
-# The original Node server, extracted from the tutorial at run time (never committed).
+# port_owner PORT [PID]: who listens on TCP port PORT (any local address,
+# IPv4 or IPv6), found by socket inode in /proc/net/tcp* and /proc/*/fd:
+# `ours` if process PID holds every listener there, `free` if there is
+# none, else the other PIDs (`unknown` for processes this user cannot see).
+port_owner() {
+    python3 - "$1" "${2:-}" <<'PY'
+import glob, os, sys
+port, pid = int(sys.argv[1]), sys.argv[2]
+inodes = set()
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    try:
+        rows = open(table).read().splitlines()[1:]
+    except OSError:
+        continue
+    for row in rows:
+        fields = row.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+            inodes.add("socket:[%s]" % fields[9])
+def held(fds):
+    found = set()
+    for fd in glob.glob(fds):
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link in inodes:
+            found.add((fd.split("/")[2], link))
+    return found
+if not inodes:
+    print("free")
+elif pid and {link for _, link in held("/proc/%s/fd/*" % pid)} == inodes:
+    print("ours")  # every listener (SO_REUSEPORT allows several) is PID's
+else:
+    others = {owner for owner, _ in held("/proc/[0-9]*/fd/*")} - {pid}
+    print(" ".join(sorted(others)) or "unknown")
+PY
+}
+
+# The original Node server, extracted from the tutorial at run time (never
+# committed). It listens on 8000, always: skipped if another program has it.
 NODE_DIR=""
+NODE_PORT=8000
+node_port_owner=""
 if command -v node >/dev/null && ls "$SEED"/*.txt >/dev/null 2>&1; then
+    node_port_owner=$(port_owner "$NODE_PORT")
+    [ "$node_port_owner" = free ] ||
+        echo "skipping the Node server: port $NODE_PORT, its only port, is taken (pid $node_port_owner)" >&2
+fi
+if [ "$node_port_owner" = free ]; then
     NODE_DIR=$(mktemp -d)
     python3 - "$SEED" "$NODE_DIR" <<'PY'
 import glob, re, sys
@@ -95,34 +145,79 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# wait_for_port PORT PID: waits until process PID itself listens on PORT;
+# fails, saying who has the port, if PID exits first or takes too long.
 wait_for_port() {
-    for _ in $(seq 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    local port=$1 pid=$2 owner
+    for _ in $(seq 600); do
+        owner=$(port_owner "$port" "$pid")
+        [ "$owner" != ours ] || return 0
+        kill -0 "$pid" 2>/dev/null || break
         sleep 0.05
     done
-    echo "server on port $1 did not start" >&2
-    exit 1
+    echo "process $pid is not listening on port $port (listening there: $owner)" >&2
+    return 1
+}
+
+# listening_port LOG PID: the port process PID says in LOG that it listens
+# on (duplex: `listening addr=127.0.0.1:N`; the reference server:
+# `listening on 127.0.0.1:N`).
+listening_port() {
+    local log=$1 pid=$2 port
+    for _ in $(seq 600); do
+        port=$(sed -nE 's/.*listening (addr=|on )127\.0\.0\.1:([0-9]+).*/\2/p' "$log" | head -n 1)
+        if [ -n "$port" ]; then
+            echo "$port"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "process $pid logged no listening address (its log: $log)" >&2
+    return 1
+}
+
+# free_port: a TCP port free on 127.0.0.1 now, for a server that cannot be
+# told to pick its own (the peers); start then checks who listens there.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # start NAME PORT KIND [duplex server flags...]: KIND is duplex, baseline, reference, node,
-# or a peer (tokio, epoll, go: built into $PEERS), which runs on one thread
+# or a peer (tokio, epoll, go: built into $PEERS), which runs on one thread.
+# duplex and the reference listen on a port the kernel picks, read from
+# their log; a peer on a port free a moment before; node on NODE_PORT, or
+# not at all if another program took it meanwhile (PORT is not used). Then
+# checks that the process started is the one listening, and sets PORT[NAME].
 start() {
-    local name=$1 port=$2 kind=$3
+    local name=$1 kind=$3 port=""
     shift 3
-    [ "$kind" != node ] || port=8000 # the original listens on 8000, always
+    : > "$OUT/$name.log" # never read the log of an earlier server of this name
     case $kind in
-        baseline) taskset -c "$SERVER_CPU" "$BASELINE" --role server --addr "127.0.0.1:$port" "$@" \
+        node) port=$NODE_PORT ;;
+        tokio|epoll|go) port=$(free_port) ;;
+    esac
+    case $kind in
+        baseline) RUST_LOG=info taskset -c "$SERVER_CPU" "$BASELINE" --role server --addr 127.0.0.1:0 "$@" \
                     2>"$OUT/$name.log" & ;;
-        duplex) taskset -c "$SERVER_CPU" "$BIN" --role server --addr "127.0.0.1:$port" "$@" \
+        duplex) RUST_LOG=info taskset -c "$SERVER_CPU" "$BIN" --role server --addr 127.0.0.1:0 "$@" \
                     2>"$OUT/$name.log" & ;;
-        reference) taskset -c "$SERVER_CPU" "$REF" "127.0.0.1:$port" 2>/dev/null & ;;
-        node) (cd "$NODE_DIR" && exec taskset -c "$SERVER_CPU" node server.mjs >/dev/null 2>&1) & ;;
-        tokio|epoll) taskset -c "$SERVER_CPU" "$PEERS/peer-$kind" "$port" 1 >/dev/null 2>&1 & ;;
-        go) GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$PEERS/peer-go" "$port" >/dev/null 2>&1 & ;;
+        reference) taskset -c "$SERVER_CPU" "$REF" 127.0.0.1:0 2>"$OUT/$name.log" & ;;
+        node) (cd "$NODE_DIR" && exec taskset -c "$SERVER_CPU" node server.mjs) >/dev/null 2>"$OUT/$name.log" & ;;
+        tokio|epoll) taskset -c "$SERVER_CPU" "$PEERS/peer-$kind" "$port" 1 >/dev/null 2>"$OUT/$name.log" & ;;
+        go) GOMAXPROCS=1 taskset -c "$SERVER_CPU" "$PEERS/peer-go" "$port" >/dev/null 2>"$OUT/$name.log" & ;;
     esac
     PID[$name]=$!
+    [ -n "$port" ] || port=$(listening_port "$OUT/$name.log" "${PID[$name]}") || exit 1
+    if ! wait_for_port "$port" "${PID[$name]}"; then
+        [ "$kind" = node ] || exit 1
+        echo "skipping the Node server ($name): it could not listen on port $port" >&2
+        kill -TERM "${PID[$name]}" 2>/dev/null || true
+        wait "${PID[$name]}" 2>/dev/null || true
+        unset "PID[$name]"
+        return 0
+    fi
     PORT[$name]=$port
-    wait_for_port "$port"
 }
 
 # start_compared PORT: duplex on PORT, the reference on PORT+1 and, with
@@ -141,6 +236,10 @@ start_compared() {
 bench() {
     local section=$1 name=$2
     shift 2
+    if [ -z "${PID[$name]:-}" ]; then
+        echo "  $section $name: skipped (not running)" >&2
+        return 0
+    fi
     local json
     json=$(taskset -c "$LOAD_CPU" "$BIN" --role bench --addr "127.0.0.1:${PORT[$name]}" --json \
         --server-pid "${PID[$name]}" "$@" 2>/dev/null || true)
@@ -315,7 +414,7 @@ if want hostile; then
             read -r size lines clients <<<"$case"
             max_line=$((size > 0 ? size : 65536))
             start hostile 8170 duplex --registry-interval 0 --max-line "$max_line"
-            json=$(python3 scripts/hostile_readers.py --port 8170 --server-pid "${PID[hostile]}" \
+            json=$(python3 scripts/hostile_readers.py --port "${PORT[hostile]}" --server-pid "${PID[hostile]}" \
                 --clients "$clients" --size "$size" --lines "$lines")
             echo "{\"section\": \"hostile\", \"server\": \"duplex\", \"round\": $round, \"result\": $json}" >> "$RESULTS"
             echo "  hostile round $round, --max-line $max_line, $clients clients, $lines lines each: $json" >&2
@@ -398,16 +497,18 @@ if want instructions && command -v valgrind >/dev/null; then
     for kind in duplex reference; do
         rm -f "$OUT/callgrind.$kind".*
         case $kind in
-            duplex) server=("$BIN" --role server --addr 127.0.0.1:8120 --registry-interval 0) ;;
-            reference) server=("$REF" 127.0.0.1:8120) ;;
+            duplex) server=("$BIN" --role server --addr 127.0.0.1:0 --registry-interval 0) ;;
+            reference) server=("$REF" 127.0.0.1:0) ;;
         esac
-        valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$kind.%p" "${server[@]}" 2>/dev/null &
+        : > "$OUT/$kind.log"
+        RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$kind.%p" "${server[@]}" \
+            2>"$OUT/$kind.log" &
         PID[$kind]=$!
-        PORT[$kind]=8120
-        wait_for_port 8120
-        "$BIN" --role bench --addr 127.0.0.1:8120 --clients 50 --duration 1s >/dev/null 2>&1 || true
+        PORT[$kind]=$(listening_port "$OUT/$kind.log" "${PID[$kind]}") || exit 1
+        wait_for_port "${PORT[$kind]}" "${PID[$kind]}" || exit 1
+        "$BIN" --role bench --addr "127.0.0.1:${PORT[$kind]}" --clients 50 --duration 1s >/dev/null 2>&1 || true
         callgrind_control -z "${PID[$kind]}" >/dev/null
-        json=$("$BIN" --role bench --addr 127.0.0.1:8120 --clients 50 --depth 1 --size 16 --duration 5s --json 2>/dev/null || true)
+        json=$("$BIN" --role bench --addr "127.0.0.1:${PORT[$kind]}" --clients 50 --depth 1 --size 16 --duration 5s --json 2>/dev/null || true)
         callgrind_control -d "${PID[$kind]}" >/dev/null
         stop_all
         instructions=$(awk '/^summary:/ {print $2}' "$OUT/callgrind.$kind".*.1)
