@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use async_std::io::WriteExt;
 use async_std::net::TcpStream;
-use common::certs::{Leaf, TestCa, TlsPeer, have};
+use common::certs::{Leaf, TempDir, TestCa, TlsPeer, have};
 use common::process::{
     PATIENCE as PROCESS_PATIENCE, duplex, lines_of, listening_addr, server_command, signal,
     start_server_from, stderr_lines, wait_for, wait_with_timeout,
@@ -84,6 +84,43 @@ async fn openssl_s_client_gets_the_greeting_and_byte_exact_replies() {
     server.wait_for_clients(0).await;
     let snapshot = server.registry.snapshot().await;
     assert_eq!((snapshot.admitted, snapshot.tls_failed), (1, 0));
+    server.stop().await;
+}
+
+#[async_std::test]
+async fn the_test_ca_recipe_in_the_docs_runs_under_sh_and_its_certificate_serves() {
+    if !have("openssl") {
+        return;
+    }
+    // The first block under "A test CA" in docs/operations.md, as a reader
+    // would paste it into sh (dash here, which has no `<(…)`).
+    let docs = include_str!("../docs/operations.md");
+    let recipe = (docs.split("### A test CA").nth(1))
+        .and_then(|section| section.split("```sh\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("docs/operations.md has the recipe's block");
+    let dir = TempDir::new("recipe");
+    let output = Command::new("sh")
+        .args(["-e", "-c", recipe])
+        .current_dir(dir.path())
+        .output()
+        .expect("run sh");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // What it made: a CA, and a certificate the server loads and a client
+    // that trusts that CA verifies, for localhost and 127.0.0.1.
+    let files = TlsFiles {
+        cert: dir.path().join("server.pem"),
+        key: dir.path().join("server.key"),
+    };
+    let server = TestServer::start(tls_config(&files)).await;
+    let mut peer = TlsPeer::connect(server.addr, &dir.path().join("ca.pem"))
+        .await
+        .expect("the recipe's certificate verifies");
+    assert_eq!(peer.line().await, b"Hello");
     server.stop().await;
 }
 
