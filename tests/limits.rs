@@ -277,6 +277,51 @@ fn still_open(streams: &[TcpStream]) -> usize {
 }
 
 #[test]
+fn the_systemd_units_open_files_limit_holds_its_max_clients() {
+    // docs/deployment.md's unit gives --max-clients N and LimitNOFILE=L.
+    // What the server needs beyond one descriptor per client does not grow
+    // with N, so the unit's margin L - N is tried at 1 000 clients (this
+    // machine's hard limit is far below L, and cannot be raised).
+    let docs = include_str!("../docs/deployment.md");
+    let unit = (docs.split("```ini\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("docs/deployment.md has the unit");
+    let number_after = |key: &str| -> u64 {
+        (unit.split(key).nth(1))
+            .map(|rest| {
+                rest.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or_else(|| panic!("no number after {key:?} in the unit"))
+    };
+    let (max_clients, limit) = (number_after("--max-clients "), number_after("LimitNOFILE="));
+    assert!(
+        limit > max_clients,
+        "LimitNOFILE={limit}, --max-clients {max_clients}"
+    );
+    let clients = 1000;
+    let mut command = server_command(&["--max-clients", &clients.to_string()]);
+    limit_open_files(&mut command, clients + (limit - max_clients));
+    let mut server = command.spawn().expect("spawn server");
+    let logs = stderr_lines(&mut server);
+    // The warning would come before the listening line.
+    loop {
+        let line = (logs.recv_timeout(PATIENCE)).expect("the server logs until it listens");
+        assert!(
+            !line.contains("more than the open files limit"),
+            "LimitNOFILE={limit} is too low for --max-clients {max_clients}: {line}"
+        );
+        if line.contains("listening") {
+            break;
+        }
+    }
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+}
+
+#[test]
 fn a_max_clients_over_the_open_files_limit_is_named_at_start_with_what_fits() {
     let mut command = server_command(&["--max-clients", "1000"]);
     limit_open_files(&mut command, 256);
