@@ -135,6 +135,33 @@ async fn a_connection_awaiting_its_header_holds_a_slot_but_is_no_client_yet() {
 }
 
 #[async_std::test]
+async fn a_v2_header_of_up_to_2048_bytes_after_its_fixed_16_is_taken_and_a_longer_one_refused() {
+    let server = TestServer::start(proxied("127.0.0.1/32")).await;
+    // A TCP/IPv4 header padded with a NOOP TLV to `after_fixed` bytes past
+    // its fixed part.
+    let padded = |after_fixed: usize| {
+        let mut header = v2_header("198.51.100.7:4242".parse().unwrap(), 1);
+        header[14..16].copy_from_slice(&(after_fixed as u16).to_be_bytes());
+        let noop = after_fixed - 12 - 3; // the addresses, the TLV's type and length
+        header.push(0x04); // PP2_TYPE_NOOP
+        header.extend_from_slice(&(noop as u16).to_be_bytes());
+        header.resize(header.len() + noop, 0);
+        header
+    };
+    let mut longest = Peer::connect(server.addr).await;
+    longest.send(&padded(2048)).await;
+    assert_eq!(longest.line().await, b"Hello\n");
+    let mut over = Peer::connect(server.addr).await;
+    over.send(&padded(2049)).await;
+    assert_eq!(over.until_closed().await, b"", "refused, without a word");
+    server.wait_for_clients(1).await;
+    let snapshot = server.registry.snapshot().await;
+    assert_eq!((snapshot.proxy_failed, snapshot.clients.len()), (1, 1));
+    assert_eq!(snapshot.clients[0].peer.to_string(), "198.51.100.7:4242");
+    server.stop().await;
+}
+
+#[async_std::test]
 async fn a_header_from_an_untrusted_address_is_refused() {
     let server = TestServer::start(proxied("10.0.0.0/8")).await;
     let mut peer = Peer::connect(server.addr).await;
