@@ -268,3 +268,47 @@ async fn a_server_that_answers_with_a_tls_record_stops_a_plain_client_after_thre
         "the record is not printed as a line"
     );
 }
+
+#[test]
+fn a_server_line_over_1_mib_closes_the_connection_and_says_so() {
+    use common::process::{duplex, lines_of, stderr_lines, wait_for, wait_with_timeout};
+    use std::io::Write;
+    const MAX: usize = 1024 * 1024;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("bound").to_string();
+    // Greets, sends a line of exactly 1 MiB, then one a byte longer.
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("the client connects");
+        let mut lines = b"Hello\n".to_vec();
+        lines.extend(std::iter::repeat_n(b'x', MAX));
+        lines.push(b'\n');
+        lines.extend(std::iter::repeat_n(b'y', MAX + 1));
+        lines.push(b'\n');
+        // The client may be gone before the last bytes: that is the point.
+        let _ = stream.write_all(&lines);
+        // Hold the connection until the client closes it.
+        let _ = std::io::Read::read(&mut stream, &mut [0; 1]);
+    });
+    let mut client = duplex()
+        .args(["--role", "client", "--addr", &addr, "--max-restarts", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn client");
+    let printed = lines_of(std::io::BufReader::new(
+        client.stdout.take().expect("stdout piped"),
+    ));
+    let logs = stderr_lines(&mut client);
+    let close = wait_for(&logs, "INFO  duplex::actors::connection] close");
+    assert!(
+        close.contains("reason=server sent a line that is too long"),
+        "{close}"
+    );
+    // The line at the limit was taken and printed; the longer one was not.
+    assert_eq!(printed.recv_timeout(PATIENCE).as_deref(), Ok("Hello"));
+    let longest = printed.recv_timeout(PATIENCE).expect("the 1 MiB line");
+    assert_eq!(longest.len(), MAX);
+    // It gives up at once (--max-restarts 0), printing nothing more.
+    assert_eq!(wait_with_timeout(client).code(), Some(1));
+    assert!(printed.recv_timeout(PATIENCE).is_err(), "nothing after it");
+}
