@@ -70,8 +70,9 @@ pub(crate) struct Cli {
     #[arg(long, default_value_t = 65536, value_parser = max_line, help_heading = "Server options")]
     max_line: usize,
 
-    /// Bytes left without a newline for this long are taken as one message
-    /// (for peers that do not end their messages with "\n"); 0 turns this off.
+    /// Bytes without a newline are taken as one message this long after the
+    /// first of them came (or the last read of 256 bytes or more), for peers
+    /// that do not end their messages with "\n"; 0 turns this off.
     #[arg(long, default_value = "200ms", value_parser = duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
     fragment_timeout: Duration,
 
@@ -80,7 +81,8 @@ pub(crate) struct Cli {
     #[arg(long, default_value = "30s", value_parser = duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
     write_timeout: Duration,
 
-    /// Clients connected at once; one more gets an error and is closed.
+    /// Connections held at once (clients, and connections still waiting to
+    /// send their PROXY header); one more gets an error and is closed.
     #[arg(long, default_value_t = 10_000, value_parser = positive_usize, help_heading = "Server options")]
     max_clients: usize,
 

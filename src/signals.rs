@@ -52,7 +52,7 @@ pub(crate) fn install(trigger: ShutdownTrigger, server: Option<ServerSignals>) -
                             // Logged by reload itself; the old certificate stays on failure.
                             let _ = tls.reload();
                         }
-                        None => info!("signal received: nothing to reload (no TLS)", { signal: signal }),
+                        None => info!("signal received: nothing to reload (only a TLS server reloads)", { signal: signal }),
                     },
                     _ if triggered => {
                         warn!("second signal: exiting now", { signal: signal });

@@ -3,7 +3,7 @@
 //!
 //! The server's certificate is refused outside its dates (at start, and on a
 //! reload, which keeps the old one), warned about in its last
-//! [`EXPIRY_WARNING`], and checked again daily and at its expiry while the
+//! two weeks (`leaf::EXPIRY_WARNING`), and checked again daily and at its expiry while the
 //! server runs ([`TlsReloader::watch`]).
 //!
 //! The handshakes themselves and the encrypted streams are futures-rustls's;

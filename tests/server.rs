@@ -116,7 +116,10 @@ async fn an_unterminated_message_is_answered_after_the_fragment_timeout() {
 #[async_std::test]
 async fn a_fragment_that_trickles_in_is_answered_at_the_timeout_from_its_first_byte() {
     use async_std::io::WriteExt;
-    let server = TestServer::start(quick_config()).await; // 50 ms
+    let mut config = quick_config();
+    // Far above the trickle's 10 ms gaps, even on a loaded machine.
+    config.session.fragment_timeout = Some(Duration::from_millis(300));
+    let server = TestServer::start(config).await;
     let mut peer = Peer::greeted(server.addr).await;
     // A byte every 10 ms, beside the reads, for longer than the test waits
     // for a reply (without the bound, none would come while it lasts).
@@ -135,6 +138,26 @@ async fn a_fragment_that_trickles_in_is_answered_at_the_timeout_from_its_first_b
         "{reply:?}"
     );
     trickle.cancel().await;
+    server.stop().await;
+}
+
+/// A long line that streams in for longer than the fragment timeout, in
+/// reads of a good size, is one message: only a trickle is cut.
+#[async_std::test]
+async fn a_long_line_streaming_in_past_the_fragment_timeout_is_one_message() {
+    let mut config = quick_config();
+    config.session.fragment_timeout = Some(Duration::from_millis(300));
+    let server = TestServer::start(config).await;
+    let mut peer = Peer::greeted(server.addr).await;
+    let chunk = [b'y'; 1024];
+    // 40 pieces 10 ms apart: the line takes longer than the timeout.
+    for _ in 0..40 {
+        peer.send(&chunk).await;
+        async_std::task::sleep(Duration::from_millis(10)).await;
+    }
+    peer.send(b"\n").await;
+    let reply = peer.reply().await;
+    assert_eq!(reply.len(), 40 * 1024, "answered in parts");
     server.stop().await;
 }
 

@@ -70,9 +70,14 @@ pub(crate) struct Session {
 /// A batch of replies stops growing past this many bytes: the lines after
 /// it wait in the read buffer until the batch is written, so a client that
 /// stops reading holds at most this plus one reply in its reply buffer, not
-/// a reply for every line one read brought (a 4 KiB read of empty lines
-/// would make 104 KiB of replies). The size the thread's pool keeps.
+/// a reply for every line one read brought (empty lines make 26 bytes of
+/// reply per byte read). The size the thread's pool keeps.
 const REPLY_BATCH_MAX: usize = buffers::OUT_KEEP_MAX;
+
+/// A read of fewer bytes than this that completes no line does not restart
+/// the fragment's timer: a client sending a byte at a time cannot hold a
+/// line open, while a long line streaming in is answered whole.
+const TRICKLE_MAX: usize = 256;
 
 enum Event {
     Read(io::Result<usize>),
@@ -220,12 +225,16 @@ impl Session {
                         Ok(more) => more,
                         Err(too_long) => break too_long.into(),
                     };
-                    // A fragment's time counts from its first byte: one that
-                    // trickles in a byte at a time is still taken as a
-                    // message once the fragment timeout has passed.
+                    // A fragment's time counts from its first byte, or from
+                    // the last read that brought a good part of it: a line
+                    // that trickles in a byte at a time is still taken as a
+                    // message once the fragment timeout has passed, and one
+                    // that streams in is not cut (it is bounded by
+                    // `--max-line` instead).
+                    let trickle = n < TRICKLE_MAX;
                     fragment_since = match (self.socket.has_fragment(), lines) {
                         (false, _) => None,
-                        (true, 0) => fragment_since.or(Some(now)),
+                        (true, 0) if trickle => fragment_since.or(Some(now)),
                         (true, _) => Some(now),
                     };
                     if let Err(end) = self.flush().await {

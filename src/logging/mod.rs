@@ -118,6 +118,11 @@ pub fn check_filter(filter: &str) -> Result<(), String> {
             "RUST_LOG is empty, which would turn every log line off; unset it for the default (info), or name a level ({LEVELS})"
         ));
     }
+    // A `/text` suffix filters by message and is not checked.
+    let directives: Vec<&str> = directives
+        .into_iter()
+        .map(|d| d.split_once('/').map_or(d, |(d, _)| d.trim()))
+        .collect();
     for directive in directives.into_iter().filter(|d| !d.is_empty()) {
         let is_level = |word: &str| word.parse::<log::LevelFilter>().is_ok();
         match directive.split_once('=') {
@@ -387,6 +392,7 @@ mod tests {
             "duplex",
             "duplex::actors::registry=info",
             "info,rustls=warn",
+            "info/joined",
             "debug,",
         ] {
             assert_eq!(check_filter(fine), Ok(()), "{fine}");
