@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::certs::{Leaf, TestCa, TlsPeer};
 use common::{Peer, TestServer, quick_config};
-use duplex::server::{ServerConfig, TrustedProxies};
+use duplex::server::{ServerConfig, Snapshot, TrustedProxies};
 
 fn proxied(trusted: &str) -> ServerConfig {
     let mut config = quick_config();
@@ -22,6 +22,15 @@ fn proxied(trusted: &str) -> ServerConfig {
 }
 
 /// A v2 PROXY header for a TCP/IPv4 client at `client`.
+/// The listed clients' addresses, in the snapshot's order.
+fn peers_of(snapshot: &Snapshot) -> Vec<String> {
+    snapshot
+        .clients
+        .iter()
+        .map(|c| c.peer.to_string())
+        .collect()
+}
+
 fn v2_header(client: SocketAddr, command: u8) -> Vec<u8> {
     let SocketAddr::V4(client) = client else {
         panic!("IPv4")
@@ -50,11 +59,7 @@ async fn both_versions_name_the_client_and_what_follows_the_header_is_its() {
     assert_eq!(v2.line().await, b"Hello\n");
     assert_eq!(v2.reply().await, b"first");
     let snapshot = server.registry.snapshot().await;
-    let peers: Vec<String> = snapshot
-        .clients
-        .iter()
-        .map(|c| c.peer.to_string())
-        .collect();
+    let peers = peers_of(&snapshot);
     assert_eq!(peers, ["192.0.2.1:56324", "198.51.100.7:4242"]);
     assert!(
         snapshot
@@ -109,11 +114,7 @@ async fn a_connection_awaiting_its_header_holds_a_slot_but_is_no_client_yet() {
         .await;
     assert_eq!(client.line().await, b"Hello\n");
     let snapshot = server.registry.snapshot().await;
-    let peers: Vec<String> = snapshot
-        .clients
-        .iter()
-        .map(|c| c.peer.to_string())
-        .collect();
+    let peers = peers_of(&snapshot);
     assert_eq!(peers, ["192.0.2.1:56324"], "only the client is listed");
     assert_eq!(snapshot.awaiting_header, 1);
     assert_eq!(snapshot.admitted, 1);
