@@ -10,7 +10,10 @@ use clap::{Parser, ValueEnum};
 use duplex::bench::{BenchConfig, SourceAddrs};
 use duplex::client::{ClientConfig, ClientTls, ConnectionConfig, SupervisorConfig, TlsError};
 use duplex::logging::LogFormat;
-use duplex::server::{RegistryConfig, ServerConfig, SessionConfig, TlsFiles, TrustedProxies};
+use duplex::server::{
+    MAX_THREADS, RegistryConfig, ServerConfig, SessionConfig, TlsFiles, TrustedProxies,
+    available_cores,
+};
 
 mod parse;
 mod values;
@@ -132,9 +135,18 @@ pub(crate) struct Cli {
     trusted_proxies: Option<TrustedProxies>,
 
     /// Set SO_REUSEPORT, so a new server can start on the same port while
-    /// this one drains (rolling restarts refuse no connection).
+    /// this one drains (rolling restarts refuse no connection). Each of the
+    /// --threads then has a listener of its own, and the kernel spreads
+    /// connections over them.
     #[arg(long, help_heading = "Server options")]
     reuse_port: bool,
+
+    /// Threads that accept and serve connections (the server) or drive
+    /// them (the bench), one per core: each has its own task queue and its
+    /// own epoll instance, and a connection stays on the thread that
+    /// accepted it [default: the cores available to the process]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_THREADS as i64), help_heading = CORES_HEADING)]
+    threads: Option<u16>,
 
     /// The limit for a TLS handshake, and for a PROXY header (each gets it):
     /// a connection that has not finished one by then is closed (it counts
@@ -270,6 +282,8 @@ Exit codes:
 
 /// The heading of the TLS flags the client and the bench share.
 const TLS_HEADING: &str = "Client and bench TLS options";
+/// The heading of the flags the server and the bench share.
+const CORES_HEADING: &str = "Server and bench options";
 
 impl Cli {
     /// The address to listen on or connect to.
@@ -304,6 +318,7 @@ impl Cli {
             proxy_protocol: (self.proxy_protocol)
                 .then(|| self.trusted_proxies.clone().unwrap_or_default()),
             reuse_port: self.reuse_port,
+            threads: self.threads(),
         }
     }
 
@@ -358,7 +373,13 @@ impl Cli {
             tls: self.client_tls()?,
             once: self.once,
             source_addrs: self.source_addrs.clone(),
+            threads: self.threads(),
         })
+    }
+
+    /// `--threads`, or the cores available.
+    fn threads(&self) -> usize {
+        self.threads.map_or_else(available_cores, usize::from)
     }
 }
 

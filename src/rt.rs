@@ -2,13 +2,21 @@
 //! nowhere else, so moving to smol (same executor and reactor underneath) is a
 //! change to this one file.
 //!
-//! Sockets are async-io's `Async` (the reactor async-std runs on, which smol
-//! re-exports as `smol::Async`), because every message loop waits for
-//! readiness: after a short read the socket is known to be empty, so the next
-//! read would only return `WouldBlock`. async-std's `TcpStream` is the same
-//! `Async` in an `Arc`, but it can only try that read first. [`ReadLoop`] is
-//! that wait, and it lives here because it is shaped by how the reactor
-//! reports readiness.
+//! Two runtimes of one family run side by side. The actors (the registry,
+//! the client's supervisor and connection, signals, timers) run on
+//! async-std. Connections run on the [`Cores`]: a thread per core with its
+//! own task queue (async-task, as async-executor uses) and its own epoll
+//! instance, where a socket is registered once, edge-triggered
+//! ([`reactor`]), instead of async-io's re-arming on every wait. A socket
+//! made off the cores (by the client, or a test) registers with one shared
+//! reactor thread instead. Sessions never leave the core that accepted them.
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("duplex's reactor is epoll: it builds for Linux only");
+
+mod cores;
+mod reactor;
+mod socket;
 
 use std::future::Future;
 use std::io;
@@ -20,24 +28,25 @@ use futures::future::{FusedFuture, poll_fn};
 
 pub(crate) use async_std::channel::{Receiver, Sender, bounded};
 pub(crate) use async_std::task::{JoinHandle, sleep, spawn};
+pub(crate) use async_task::Task;
+pub(crate) use cores::Cores;
+pub use cores::MAX_THREADS;
+pub(crate) use socket::{Listener, Socket};
 
-/// Runs `future` on the executor as a detached task, without the task-local
-/// storage async-std's [`spawn`] wraps every task in.
-///
-/// For the tasks the server has one of per client (sessions): async-std's
-/// wrapper (a task id, a name, a map of task locals) would be in every idle
-/// client's cost. Nothing in those tasks reads task locals. With smol this is `smol::spawn(future).detach()`.
+/// Runs `future` as a detached task: on the calling thread's core if it is
+/// one (a session stays on the core that accepted it), else on async-std's
+/// executor, without the task-local storage async-std's [`spawn`] wraps
+/// every task in (a task id, a name, a map of task locals: 40-odd bytes in
+/// every idle client's cost; nothing in these tasks reads task locals).
 pub(crate) fn spawn_detached<F>(future: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    async_global_executor::spawn(future).detach();
+    match cores::current() {
+        Some(core) => core.spawn(future).detach(),
+        None => async_global_executor::spawn(future).detach(),
+    }
 }
-
-/// A listening socket on the reactor.
-pub(crate) type Listener = async_io::Async<std::net::TcpListener>;
-/// A TCP connection on the reactor itself. Read it through a [`ReadLoop`].
-pub(crate) type Socket = async_io::Async<std::net::TcpStream>;
 
 /// Runs `future` as a task on the executor and parks the calling thread until
 /// it is done: a program's entry point, for the server, the client or the
@@ -135,73 +144,41 @@ impl FusedFuture for Alarm {
 }
 
 /// The reads of a message loop on a [`Socket`]: after a read that emptied the
-/// socket (it returned less than it had room for), the next one waits until
-/// the socket may be readable instead of trying first, which would cost a
+/// socket (it returned less than it had room for), the next one waits for
+/// the reactor's next input edge instead of trying first, which would cost a
 /// system call that returns nothing on nearly every message. A read that
 /// fills its buffer reads on at once. The first read waits too: a connection
 /// just opened seldom has input yet, and the reader borrows its buffer only
 /// once there is some.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct ReadLoop {
-    emptied: bool,
-}
-
-impl Default for ReadLoop {
-    fn default() -> ReadLoop {
-        ReadLoop { emptied: true }
-    }
+    /// The socket's input edges before the read that emptied it; `None`
+    /// when the last read filled its buffer. Edge counts start at 0, so a
+    /// new loop waits for the first edge.
+    emptied_at: Option<u32>,
 }
 
 impl ReadLoop {
+    /// A loop whose first read waits for input.
+    pub(crate) fn new() -> ReadLoop {
+        ReadLoop {
+            emptied_at: Some(0),
+        }
+    }
+
     /// Completes when a read is worth trying: at once, unless the last read
-    /// emptied the socket, then when it may be readable. Dropped before it
+    /// emptied the socket, then once input came after it. Dropped before it
     /// completes, it leaves the loop as it was.
-    pub(crate) async fn ready(&self, socket: &Socket) -> io::Result<()> {
-        if self.emptied {
-            wait_for_input(socket).await?;
+    pub(crate) async fn ready(&self, socket: &Socket) {
+        if let Some(seen) = self.emptied_at {
+            poll_fn(|cx| socket.poll_input_since(seen, cx)).await;
         }
-        Ok(())
     }
 
-    /// Records that a read into `room` bytes returned `n`.
-    pub(crate) fn record(&mut self, n: usize, room: usize) {
-        self.emptied = n < room;
+    /// Records that a read into `room` bytes returned `n`, where `seen` is
+    /// the socket's [`input_edges`](Socket::input_edges) from before the
+    /// read.
+    pub(crate) fn record(&mut self, n: usize, room: usize, seen: u32) {
+        self.emptied_at = (n < room).then_some(seen);
     }
-}
-
-/// Registers interest in `socket`'s input, then finishes at the next wake-up,
-/// whatever caused it: the read that follows is what tells whether input came
-/// (if not, the caller waits again).
-///
-/// Why not `poll_readable` until it reports ready: the reactor's `epoll_wait`
-/// often runs on one thread while a task runs on another, and an event from a
-/// wait that began before the interest was registered counts as stale to
-/// `poll_readable`. The task is woken, but told "not yet", and registers
-/// again; the socket, still holding the message, is reported again at once:
-/// a second `epoll_ctl`, event and wake-up per message whenever the two
-/// threads overlap.
-///
-/// Not `readable()` either: that future registers and removes a waker of its
-/// own on every wait. The read side's one waker slot, which reads use as well,
-/// costs nothing to reuse, and the caller's task is its only user.
-fn wait_for_input(socket: &Socket) -> impl Future<Output = io::Result<()>> + '_ {
-    let mut registered = false;
-    poll_fn(move |cx| {
-        if registered {
-            return Poll::Ready(Ok(()));
-        }
-        // The first answer may still be the event that the last read, made
-        // without a look at readiness, consumed; the second registers.
-        for _ in 0..2 {
-            match socket.poll_readable(cx) {
-                Poll::Pending => {
-                    registered = true;
-                    return Poll::Pending;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {}
-            }
-        }
-        Poll::Ready(Ok(()))
-    })
 }

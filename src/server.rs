@@ -10,16 +10,16 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
 use kv_log_macro::{info, warn};
 
-use crate::actors::acceptor::Acceptor;
+use crate::actors::acceptor;
 use crate::actors::registry::Registry;
 use crate::actors::session::SessionContext;
-use crate::rt::{JoinHandle, Listener, spawn, within};
+use crate::rt::{Cores, JoinHandle, spawn, within};
 use crate::shutdown::{self, Shutdown};
 use crate::tls::{CERTIFICATE_CHECK_INTERVAL, ServerTls};
 
@@ -57,8 +57,20 @@ pub struct ServerConfig {
     /// these addresses may send one (`--proxy-protocol`, `--trusted-proxies`).
     pub proxy_protocol: Option<TrustedProxies>,
     /// Bind with SO_REUSEPORT, so a new server can listen on the same port
-    /// while this one drains (`--reuse-port`).
+    /// while this one drains (`--reuse-port`); each core then has a
+    /// listener of its own.
     pub reuse_port: bool,
+    /// Threads that accept and serve connections, one per core
+    /// (`--threads`; at least 1, at most [`MAX_THREADS`]).
+    pub threads: usize,
+}
+
+pub use crate::rt::MAX_THREADS;
+
+/// The cores available to this process (its CPU affinity and quota), the
+/// default for `--threads`.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Default for ServerConfig {
@@ -70,6 +82,7 @@ impl Default for ServerConfig {
             tls: None,
             proxy_protocol: None,
             reuse_port: false,
+            threads: available_cores(),
         }
     }
 }
@@ -95,6 +108,8 @@ pub enum StartError {
     Tls(TlsError),
     /// The address could not be bound.
     Listen(io::Error),
+    /// The threads that serve connections did not start.
+    Threads(io::Error),
 }
 
 impl fmt::Display for StartError {
@@ -102,15 +117,18 @@ impl fmt::Display for StartError {
         match self {
             StartError::Tls(e) => write!(f, "cannot load the TLS certificate: {e}"),
             StartError::Listen(e) => write!(f, "cannot listen: {e}"),
+            StartError::Threads(e) => write!(f, "cannot start the server's threads: {e}"),
         }
     }
 }
 
 impl std::error::Error for StartError {}
 
-/// A server bound to its listener, with its registry running.
+/// A server bound to its listeners, with its registry and its cores running.
 pub struct Server {
-    listener: Listener,
+    /// One, shared by the cores; or, with `--reuse-port`, one per core.
+    listeners: Vec<TcpListener>,
+    cores: Cores,
     config: ServerConfig,
     tls: Option<ServerTls>,
     registry: RegistryHandle,
@@ -126,10 +144,14 @@ impl Server {
             .map(ServerTls::load)
             .transpose()
             .map_err(StartError::Tls)?;
-        let listener = crate::net::bind(addr, config.reuse_port).map_err(StartError::Listen)?;
+        let threads = config.threads.clamp(1, MAX_THREADS);
+        let listeners =
+            crate::net::bind(addr, config.reuse_port, threads).map_err(StartError::Listen)?;
+        let cores = Cores::start(threads).map_err(StartError::Threads)?;
         let (registry, registry_task) = Registry::spawn(config.registry.clone());
         Ok(Server {
-            listener,
+            listeners,
+            cores,
             config,
             tls,
             registry,
@@ -144,7 +166,7 @@ impl Server {
 
     /// The address the server listens on (the real port, when bound to port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.get_ref().local_addr()
+        self.listeners[0].local_addr()
     }
 
     /// A handle to this server's registry (snapshots, waiting on counts).
@@ -160,6 +182,7 @@ impl Server {
                 tls: self.tls.is_some(),
                 proxy_protocol: self.config.proxy_protocol.is_some(),
                 reuse_port: self.config.reuse_port,
+                threads: self.cores.len(),
                 version: VERSION,
             }),
             Err(e) => info!("listening", {
@@ -184,7 +207,8 @@ impl Server {
             tls: self.tls,
             proxy: self.config.proxy_protocol.clone(),
         });
-        let accepted = Acceptor::new(self.listener, sessions).run(shutdown).await;
+        let accepted =
+            acceptor::accept_on_cores(&self.listeners, &self.cores, sessions, shutdown).await;
         if let Some(watch) = certificate_watch {
             // The acceptor returns once `shutdown` fired; so does the watch.
             watch.await;

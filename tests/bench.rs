@@ -217,6 +217,12 @@ impl FakeServer {
                             _ => {}
                         }
                         if close_after == Some(replies) {
+                            // A FIN, then what the client still sends is
+                            // read and dropped: closing with a message
+                            // unread (the client answers fast) would be a
+                            // reset instead.
+                            writer.shutdown(std::net::Shutdown::Write).ok()?;
+                            while reader.read_until(b'\n', &mut read).await.ok()? > 0 {}
                             return Some(());
                         }
                     }

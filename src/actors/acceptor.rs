@@ -1,9 +1,9 @@
-//! The acceptor actor: owns the listening socket.
+//! The acceptor actor: owns the listening sockets, one on each core.
 //!
-//! Accepts connections, gives each an id, asks the registry to admit it, and
-//! spawns its session in a task that tells the registry when and why the
-//! session ended (or turns it away with an error line when the server is
-//! full). Accept errors never end it: running out of descriptors or buffers
+//! On every core it accepts connections, gives each an id, asks the registry
+//! to admit it, and spawns its session on that core, in a task that tells
+//! the registry when and why the session ended (or turns it away with an
+//! error line when the server is full). Accept errors never end it: running out of descriptors or buffers
 //! pauses accepting with a growing backoff and a rate-limited warning; errors
 //! that concern one connection only are skipped. It stops when the server's
 //! shutdown signal fires: it takes what the kernel already queued, then drops
@@ -11,21 +11,21 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, select_biased};
-use kv_log_macro::{debug, info, warn};
+use kv_log_macro::{debug, error, info, warn};
 
 use crate::actors::registry::RegistryHandle;
 use crate::actors::session::{Session, SessionContext};
 use crate::logging::Throttle;
 use crate::messages::{Admission, ClientId, LeaveReason, SessionLink};
 use crate::net::LineSocket;
-use crate::rt::{Listener, Socket, sleep, spawn, spawn_detached, within};
+use crate::rt::{Cores, Listener, Socket, sleep, spawn_detached, within};
 use crate::shutdown::Shutdown;
 use crate::tls::ServerTls;
 use crate::wire;
@@ -42,33 +42,74 @@ const REJECT_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// closed without one, so it costs the server's core nothing more.
 pub(crate) const TURN_AWAYS_MAX: usize = 64;
 
-/// The acceptor's state.
-pub(crate) struct Acceptor {
+/// Accepts on every core until `shutdown` fires: on a clone of one listening
+/// socket each, or, with one listener per core (SO_REUSEPORT), on its own.
+/// Returns how many connections were accepted.
+pub(crate) async fn accept_on_cores(
+    listeners: &[TcpListener],
+    cores: &Cores,
+    sessions: Arc<SessionContext>,
+    shutdown: Shutdown,
+) -> u64 {
+    let shared = Arc::new(Shared::default());
+    let mut acceptors = Vec::with_capacity(cores.len());
+    for core in 0..cores.len() {
+        let listener = listeners[core % listeners.len()].try_clone();
+        let (sessions, shared, shutdown) = (sessions.clone(), shared.clone(), shutdown.clone());
+        acceptors.push(cores.spawn_on(core, async move {
+            // Registered here, on the core it accepts for.
+            let listener = Listener::new(listener?)?;
+            let acceptor = Acceptor {
+                listener,
+                sessions,
+                shared,
+                pause: None,
+                exhausted_warnings: Throttle::default(),
+            };
+            Ok::<_, io::Error>(acceptor.run(shutdown).await)
+        }));
+    }
+    let mut accepted = 0;
+    for (core, acceptor) in acceptors.into_iter().enumerate() {
+        match acceptor.await {
+            Ok(n) => accepted += n,
+            // Out of descriptors at start, say: the other cores accept, and
+            // the clients they took are served and drained as usual.
+            Err(e) => error!("a core could not listen", {
+                core: core,
+                error: log::kv::Value::from_display(&e),
+            }),
+        }
+    }
+    info!("acceptor stopped", { accepted: accepted, cores: cores.len() });
+    accepted
+}
+
+/// What the acceptors of all cores share.
+#[derive(Default)]
+struct Shared {
+    /// The last id given (ids start at 1).
+    last_id: AtomicU64,
+    /// Turned-away clients still being told so.
+    turning_away: AtomicUsize,
+}
+
+/// One core's acceptor.
+struct Acceptor {
     listener: Listener,
     /// What every session it spawns shares, the registry among it.
     sessions: Arc<SessionContext>,
-    next_id: u64,
+    shared: Arc<Shared>,
     /// Pause before the next accept while resources are exhausted.
     pause: Option<Duration>,
     exhausted_warnings: Throttle,
-    /// Turned-away clients still being told so.
-    turning_away: Arc<AtomicUsize>,
 }
 
 impl Acceptor {
-    pub(crate) fn new(listener: Listener, sessions: Arc<SessionContext>) -> Acceptor {
-        Acceptor {
-            listener,
-            sessions,
-            next_id: 1,
-            pause: None,
-            exhausted_warnings: Throttle::default(),
-            turning_away: Arc::default(),
-        }
-    }
-
-    /// Accepts until `shutdown` fires; returns how many clients it accepted.
-    pub(crate) async fn run(mut self, shutdown: Shutdown) -> u64 {
+    /// Accepts until `shutdown` fires; returns how many connections it
+    /// accepted.
+    async fn run(mut self, shutdown: Shutdown) -> u64 {
+        let mut taken = 0;
         loop {
             let accepted = select_biased! {
                 _ = shutdown.wait().fuse() => break,
@@ -77,6 +118,7 @@ impl Acceptor {
             match accepted {
                 Ok((stream, peer)) => {
                     self.pause = None;
+                    taken += 1;
                     self.admit(stream, peer).await;
                 }
                 Err(e) if is_resource_exhaustion(&e) => {
@@ -101,19 +143,20 @@ impl Acceptor {
         // Bounded, so a connect flood cannot keep it from ever stopping.
         for _ in 0..crate::net::LISTEN_BACKLOG {
             match self.listener.accept().now_or_never() {
-                Some(Ok((stream, peer))) => self.admit(stream, peer).await,
+                Some(Ok((stream, peer))) => {
+                    taken += 1;
+                    self.admit(stream, peer).await;
+                }
                 // One connection gone before it was taken: the next may be fine.
                 Some(Err(e)) if !is_resource_exhaustion(&e) => {}
                 _ => break,
             }
         }
-        info!("acceptor stopped", { accepted: self.next_id - 1 });
-        self.next_id - 1
+        taken
     }
 
     async fn admit(&mut self, stream: Socket, peer: SocketAddr) {
-        let id = ClientId(self.next_id);
-        self.next_id += 1;
+        let id = ClientId(self.shared.last_id.fetch_add(1, Ordering::Relaxed) + 1);
         let socket = LineSocket::new(stream, self.sessions.config.max_line);
         let link = Arc::new(SessionLink::default());
         let admission = (self.sessions.registry)
@@ -128,17 +171,18 @@ impl Acceptor {
                 spawn_detached(session_task(session));
             }
             Admission::Full { max } => {
-                if self.turning_away.fetch_add(1, Ordering::Relaxed) >= TURN_AWAYS_MAX {
-                    self.turning_away.fetch_sub(1, Ordering::Relaxed);
+                let turning_away = &self.shared.turning_away;
+                if turning_away.fetch_add(1, Ordering::Relaxed) >= TURN_AWAYS_MAX {
+                    turning_away.fetch_sub(1, Ordering::Relaxed);
                     // Closed at once, unanswered: the registry counted the rejection.
                     socket.reset_on_close();
                     return;
                 }
                 let (proxy, tls) = (self.sessions.proxy.is_some(), self.sessions.tls.clone());
-                let turning_away = self.turning_away.clone();
-                spawn(async move {
+                let shared = self.shared.clone();
+                spawn_detached(async move {
                     turn_away(socket, max, proxy, tls).await;
-                    turning_away.fetch_sub(1, Ordering::Relaxed);
+                    shared.turning_away.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         }

@@ -41,6 +41,9 @@ pub struct BenchConfig {
     /// Local addresses to connect from, round robin; `None` leaves the
     /// choice to the kernel (`--source-addrs`).
     pub source_addrs: Option<SourceAddrs>,
+    /// Threads that drive the connections, one per core, each with its own
+    /// share of them (`--threads`).
+    pub threads: usize,
 }
 
 impl BenchConfig {
@@ -59,6 +62,7 @@ impl BenchConfig {
             tls: None,
             once: false,
             source_addrs: None,
+            threads: crate::server::available_cores(),
         }
     }
 }

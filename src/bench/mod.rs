@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 use futures::{FutureExt, select_biased};
 
-use crate::rt::{self, JoinHandle, Receiver, bounded, sleep, spawn};
+use crate::rt::{self, Cores, Receiver, Task, bounded, sleep, spawn};
 use crate::shutdown::{self, Shutdown, ShutdownTrigger};
 use latency::Recorder;
 use pacer::{Credits, Schedule, release};
@@ -61,11 +61,12 @@ pub async fn run(config: BenchConfig, interrupt: Shutdown) -> io::Result<BenchRe
     let config = Arc::new(config);
     let replies = Arc::new(AtomicU64::new(0));
     let latencies = Recorder::new();
+    let cores = Cores::start(config.threads)?;
     let Crew {
         tasks,
         connects,
         controls,
-    } = connect(addr, &config, &replies, &latencies, &interrupt).await;
+    } = connect(addr, &config, &cores, &replies, &latencies, &interrupt).await;
     let measured = measure(&config, controls, connects.connected, &replies, &interrupt).await;
     Ok(merge(&config, connects, tasks, measured, latencies).await)
 }
@@ -87,7 +88,7 @@ async fn target(config: &BenchConfig) -> io::Result<SocketAddr> {
 
 /// The started workers, and how their connects went.
 struct Crew {
-    tasks: Vec<JoinHandle<WorkerResult>>,
+    tasks: Vec<Task<WorkerResult>>,
     connects: Connects,
     controls: Controls,
 }
@@ -112,6 +113,7 @@ struct Controls {
 async fn connect(
     addr: SocketAddr,
     config: &Arc<BenchConfig>,
+    cores: &Cores,
     replies: &Arc<AtomicU64>,
     latencies: &Arc<Recorder>,
     interrupt: &Shutdown,
@@ -149,7 +151,9 @@ async fn connect(
             finished: finished_sender.clone(),
         };
         let ready = ready_sender.clone();
-        tasks.push(spawn(worker.run(addr, ready, start.clone(), stop.clone())));
+        // Each core drives its share of the connections.
+        let run = worker.run(addr, ready, start.clone(), stop.clone());
+        tasks.push(cores.spawn(run));
     }
     drop((ready_sender, finished_sender));
     let mut connects = Connects::default();
@@ -276,7 +280,7 @@ async fn wait_until_done(
 async fn merge(
     config: &BenchConfig,
     connects: Connects,
-    tasks: Vec<JoinHandle<WorkerResult>>,
+    tasks: Vec<Task<WorkerResult>>,
     measured: Measured,
     latencies: Arc<Recorder>,
 ) -> BenchReport {

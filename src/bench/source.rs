@@ -9,9 +9,9 @@
 //! its own range of ports.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use socket2::{Domain, Protocol, Socket as RawSocket, Type};
+use socket2::Socket as RawSocket;
 
 use crate::rt::Socket;
 
@@ -82,23 +82,12 @@ fn range_end(text: &str) -> Result<Ipv4Addr, String> {
 /// Connects to `dest` from `source` (the port left to the kernel).
 pub(super) async fn connect_from(dest: SocketAddr, source: IpAddr) -> io::Result<Socket> {
     let in_words = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
-    let socket = RawSocket::new(Domain::for_address(dest), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_nonblocking(true)?;
-    bind_address_no_port(&socket)?;
-    let bind = SocketAddr::new(source, 0);
-    (socket.bind(&bind.into())).map_err(|e| in_words(&format!("bind {source}"), e))?;
-    match socket.connect(&dest.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    // As async-io's own connect: writable once connected, or failed.
-    let stream = Socket::new(TcpStream::from(socket))?;
-    stream.writable().await?;
-    match stream.get_ref().take_error()? {
-        None => Ok(stream),
-        Some(e) => Err(e),
-    }
+    Socket::connect_with(dest, |socket| {
+        bind_address_no_port(socket)?;
+        let bind = SocketAddr::new(source, 0);
+        (socket.bind(&bind.into())).map_err(|e| in_words(&format!("bind {source}"), e))
+    })
+    .await
 }
 
 /// Leaves the port to `connect` (Linux 4.2 and later; elsewhere the port

@@ -10,7 +10,7 @@ use clap::{CommandFactory, FromArgMatches};
 use duplex::client::ClientTls;
 use duplex::logging::LogFormat;
 
-use super::{Cli, Role, TLS_HEADING};
+use super::{CORES_HEADING, Cli, Role, TLS_HEADING};
 
 /// Whether `args` ask for `--log-format json` (looked at before they parse).
 fn wants_json_log(args: &[std::ffi::OsString]) -> bool {
@@ -31,11 +31,12 @@ fn check_log_filter(filter: Option<&str>) -> Result<(), clap::Error> {
 
 /// Each role's own flags are listed under a help heading, which is also
 /// how a flag given for the wrong role is recognised.
-const ROLE_HEADINGS: [(&[Role], &str); 4] = [
+const ROLE_HEADINGS: [(&[Role], &str); 5] = [
     (&[Role::Server], "Server options"),
     (&[Role::Client], "Client options"),
     (&[Role::Bench], "Bench options"),
     (&[Role::Client, Role::Bench], TLS_HEADING),
+    (&[Role::Server, Role::Bench], CORES_HEADING),
 ];
 
 impl Cli {

@@ -76,7 +76,7 @@ impl LineSocket {
         let _ = socket.get_ref().set_nodelay(true);
         LineSocket {
             transport: Transport::Plain(socket),
-            reads: ReadLoop::default(),
+            reads: ReadLoop::new(),
             framer: Framer::new(max_line),
         }
     }
@@ -192,8 +192,9 @@ impl LineSocket {
             let buffered =
                 matches!(&self.transport, Transport::Tls(tls) if !tls.get_ref().1.wants_read());
             if !buffered {
-                self.reads.ready(socket).await?;
+                self.reads.ready(socket).await;
             }
+            let seen = socket.input_edges();
             let buf = self.framer.read_buf();
             let room = buf.len();
             let read = match &mut self.transport {
@@ -215,13 +216,13 @@ impl LineSocket {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !self.is_plain() => 0,
                 // Not readable after all: wait again.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.reads.record(0, room);
+                    self.reads.record(0, room, seen);
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            self.reads.record(n, room);
+            self.reads.record(n, room, seen);
             self.framer.filled(n);
             return Ok(n);
         }
