@@ -7,6 +7,9 @@
 #   BUILD_ONLY=1 scripts/scaling.sh   builds static binaries into $BIN and stops
 #   scripts/scaling.sh                runs the table with the binaries in $BIN
 #                                     (built first when missing)
+#   REPORT="a.txt b.txt" scripts/scaling.sh
+#                                     prints the table from earlier runs'
+#                                     results.txt files, their rounds together
 #
 # The binaries are static (baseline x86-64), so $BIN can be carried to a
 # bigger machine and the table run there in one go. Settings (environment):
@@ -30,6 +33,47 @@ LOAD_CPUS=${LOAD_CPUS:-8-15}
 LOADERS=${LOADERS:-4}
 OUT=${OUT:-target/scaling}
 
+summarize() { # results files...
+    python3 - "$CORES" "$DEPTHS" "$@" <<'EOF'
+import statistics, sys
+from collections import defaultdict
+rows = defaultdict(list)
+for path in sys.argv[3:]:
+    for line in open(path):
+        kind, k, depth, _, rate, server, bench, errors = line.split()
+        rows[(kind, int(k), int(depth))].append((float(rate), float(server), float(bench), int(errors)))
+cores = [int(k) for k in sys.argv[1].split()]
+kinds = [k for k in ("duplex", "tokio", "go", "epoll") if any(key[0] == k for key in rows)]
+for depth in (int(d) for d in sys.argv[2].split()):
+    print(f"\nreplies/s, depth {depth} (median of rounds; server us CPU per reply in brackets)\n")
+    print("| server | " + " | ".join(f"{k} cores" for k in cores) + f" | efficiency at {cores[-1]} |")
+    print("|---|" + "---|" * (len(cores) + 1))
+    for kind in kinds:
+        cells, rates = [], []
+        for k in cores:
+            runs = rows.get((kind, k, depth), [])
+            if not runs:
+                cells.append("-"); rates.append(0); continue
+            rate = statistics.median(r[0] for r in runs)
+            server = statistics.median(r[1] for r in runs)
+            errors = sum(r[3] for r in runs)
+            rates.append(rate)
+            cells.append(f"{rate / 1000:.0f}k ({server:.1f})" + (f" {errors} errors" if errors else ""))
+        eff = rates[-1] / (rates[0] * cores[-1] / cores[0]) if rates[0] else 0
+        print(f"| {kind} | " + " | ".join(cells) + f" | {eff:.2f} |")
+    print("\nduplex against each, per core count (replies/s ratio of the medians):")
+    for kind in kinds:
+        if kind == "duplex":
+            continue
+        ratios = []
+        for k in cores:
+            d = [r[0] for r in rows.get(("duplex", k, depth), [])]
+            o = [r[0] for r in rows.get((kind, k, depth), [])]
+            ratios.append(f"{statistics.median(d) / statistics.median(o):.2f}x" if d and o else "-")
+        print(f"  vs {kind}: " + " ".join(ratios))
+EOF
+}
+
 build() {
     mkdir -p "$BIN"
     RUSTFLAGS="-C target-feature=+crt-static -C target-cpu=x86-64" \
@@ -42,6 +86,11 @@ build() {
     CARGO_TARGET_DIR="$PWD/target/peers-build" ../shared/peers/build.sh "$BIN"
 }
 
+if [ -n "${REPORT:-}" ]; then
+    # shellcheck disable=SC2086 # a list of files
+    summarize $REPORT
+    exit 0
+fi
 if [ -n "${BUILD_ONLY:-}" ] || [ ! -x "$BIN/duplex" ]; then
     build
 fi
@@ -162,41 +211,4 @@ for ((round = 1; round <= ROUNDS; round++)); do
         done
     done
 done
-
-python3 - "$results" "$CORES" "$DEPTHS" <<'EOF'
-import statistics, sys
-from collections import defaultdict
-rows = defaultdict(list)
-for line in open(sys.argv[1]):
-    kind, k, depth, _, rate, server, bench, errors = line.split()
-    rows[(kind, int(k), int(depth))].append((float(rate), float(server), float(bench), int(errors)))
-cores = [int(k) for k in sys.argv[2].split()]
-kinds = [k for k in ("duplex", "tokio", "go", "epoll") if any(key[0] == k for key in rows)]
-for depth in (int(d) for d in sys.argv[3].split()):
-    print(f"\nreplies/s, depth {depth} (median of rounds; server us CPU per reply in brackets)\n")
-    print("| server | " + " | ".join(f"{k} cores" for k in cores) + f" | efficiency at {cores[-1]} |")
-    print("|---|" + "---|" * (len(cores) + 1))
-    for kind in kinds:
-        cells, rates = [], []
-        for k in cores:
-            runs = rows.get((kind, k, depth), [])
-            if not runs:
-                cells.append("-"); rates.append(0); continue
-            rate = statistics.median(r[0] for r in runs)
-            server = statistics.median(r[1] for r in runs)
-            errors = sum(r[3] for r in runs)
-            rates.append(rate)
-            cells.append(f"{rate / 1000:.0f}k ({server:.1f})" + (f" {errors} errors" if errors else ""))
-        eff = rates[-1] / (rates[0] * cores[-1] / cores[0]) if rates[0] else 0
-        print(f"| {kind} | " + " | ".join(cells) + f" | {eff:.2f} |")
-    print("\nduplex against each, per core count (replies/s ratio of the medians):")
-    for kind in kinds:
-        if kind == "duplex":
-            continue
-        ratios = []
-        for k in cores:
-            d = [r[0] for r in rows.get(("duplex", k, depth), [])]
-            o = [r[0] for r in rows.get((kind, k, depth), [])]
-            ratios.append(f"{statistics.median(d) / statistics.median(o):.2f}x" if d and o else "-")
-        print(f"  vs {kind}: " + " ".join(ratios))
-EOF
+summarize "$results"
