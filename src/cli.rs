@@ -16,8 +16,10 @@ use duplex::server::{
 };
 
 mod parse;
+mod per_ip;
 mod values;
 
+use per_ip::PerIpArgs;
 use values::{
     duration, host_port, log_format, max_line, nonzero, positive_duration, positive_rate,
     positive_usize, registry_interval,
@@ -88,6 +90,9 @@ pub(crate) struct Cli {
     /// send their PROXY header); one more gets an error and is closed.
     #[arg(long, default_value_t = 10_000, value_parser = positive_usize, help_heading = "Server options")]
     max_clients: usize,
+
+    #[command(flatten)]
+    per_ip: PerIpArgs,
 
     /// A client that sends nothing for this long is closed; 0 turns this off.
     #[arg(long, default_value = "5m", value_parser = duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
@@ -308,6 +313,7 @@ impl Cli {
                 max_clients: self.max_clients,
                 snapshot_interval: nonzero(self.registry_interval),
                 idle_timeout: nonzero(self.idle_timeout),
+                per_ip: self.per_ip.limits(),
             },
             shutdown_timeout: self.shutdown_timeout,
             tls: self

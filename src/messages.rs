@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures::channel::oneshot;
 
+use crate::actors::registry::PerIpCounts;
 use crate::pending::PendingQueue;
 use crate::rt::Receiver;
 use crate::shutdown::Shutdown;
@@ -115,6 +116,9 @@ pub(crate) enum LeaveReason {
     /// A plain server's client opened with a TLS ClientHello: it was
     /// closed unanswered.
     TlsOnPlain,
+    /// Its address (named by its PROXY header) was over a per-address
+    /// limit; the client was told so.
+    Refused(PerIpRefusal),
 }
 
 impl From<io::Error> for LeaveReason {
@@ -164,6 +168,7 @@ impl fmt::Display for LeaveReason {
             LeaveReason::ProxyFailed(why) => write!(f, "PROXY header refused: {why}"),
             LeaveReason::ProxyLocal => f.write_str("proxy health check"),
             LeaveReason::TlsOnPlain => f.write_str("TLS client on a plain port"),
+            LeaveReason::Refused(refusal) => refusal.fmt(f),
         }
     }
 }
@@ -175,6 +180,36 @@ pub(crate) enum Admission {
     Admitted { clients: usize },
     /// Turned away: `max` clients are already connected.
     Full { max: usize },
+    /// Turned away: its address is over a per-address limit.
+    Refused(PerIpRefusal),
+}
+
+/// Which per-address limit turned a connection away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PerIpRefusal {
+    /// Its address holds `--max-clients-per-ip` clients already.
+    TooMany,
+    /// Its address connects faster than `--connect-rate-per-ip`.
+    TooFast,
+}
+
+impl PerIpRefusal {
+    /// The line the client is told.
+    pub(crate) fn error_line(self) -> &'static [u8] {
+        match self {
+            PerIpRefusal::TooMany => crate::wire::TOO_MANY_FROM_ADDRESS_ERROR,
+            PerIpRefusal::TooFast => crate::wire::CONNECTING_TOO_FAST_ERROR,
+        }
+    }
+}
+
+impl fmt::Display for PerIpRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PerIpRefusal::TooMany => "too many connections from its address",
+            PerIpRefusal::TooFast => "connecting too fast",
+        })
+    }
 }
 
 /// One client as the registry sees it.
@@ -221,6 +256,8 @@ pub struct Snapshot {
     /// Connections that were a proxy's health check (a PROXY v2 `LOCAL`
     /// header), closed without a greeting.
     pub proxy_local: u64,
+    /// Refusals for the per-address limits, and the addresses tracked.
+    pub per_ip: PerIpCounts,
 }
 
 impl Snapshot {
@@ -244,8 +281,13 @@ pub(crate) enum RegistryMsg {
         awaits_header: bool,
         respond_to: oneshot::Sender<Admission>,
     },
-    /// The PROXY header named the client behind the balancer (`peer`).
-    Identify { id: ClientId, client: SocketAddr },
+    /// The PROXY header named the client behind the balancer (`peer`);
+    /// the answer says whether its address is within the per-address limits.
+    Identify {
+        id: ClientId,
+        client: SocketAddr,
+        respond_to: oneshot::Sender<Admission>,
+    },
     /// A session ended; the registry logs the leave with `reason`.
     Unregister { id: ClientId, reason: LeaveReason },
     /// Reply with the client list.

@@ -23,7 +23,9 @@ use crate::rt::{Cores, JoinHandle, spawn, within};
 use crate::shutdown::{self, Shutdown};
 use crate::tls::{CERTIFICATE_CHECK_INTERVAL, ServerTls};
 
-pub use crate::actors::registry::{RegistryConfig, RegistryHandle};
+pub use crate::actors::registry::{
+    ConnectRate, PerIpCounts, PerIpLimits, RESTING_MAX, RegistryConfig, RegistryHandle,
+};
 
 /// Connections the server may hold open beyond its admitted clients: those
 /// it is telling, at once, that it is full (more are closed unanswered).

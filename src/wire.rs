@@ -23,6 +23,14 @@ pub const IDLE_TIMEOUT_ERROR: &[u8] = b"error: idle timeout\n";
 /// Sent in plain text to a client that speaks plain text to a TLS server.
 pub const TLS_REQUIRED_ERROR: &[u8] = b"error: this server speaks TLS\n";
 
+/// Sent to a client whose address holds `--max-clients-per-ip` clients
+/// already, before the server closes it.
+pub const TOO_MANY_FROM_ADDRESS_ERROR: &[u8] = b"error: too many connections from your address\n";
+
+/// Sent to a client whose address connects faster than
+/// `--connect-rate-per-ip` allows, before the server closes it.
+pub const CONNECTING_TOO_FAST_ERROR: &[u8] = b"error: connecting too fast\n";
+
 /// The line sent before closing a client whose line exceeded `max` bytes.
 pub fn line_too_long_error(max: usize) -> Vec<u8> {
     format!("error: line too long (max {max} bytes)\n").into_bytes()
@@ -545,6 +553,8 @@ mod tests {
             TLS_REQUIRED_ERROR.to_vec(),
             line_too_long_error(8),
             server_full_error(1),
+            TOO_MANY_FROM_ADDRESS_ERROR.to_vec(),
+            CONNECTING_TOO_FAST_ERROR.to_vec(),
         ];
         for line in lines {
             assert!(is_error_or_notice(&line), "{line:?}");

@@ -170,7 +170,7 @@ impl Acceptor {
                 let session = Session::new(id, peer, socket, link, self.sessions.clone());
                 spawn_detached(session_task(session));
             }
-            Admission::Full { max } => {
+            Admission::Full { .. } | Admission::Refused(_) => {
                 let turning_away = &self.shared.turning_away;
                 if turning_away.fetch_add(1, Ordering::Relaxed) >= TURN_AWAYS_MAX {
                     turning_away.fetch_sub(1, Ordering::Relaxed);
@@ -181,7 +181,7 @@ impl Acceptor {
                 let (proxy, tls) = (self.sessions.proxy.is_some(), self.sessions.tls.clone());
                 let shared = self.shared.clone();
                 spawn_detached(async move {
-                    turn_away(socket, max, proxy, tls).await;
+                    turn_away(socket, admission, proxy, tls).await;
                     shared.turning_away.fetch_sub(1, Ordering::Relaxed);
                 });
             }
@@ -242,11 +242,16 @@ pub(crate) fn session_task(mut session: impl Serve + 'static) -> impl Future<Out
     }
 }
 
-/// Tells a client the server is full (after its PROXY header and TLS
-/// handshake, if the server takes them), then closes it. The registry
-/// already logged the rejection.
-async fn turn_away(mut socket: LineSocket, max: usize, proxy: bool, tls: Option<ServerTls>) {
-    let line = wire::server_full_error(max);
+/// Tells a client the server is full, or its address over a per-address
+/// limit (after its PROXY header and TLS handshake, if the server takes
+/// them), then closes it. The registry already logged the rejection.
+async fn turn_away(mut socket: LineSocket, why: Admission, proxy: bool, tls: Option<ServerTls>) {
+    let (line, linger) = match why {
+        Admission::Full { max } => (wire::server_full_error(max), true),
+        // Not lingered on: a refused address is not worth the wait.
+        Admission::Refused(refusal) => (refusal.error_line().to_vec(), false),
+        Admission::Admitted { .. } => return,
+    };
     let told = within(REJECT_WRITE_TIMEOUT, async {
         if proxy {
             socket.read_proxy_header().await?;
@@ -258,7 +263,7 @@ async fn turn_away(mut socket: LineSocket, max: usize, proxy: bool, tls: Option<
         socket.write_all(&line).await
     });
     // The client may already be gone, or never read: either way we close it.
-    if let Some(Ok(())) = told.await {
+    if let (Some(Ok(())), true) = (told.await, linger) {
         socket.linger_close().await;
     }
 }

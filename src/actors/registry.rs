@@ -17,7 +17,8 @@
 //! `--registry-interval`, and the whole snapshot, a line per client, on
 //! SIGUSR1 and when it stops (the lines are in `registry/log_lines.rs`). One periodic sweep finds
 //! idle clients, from the last-input time in their counters, and tells their
-//! sessions to close.
+//! sessions to close. The per-address limits are kept in `registry/per_ip.rs`:
+//! a client is counted under its address once announced.
 //!
 //! At shutdown, [`RegistryMsg::Drain`] closes every session's inbox, which a
 //! session waits on anyway: that is how it learns to finish up. The server
@@ -36,11 +37,11 @@ use log::kv::Value;
 
 use crate::logging::Throttle;
 use crate::messages::{
-    Admission, ClientId, ClientInfo, Counts, LeaveReason, RegistryMsg, SessionCommand, SessionLink,
-    Snapshot,
+    Admission, ClientId, ClientInfo, Counts, LeaveReason, RegistryMsg, SessionLink, Snapshot,
 };
 use crate::rt::{JoinHandle, Receiver, bounded, sleep_until, spawn};
 use log_lines::{Summary, Who};
+use per_ip::PerIp;
 
 /// The log target of every line about the client table, snapshots included.
 const LOG_TARGET: &str = module_path!();
@@ -99,6 +100,8 @@ pub(crate) struct Registry {
     /// TLS clients on a plain server: a fleet of them, misconfigured, can
     /// come many times a second.
     tls_on_plain_lines: Throttle,
+    /// Clients and connects per address.
+    per_ip: PerIp,
 }
 
 /// Whether the actor should keep running after a message.
@@ -114,6 +117,7 @@ impl Registry {
     pub(crate) fn spawn(config: RegistryConfig) -> (RegistryHandle, JoinHandle<()>) {
         let (sender, inbox) = bounded(INBOX_CAPACITY);
         let registry = Registry {
+            per_ip: PerIp::new(config.per_ip.clone()),
             config,
             ..Registry::default()
         };
@@ -124,7 +128,7 @@ impl Registry {
     async fn run(mut self, inbox: Receiver<RegistryMsg>) {
         let interval = self.config.snapshot_interval;
         let mut next_snapshot = interval.map(|every| Instant::now() + every);
-        let sweep_every = self.config.idle_sweep_interval();
+        let sweep_every = self.config.sweep_interval();
         let mut next_sweep = sweep_every.map(|every| Instant::now() + every);
         loop {
             select_biased! {
@@ -140,6 +144,7 @@ impl Registry {
                 }
                 _ = sleep_until(next_sweep).fuse() => {
                     self.close_idle(Instant::now());
+                    self.per_ip.prune(Instant::now());
                     next_sweep = sweep_every.map(|every| Instant::now() + every);
                 }
             }
@@ -161,16 +166,14 @@ impl Registry {
                 let _ = respond_to.send(admission);
             }
             RegistryMsg::Unregister { id, reason } => self.unregister(id, &reason),
-            RegistryMsg::Identify { id, client } => {
-                if let Some(entry) = self.clients.get_mut(&id) {
-                    entry.via = Some(Box::new(std::mem::replace(&mut entry.peer, client)));
-                    if !entry.announced {
-                        entry.announced = true;
-                        self.announced += 1;
-                        self.admitted += 1;
-                        log_lines::joined(&entry.who(id), self.announced);
-                    }
-                }
+            RegistryMsg::Identify {
+                id,
+                client,
+                respond_to,
+            } => {
+                let admission = self.identify(id, client);
+                // A session cut meanwhile does not need the answer.
+                let _ = respond_to.send(admission);
             }
             RegistryMsg::Snapshot { respond_to } => {
                 // A requester that stopped waiting does not need the answer.
@@ -224,6 +227,12 @@ impl Registry {
             }
             return Admission::Full { max };
         }
+        if announce {
+            // Behind a balancer, the address is the header's: counted then.
+            if let Err(refusal) = self.per_ip.admit(id, peer, Instant::now()) {
+                return Admission::Refused(refusal);
+            }
+        }
         if self.draining {
             link.inbox.close();
         }
@@ -256,11 +265,37 @@ impl Registry {
         }
     }
 
+    /// Records the client a PROXY header named for connection `id`, and
+    /// announces it, unless its address is over a per-address limit.
+    fn identify(&mut self, id: ClientId, client: SocketAddr) -> Admission {
+        let Some(entry) = self.clients.get_mut(&id) else {
+            return Admission::Admitted {
+                clients: self.clients.len(),
+            };
+        };
+        entry.via = Some(Box::new(std::mem::replace(&mut entry.peer, client)));
+        if !entry.announced {
+            if let Err(refusal) = self.per_ip.admit(id, client, Instant::now()) {
+                return Admission::Refused(refusal);
+            }
+            entry.announced = true;
+            self.announced += 1;
+            self.admitted += 1;
+            log_lines::joined(&entry.who(id), self.announced);
+        }
+        Admission::Admitted {
+            clients: self.clients.len(),
+        }
+    }
+
     fn unregister(&mut self, id: ClientId, reason: &LeaveReason) {
         let Some(entry) = self.clients.remove(&id) else {
             warn!("leave from an unknown client", { client_id: id });
             return;
         };
+        if entry.announced {
+            self.per_ip.release(entry.peer, Instant::now());
+        }
         let counts = entry.link.stats.counts();
         self.departed += counts;
         self.announced -= usize::from(entry.announced);
@@ -328,6 +363,7 @@ impl Registry {
             proxy_failed: self.proxy_failed,
             tls_on_plain: self.tls_on_plain,
             proxy_local: self.proxy_local,
+            per_ip: self.per_ip.counts(),
         }
     }
 
@@ -348,39 +384,7 @@ impl Registry {
             proxy_failed: self.proxy_failed,
             tls_on_plain: self.tls_on_plain,
             proxy_local: self.proxy_local,
-        }
-    }
-
-    /// Tells every client idle for the timeout (as of `now`) to close.
-    fn close_idle(&mut self, now: Instant) {
-        let Some(idle_timeout) = self.config.idle_timeout else {
-            return;
-        };
-        for (id, entry) in &mut self.clients {
-            if entry.closing_idle || entry.link.stats.idle_for(now) < idle_timeout {
-                continue;
-            }
-            // A full inbox is tried again at the next sweep; a closed one
-            // belongs to a session whose leave is on its way.
-            if entry.link.inbox.post(SessionCommand::CloseIdle) {
-                entry.closing_idle = true;
-                info!("closing idle client", {
-                    client_id: *id,
-                    idle_ms: entry.link.stats.idle_for(now).as_millis() as u64,
-                });
-            }
-        }
-    }
-
-    fn wake_waiters(&mut self) {
-        let count = self.clients.len();
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
-            .into_iter()
-            .partition(|(wanted, _)| *wanted == count);
-        self.waiters = waiting;
-        for (_, respond_to) in ready {
-            // A waiter that gave up (timed out) does not need the answer.
-            let _ = respond_to.send(());
+            per_ip: self.per_ip.counts(),
         }
     }
 }
@@ -388,13 +392,17 @@ impl Registry {
 mod config;
 mod handle;
 mod log_lines;
+mod per_ip;
+mod wakes;
 
 pub use config::RegistryConfig;
 pub use handle::RegistryHandle;
+pub use per_ip::{ConnectRate, PerIpCounts, PerIpLimits, RESTING_MAX};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::SessionCommand;
     use std::time::Duration;
 
     fn registry(max_clients: usize) -> Registry {
@@ -403,6 +411,7 @@ mod tests {
                 max_clients,
                 snapshot_interval: None,
                 idle_timeout: Some(Duration::from_secs(60)),
+                ..RegistryConfig::default()
             },
             ..Registry::default()
         }
@@ -516,9 +525,11 @@ mod tests {
         let snapshot = registry.snapshot();
         assert!(snapshot.clients.is_empty());
         assert_eq!((snapshot.awaiting_header, snapshot.admitted), (2, 0));
+        let (respond_to, _) = oneshot::channel();
         registry.handle(RegistryMsg::Identify {
             id: ClientId(1),
             client: peer(9),
+            respond_to,
         });
         registry.handle(RegistryMsg::Unregister {
             id: ClientId(2),
@@ -616,6 +627,7 @@ mod tests {
             max_clients: 10,
             snapshot_interval: Some(Duration::from_millis(1)),
             idle_timeout: Some(Duration::from_millis(1)),
+            ..RegistryConfig::default()
         });
         let link = Arc::new(SessionLink::default());
         let admission = handle.register(ClientId(1), peer(1), link, false).await;

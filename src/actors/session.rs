@@ -37,20 +37,20 @@ use futures::{FutureExt, select_biased};
 use kv_log_macro::warn;
 
 use crate::buffers;
-use crate::messages::{ClientId, HandshakeFailure, LeaveReason, SessionCommand, SessionLink};
-use crate::net::{Handshake, LineSocket};
-use crate::proxy::ProxyHeader;
+use crate::messages::{ClientId, LeaveReason, SessionCommand, SessionLink};
+use crate::net::LineSocket;
 use crate::rt::Alarm;
 use crate::wire;
 
 mod context;
 mod leave;
+mod opening;
 mod waits;
 
 pub use context::SessionConfig;
 pub(crate) use context::SessionContext;
 
-use waits::{handshake, proxy_header, write_or_cut};
+use waits::write_or_cut;
 
 /// One client's actor. Build with [`Session::new`], then `run` it in its own task.
 pub(crate) struct Session {
@@ -132,59 +132,6 @@ impl Session {
             };
             self.close(end)
         }
-    }
-
-    /// The connection's opening: the PROXY header, the TLS handshake, then
-    /// the greeting.
-    async fn open(&mut self) -> Result<(), LeaveReason> {
-        if let Some(trusted) = &self.context.proxy {
-            let header = Box::pin(proxy_header(
-                &self.socket,
-                self.peer,
-                trusted,
-                &self.context,
-                &self.link.inbox,
-            ));
-            match header.await? {
-                ProxyHeader::Relayed { client } => self.peer = client,
-                // Served under the balancer's address, which is all there is.
-                ProxyHeader::Unnamed => {}
-                ProxyHeader::Local => return Err(LeaveReason::ProxyLocal),
-            }
-            self.context.registry.identify(self.id, self.peer).await;
-        }
-        if let Some(tls) = &self.context.tls {
-            // Boxed: a handshake's state is kilobytes, and gone once it is done.
-            let shaken = Box::pin(handshake(
-                &mut self.socket,
-                tls,
-                &self.context,
-                &self.link.inbox,
-            ));
-            let reason = match shaken.await? {
-                Handshake::Done => None,
-                Handshake::NotTls => Some("not TLS (plain text on the TLS port)"),
-                Handshake::Silent => Some("handshake timed out (nothing sent)"),
-            };
-            if let Some(reason) = reason {
-                // In plain text: a client that is not speaking TLS reads it.
-                self.out.extend_from_slice(wire::TLS_REQUIRED_ERROR);
-                self.flush().await?;
-                Box::pin(self.linger()).await;
-                return Err(LeaveReason::TlsFailed(HandshakeFailure {
-                    reason,
-                    error: None,
-                }));
-            }
-        }
-        // Written directly: an idle client's reply buffer stays unallocated.
-        write_or_cut(
-            &mut self.socket,
-            &self.context,
-            &self.link.inbox,
-            wire::GREETING,
-        )
-        .await
     }
 
     /// Answers the client's lines until the exchange ends, then says the
@@ -429,6 +376,7 @@ mod tests {
             max_clients: 1,
             snapshot_interval: None,
             idle_timeout: None,
+            ..RegistryConfig::default()
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("bound");

@@ -98,6 +98,13 @@ impl Peer {
         }
     }
 
+    /// Connects from `local` (any address of 127.0.0.0/8 is local on
+    /// Linux), as a client of another address would.
+    pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> Peer {
+        let stream = connect_from(local, addr);
+        Peer::from_stream(TcpStream::from(stream))
+    }
+
     /// Connects and checks the greeting.
     pub async fn greeted(addr: SocketAddr) -> Peer {
         let mut peer = Peer::connect(addr).await;
@@ -182,6 +189,24 @@ pub fn flood_of_long_lines() -> Vec<u8> {
     let mut line = vec![b'x'; 32 * 1024];
     line.push(b'\n');
     line.repeat(4)
+}
+
+/// A blocking connection to `addr` from `local` (bound before connecting,
+/// on a port the kernel picks).
+pub fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("socket");
+    socket
+        .bind(&SocketAddr::new(local, 0).into())
+        .expect("bind the local address");
+    socket
+        .connect_timeout(&addr.into(), PATIENCE)
+        .expect("connect");
+    socket.into()
 }
 
 /// A server config with test-friendly timers (everything else at the defaults).

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::per_ip::{self, PerIpLimits};
+
 /// The registry's part of the server's configuration; `Default` gives the
 /// CLI's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +16,9 @@ pub struct RegistryConfig {
     pub snapshot_interval: Option<Duration>,
     /// Close clients silent this long; `None`: never (`--idle-timeout`).
     pub idle_timeout: Option<Duration>,
+    /// Clients and connects per address (`--max-clients-per-ip`,
+    /// `--connect-rate-per-ip`); off by default.
+    pub per_ip: PerIpLimits,
 }
 
 impl Default for RegistryConfig {
@@ -22,6 +27,7 @@ impl Default for RegistryConfig {
             max_clients: 10_000,
             snapshot_interval: Some(Duration::from_secs(30)),
             idle_timeout: Some(Duration::from_secs(300)),
+            per_ip: PerIpLimits::default(),
         }
     }
 }
@@ -30,8 +36,13 @@ impl RegistryConfig {
     /// How often to look for idle clients: a quarter of the timeout, so a
     /// client is closed between 1 and 1.25 idle timeouts after its last input
     /// (never more often than every 10 ms, never less often than every second).
-    pub(super) fn idle_sweep_interval(&self) -> Option<Duration> {
-        self.idle_timeout
-            .map(|idle| (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
+    /// With a connect rate per address, also at least every
+    /// [`per_ip::PRUNE_EVERY`], to drop the addresses whose bucket is full.
+    pub(super) fn sweep_interval(&self) -> Option<Duration> {
+        let idle = self
+            .idle_timeout
+            .map(|idle| (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+        let prune = self.per_ip.connect_rate.map(|_| per_ip::PRUNE_EVERY);
+        idle.into_iter().chain(prune).min()
     }
 }

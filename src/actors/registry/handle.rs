@@ -49,10 +49,15 @@ impl RegistryHandle {
         .await
     }
 
-    /// Reports the client a PROXY header named.
-    pub(crate) async fn identify(&self, id: ClientId, client: SocketAddr) {
-        // As for a leave: the registry outlives every session but a cut one.
-        let _ = self.inbox.send(RegistryMsg::Identify { id, client }).await;
+    /// Reports the client a PROXY header named; the answer says whether
+    /// its address is within the per-address limits.
+    pub(crate) async fn identify(&self, id: ClientId, client: SocketAddr) -> Admission {
+        self.ask(|respond_to| RegistryMsg::Identify {
+            id,
+            client,
+            respond_to,
+        })
+        .await
     }
 
     /// Reports that a session ended.

@@ -20,6 +20,7 @@ use std::time::Duration;
 use log::{info, warn};
 
 use super::LOG_TARGET;
+use super::PerIpCounts;
 use crate::logging::{self, Listing};
 use crate::messages::{ClientId, ClientInfo, Counts, LeaveReason, Snapshot};
 
@@ -91,6 +92,7 @@ pub(super) struct Summary {
     pub(super) proxy_failed: u64,
     pub(super) tls_on_plain: u64,
     pub(super) proxy_local: u64,
+    pub(super) per_ip: PerIpCounts,
 }
 
 impl From<&Snapshot> for Summary {
@@ -105,6 +107,7 @@ impl From<&Snapshot> for Summary {
             proxy_failed: snapshot.proxy_failed,
             tls_on_plain: snapshot.tls_on_plain,
             proxy_local: snapshot.proxy_local,
+            per_ip: snapshot.per_ip,
         }
     }
 }
@@ -123,6 +126,9 @@ pub(super) fn summary(summary: &Summary) {
         proxy_failed = summary.proxy_failed,
         proxy_local = summary.proxy_local,
         tls_on_plain = summary.tls_on_plain,
+        too_many_per_ip = summary.per_ip.too_many,
+        too_fast_per_ip = summary.per_ip.too_fast,
+        per_ip_addresses = summary.per_ip.addresses,
         messages_in = summary.totals.messages_in,
         messages_out = summary.totals.messages_out,
         bytes_in = summary.totals.bytes_in,
