@@ -10,7 +10,9 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Child;
 
-use common::process::{rss_kib, signal, start_server, wait_for};
+use common::process::{
+    duplex, rss_kib, signal, start_server, stderr_lines, wait_for, wait_with_timeout,
+};
 use common::{Peer, TestServer, quick_config};
 use duplex::server::{ConnectRate, ServerConfig, TrustedProxies};
 
@@ -221,4 +223,41 @@ fn the_flags_are_usage_errors_when_out_of_range() {
             .expect("runs");
         assert_eq!(status.code(), Some(2), "{bad:?}");
     }
+}
+
+#[test]
+fn the_duplex_client_says_why_it_was_refused_and_backs_off_further_each_time() {
+    let (server, addr, _logs) = start_server(&["--max-clients-per-ip", "1"]);
+    // One connection holds the only slot of 127.0.0.1.
+    let holder = std::net::TcpStream::connect(&addr).expect("connect");
+    let mut greeting = [0u8; 6];
+    std::io::Read::read_exact(&mut &holder, &mut greeting).expect("greeted");
+    let mut client = duplex()
+        .args(["--role", "client", "--addr", &addr, "--backoff", "100ms"])
+        .args(["--max-restarts", "3"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn client");
+    let logs = stderr_lines(&mut client);
+    let close = wait_for(&logs, "INFO  duplex::actors::connection] close");
+    assert!(
+        close.contains(
+            "reason=server closed the connection: error: too many connections from your address"
+        ),
+        "{close}"
+    );
+    let backoffs: Vec<u64> = (0..3)
+        .map(|_| {
+            let line = wait_for(&logs, "restarting connection");
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix("backoff_ms="))
+                .and_then(|ms| ms.parse().ok())
+                .expect("backoff_ms")
+        })
+        .collect();
+    // 100 ms, then doubling (±20 % jitter): each wait longer than the last.
+    assert!(backoffs.windows(2).all(|w| w[0] < w[1]), "{backoffs:?}");
+    assert_eq!(wait_with_timeout(client).code(), Some(1));
+    stop(server);
 }

@@ -80,8 +80,14 @@ impl Default for SupervisorConfig {
     }
 }
 
-/// How a server's "full" line starts (`wire::server_full_error`).
-const SERVER_FULL: &str = "error: server full";
+/// How the lines of a server that turns clients away start: "full"
+/// (`wire::server_full_error`), and over a per-address limit
+/// (`wire::TOO_MANY_FROM_ADDRESS_ERROR`, `wire::CONNECTING_TOO_FAST_ERROR`).
+const TURNED_AWAY: [&str; 3] = [
+    "error: server full",
+    "error: too many connections from your address",
+    "error: connecting too fast",
+];
 
 /// The longest wait between tries of a server that said it is full, when
 /// `--backoff-max` does not say.
@@ -214,10 +220,11 @@ impl Supervisor {
                     Outcome::GaveUp
                 };
             }
-            // A server that said it is full is asked again less and less often.
+            // A server that said it is full (or its limit for this
+            // address reached) is asked again less and less often.
             let delay = match &exit.end {
                 ConnectionEnd::ServerClosed { said: Some(said) }
-                    if said.starts_with(SERVER_FULL) =>
+                    if TURNED_AWAY.iter().any(|line| said.starts_with(line)) =>
                 {
                     self.full_backoff.next_delay()
                 }
