@@ -97,33 +97,16 @@ pub(crate) async fn read_header(socket: &Socket) -> io::Result<ProxyHeader> {
     let mut header = Vec::with_capacity(V1_MAX);
     let mut chunk = [0u8; V1_MAX];
     loop {
-        // How many more bytes are surely the header's, and whether to look
-        // for a v1 header's end among the bytes that have come.
-        let (wanted, v1) = match header.first() {
-            None => (1, false),
-            Some(b'P') => (V1_MAX - header.len(), true),
-            Some(_) if header.len() < V2_FIXED => (V2_FIXED - header.len(), false),
-            Some(_) => {
-                let length = u16::from_be_bytes([header[14], header[15]]) as usize;
-                if V2_FIXED + length > V2_MAX {
-                    return Err(invalid("PROXY v2 header too long"));
-                }
-                (V2_FIXED + length - header.len(), false)
-            }
-        };
-        if wanted == 0 {
+        let Some(Wanted { bytes: wanted, v1 }) = wanted(&header)? else {
             return parse(&header);
-        }
+        };
         let wanted = wanted.min(chunk.len());
         let n = if v1 {
             // Peek, and take up to the newline (or all, if none came yet).
             let seen = socket
                 .read_with(|tcp| tcp.peek(&mut chunk[..wanted]))
                 .await?;
-            let end = chunk[..seen]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(seen, |i| i + 1);
+            let end = v1_end(&chunk[..seen]);
             socket
                 .read_with(|mut tcp| tcp.read(&mut chunk[..end]))
                 .await?
@@ -133,27 +116,74 @@ pub(crate) async fn read_header(socket: &Socket) -> io::Result<ProxyHeader> {
                 .await?
         };
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "closed before the end of the PROXY header",
-            ));
+            return Err(closed_early());
         }
         header.extend_from_slice(&chunk[..n]);
-        if header
-            .first()
-            .is_some_and(|&b| b != b'P' && b != V2_SIGNATURE[0])
-            || (header.first() == Some(&V2_SIGNATURE[0])
-                && !V2_SIGNATURE.starts_with(&header[..header.len().min(12)]))
-        {
-            return Err(invalid("no PROXY header"));
-        }
-        if v1 && header.last() == Some(&b'\n') {
+        if read_more(&header, v1)? {
             return parse(&header);
         }
-        if v1 && header.len() >= V1_MAX {
-            return Err(invalid("PROXY v1 header too long"));
-        }
     }
+}
+
+/// The next read of a header: how many more bytes are surely the header's,
+/// and whether to look for a v1 header's end among them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wanted {
+    bytes: usize,
+    v1: bool,
+}
+
+/// What to read next, given the header's bytes so far (`None`: it is
+/// whole); an error for a v2 header that says it is too long.
+fn wanted(header: &[u8]) -> io::Result<Option<Wanted>> {
+    let (bytes, v1) = match header.first() {
+        None => (1, false),
+        Some(b'P') => (V1_MAX - header.len(), true),
+        Some(_) if header.len() < V2_FIXED => (V2_FIXED - header.len(), false),
+        Some(_) => {
+            let length = u16::from_be_bytes([header[14], header[15]]) as usize;
+            if V2_FIXED + length > V2_MAX {
+                return Err(invalid("PROXY v2 header too long"));
+            }
+            (V2_FIXED + length - header.len(), false)
+        }
+    };
+    Ok((bytes > 0).then_some(Wanted { bytes, v1 }))
+}
+
+/// How many of the bytes `seen` (peeked) a v1 header takes: up to its
+/// newline, or all of them if none came yet.
+fn v1_end(seen: &[u8]) -> usize {
+    seen.iter()
+        .position(|&b| b == b'\n')
+        .map_or(seen.len(), |i| i + 1)
+}
+
+/// After a read: whether a v1 header is whole, or an error if the bytes so
+/// far cannot be (the start of) a header.
+fn read_more(header: &[u8], v1: bool) -> io::Result<bool> {
+    if header
+        .first()
+        .is_some_and(|&b| b != b'P' && b != V2_SIGNATURE[0])
+        || (header.first() == Some(&V2_SIGNATURE[0])
+            && !V2_SIGNATURE.starts_with(&header[..header.len().min(12)]))
+    {
+        return Err(invalid("no PROXY header"));
+    }
+    if v1 && header.last() == Some(&b'\n') {
+        return Ok(true);
+    }
+    if v1 && header.len() >= V1_MAX {
+        return Err(invalid("PROXY v1 header too long"));
+    }
+    Ok(false)
+}
+
+fn closed_early() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "closed before the end of the PROXY header",
+    )
 }
 
 fn parse(header: &[u8]) -> io::Result<ProxyHeader> {
@@ -169,6 +199,11 @@ fn parse(header: &[u8]) -> io::Result<ProxyHeader> {
             v1::Addresses::Tcp6(a) => relayed(SocketAddr::from((a.source_address, a.source_port))),
             v1::Addresses::Unknown => Ok(ProxyHeader::Unnamed),
         },
+        // ppp reads TLVs only when asked: one whose length runs past the
+        // header is refused here, as HAProxy does.
+        HeaderResult::V2(Ok(parsed)) if parsed.tlvs().any(|tlv| tlv.is_err()) => Err(invalid(
+            "invalid PROXY v2 header: a TLV runs past the header's end",
+        )),
         HeaderResult::V2(Ok(parsed)) => match (parsed.command, parsed.addresses) {
             (v2::Command::Local, _) => Ok(ProxyHeader::Local),
             (v2::Command::Proxy, v2::Addresses::IPv4(a)) => {
@@ -245,5 +280,103 @@ mod tests {
         local.extend_from_slice(&[0x20, 0x00, 0, 0]);
         assert_eq!(parse(&local).expect("v2 local"), ProxyHeader::Local);
         assert!(parse(b"PROXY TCP4 nonsense\r\n").is_err());
+    }
+
+    #[test]
+    fn a_tlv_that_runs_past_the_header_is_refused() {
+        let mut v2 = V2_SIGNATURE.to_vec();
+        // TCP/IPv4, then a NOOP TLV that says 256 bytes and brings 2.
+        v2.extend_from_slice(&[0x21, 0x11, 0, 12 + 3 + 2, 192, 0, 2, 1, 198, 51, 100, 2]);
+        v2.extend_from_slice(&[0xdc, 0x04, 0x1f, 0x40, 0x04, 0x01, 0x00, 0, 0]);
+        let refused = parse(&v2).expect_err("overrun");
+        assert!(refused.to_string().contains("TLV"), "{refused}");
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Reads a header as `read_header` does, from `data` arriving in
+        /// the pieces `cuts` makes of it (a read takes at most what has
+        /// arrived, and at most a v1 header's end); the result (an error
+        /// as its text) and how many bytes it took.
+        fn read_in_pieces(data: &[u8], cuts: &[usize]) -> (Result<ProxyHeader, String>, usize) {
+            let mut arrivals = cuts.iter().copied().chain([data.len()]);
+            let (mut arrived, mut taken) = (0, 0);
+            let mut header = Vec::new();
+            let result = loop {
+                let next = match wanted(&header) {
+                    Err(e) => break Err(e),
+                    Ok(None) => break parse(&header),
+                    Ok(Some(next)) => next,
+                };
+                if taken == arrived {
+                    match arrivals.find(|&at| at > arrived) {
+                        Some(at) => arrived = at,
+                        None => break Err(closed_early()),
+                    }
+                }
+                let seen = &data[taken..arrived.min(taken + next.bytes.min(V1_MAX))];
+                let n = if next.v1 { v1_end(seen) } else { seen.len() };
+                header.extend_from_slice(&seen[..n]);
+                taken += n;
+                assert!(header.len() <= V2_MAX, "a header of {}", header.len());
+                match read_more(&header, next.v1) {
+                    Err(e) => break Err(e),
+                    Ok(true) => break parse(&header),
+                    Ok(false) => {}
+                }
+            };
+            (result.map_err(|e| e.to_string()), taken)
+        }
+
+        /// A header, valid or nearly: v1, v2 with TLVs, or arbitrary bytes;
+        /// some bytes changed at random; arbitrary bytes after it.
+        fn streams() -> impl Strategy<Value = Vec<u8>> {
+            let v1 = Just(b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 8000\r\n".to_vec());
+            let v2 = proptest::collection::vec(any::<u8>(), 0..40).prop_map(|tlv| {
+                let mut v2 = V2_SIGNATURE.to_vec();
+                let length = (12 + 3 + tlv.len()) as u16;
+                v2.extend_from_slice(&[0x21, 0x11]);
+                v2.extend_from_slice(&length.to_be_bytes());
+                v2.extend_from_slice(&[192, 0, 2, 1, 198, 51, 100, 2, 0xdc, 0x04, 0x1f, 0x40]);
+                v2.push(0x04);
+                v2.extend_from_slice(&(tlv.len() as u16).to_be_bytes());
+                v2.extend_from_slice(&tlv);
+                v2
+            });
+            let start = prop_oneof![v1, v2, proptest::collection::vec(any::<u8>(), 0..300)];
+            let changes =
+                proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3);
+            let tail = proptest::collection::vec(any::<u8>(), 0..200);
+            (start, changes, tail).prop_map(|(mut data, changes, tail)| {
+                for (at, byte) in changes {
+                    if !data.is_empty() {
+                        let at = at.index(data.len());
+                        data[at] = byte;
+                    }
+                }
+                data.extend_from_slice(&tail);
+                data
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_split_gives_the_result_of_the_whole_stream(
+                data in streams(),
+                cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..20),
+            ) {
+                let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(data.len() + 1)).collect();
+                cuts.sort_unstable();
+                let (whole, taken_whole) = read_in_pieces(&data, &[]);
+                let (split, taken_split) = read_in_pieces(&data, &cuts);
+                prop_assert_eq!(&split, &whole);
+                if whole.is_ok() {
+                    // Exactly the header, however it came: the rest is the client's.
+                    prop_assert_eq!(taken_split, taken_whole);
+                }
+            }
+        }
     }
 }
