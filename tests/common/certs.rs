@@ -125,6 +125,24 @@ impl Drop for TempDir {
     }
 }
 
+/// A rustls client configuration that trusts the CA in `ca`.
+pub fn client_config(ca: &Path) -> std::sync::Arc<futures_rustls::rustls::ClientConfig> {
+    use futures_rustls::pki_types::CertificateDer;
+    use futures_rustls::pki_types::pem::PemObject;
+    use futures_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA PEM")).expect("CA certificate");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
 /// A TLS client made with rustls directly (the library's own client is
 /// tested through `duplex::client`): connects, verifies against `ca`, and
 /// reads whole lines.
@@ -144,20 +162,8 @@ impl TlsPeer {
         prefix: &[u8],
     ) -> std::io::Result<TlsPeer> {
         use futures::AsyncWriteExt;
-        use futures_rustls::pki_types::pem::PemObject;
-        use futures_rustls::pki_types::{CertificateDer, ServerName};
-        use futures_rustls::rustls;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
-            roots.add(cert.expect("CA PEM")).expect("CA certificate");
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = futures_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        use futures_rustls::pki_types::ServerName;
+        let connector = futures_rustls::TlsConnector::from(client_config(ca));
         let mut tcp = async_std::net::TcpStream::connect(addr).await?;
         tcp.write_all(prefix).await?;
         let name = ServerName::try_from("localhost").expect("name");
