@@ -26,6 +26,7 @@
 //! | TLS: a handshake that stops halfway | `tls_handshake_that_stops_halfway_is_closed_at_the_timeout` |
 //! | the framer, any bytes in any pieces | `src/wire.rs`: `any_split_gives_the_lines_of_the_whole_stream` |
 //! | the PROXY reader, any bytes in any pieces | `src/proxy.rs`: `any_split_gives_the_result_of_the_whole_stream` |
+//! | a flood of one class is a few log lines | `a_flood_of_failed_handshakes_is_one_line_per_period_with_a_count`; `tests/tls.rs`: `a_tls_client_on_a_plain_server_is_closed_unanswered_counted_and_logged_once` |
 
 mod common;
 
@@ -398,4 +399,47 @@ async fn tls_handshake_that_stops_halfway_is_closed_at_the_timeout() {
     let snapshot = settled(&server).await;
     assert_eq!((snapshot.tls_failed, snapshot.admitted), (1, 2));
     server.stop().await;
+}
+
+/// The log side of every class: a flood of one is a few lines. Here, a
+/// flood of garbage on a TLS port against the real binary.
+#[test]
+fn a_flood_of_failed_handshakes_is_one_line_per_period_with_a_count() {
+    use common::process::{signal, start_server, wait_for, wait_with_timeout};
+    let ca = TestCa::new("flood CA");
+    let files = ca.leaf("server", Leaf::Good);
+    let (cert, key) = (
+        files.cert.to_str().expect("path"),
+        files.key.to_str().expect("path"),
+    );
+    let (server, addr, logs) = start_server(&["--tls-cert", cert, "--tls-key", key]);
+    let addr: SocketAddr = addr.parse().expect("address");
+    const FLOOD: usize = 20;
+    for _ in 0..FLOOD {
+        let mut tcp = blocking_connect(addr);
+        tcp.write_all(&[0x16, 0x7f, 0x7f, 0xff, 0xff, 1, 2, 3])
+            .expect("write");
+        until_closed(&mut tcp);
+    }
+    signal(&server, libc::SIGUSR1);
+    let mut failures = 0;
+    let snapshot = loop {
+        let line = wait_for(&logs, "");
+        failures +=
+            usize::from(line.contains("TLS handshake failed") && !line.contains("client left"));
+        if line.contains("registry snapshot") {
+            break line;
+        }
+    };
+    assert!(
+        snapshot.contains(&format!("tls_failed={FLOOD} ")),
+        "{snapshot}"
+    );
+    // One line per 5 s: one, unless this machine took seconds for 20 connects.
+    assert!(
+        (1..FLOOD / 4).contains(&failures),
+        "{failures} lines for {FLOOD} failures"
+    );
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
 }

@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use futures::channel::oneshot;
 use futures::{FutureExt, select_biased};
-use kv_log_macro::{info, warn};
+use kv_log_macro::warn;
 use log::kv::Value;
 
 use crate::logging::Throttle;
@@ -100,6 +100,8 @@ pub(crate) struct Registry {
     /// TLS clients on a plain server: a fleet of them, misconfigured, can
     /// come many times a second.
     tls_on_plain_lines: Throttle,
+    /// Failed TLS handshakes: a flood of garbage on a TLS port is a few lines.
+    tls_failed_lines: Throttle,
     /// Clients and connects per address.
     per_ip: PerIp,
 }
@@ -299,29 +301,7 @@ impl Registry {
         let counts = entry.link.stats.counts();
         self.departed += counts;
         self.announced -= usize::from(entry.announced);
-        self.tls_failed += u64::from(matches!(reason, LeaveReason::TlsFailed(_)));
-        self.proxy_local += u64::from(matches!(reason, LeaveReason::ProxyLocal));
-        if let LeaveReason::ProxyFailed(why) = reason {
-            self.proxy_failed += 1;
-            if let Some(suppressed) = self.proxy_warnings.allow() {
-                warn!("PROXY header refused", {
-                    client_id: id,
-                    peer: Value::from_display(&entry.peer),
-                    reason: why.as_str(),
-                    suppressed: suppressed,
-                });
-            }
-        }
-        if let LeaveReason::TlsOnPlain = reason {
-            self.tls_on_plain += 1;
-            if let Some(suppressed) = self.tls_on_plain_lines.allow() {
-                info!("TLS client on a plain port: closed unanswered", {
-                    client_id: id,
-                    peer: Value::from_display(&entry.peer),
-                    suppressed: suppressed,
-                });
-            }
-        }
+        self.count_failure(id, entry.peer, reason);
         // A connection never announced (no PROXY header yet) leaves quietly.
         let level = if entry.announced {
             log::Level::Info
@@ -390,6 +370,7 @@ impl Registry {
 }
 
 mod config;
+mod failures;
 mod handle;
 mod log_lines;
 mod per_ip;

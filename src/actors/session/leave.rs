@@ -1,12 +1,12 @@
 //! How a session's end is closed and logged: a client that stopped reading
 //! is reset, a failure gets its log line, and a failed write at shutdown is
-//! the shutdown's cut. (A refused PROXY header is logged by the registry,
-//! which throttles it: a connect flood from an untrusted address must not
-//! flood the log.)
+//! the shutdown's cut. (A refused PROXY header and a failed TLS handshake
+//! are logged by the registry, which throttles them: a connect flood of
+//! either must not flood the log.)
 
 use std::io;
 
-use kv_log_macro::{debug, info, warn};
+use kv_log_macro::{debug, warn};
 
 use super::Session;
 use crate::messages::LeaveReason;
@@ -25,18 +25,6 @@ impl Session {
                     client_id: self.id,
                     peer: peer,
                     reason: log::kv::Value::from_display(&end),
-                });
-            }
-            LeaveReason::TlsFailed(failure) => {
-                let error = failure
-                    .error
-                    .as_ref()
-                    .map_or(String::new(), |e| e.to_string());
-                info!("TLS handshake failed", {
-                    client_id: self.id,
-                    peer: peer,
-                    reason: failure.reason,
-                    error: error,
                 });
             }
             LeaveReason::Io(e) if self.context.cut.is_triggered() => {
