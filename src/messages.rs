@@ -116,8 +116,7 @@ pub(crate) enum LeaveReason {
     /// A plain server's client opened with a TLS ClientHello: it was
     /// closed unanswered.
     TlsOnPlain,
-    /// Its address (named by its PROXY header) was over a per-address
-    /// limit; the client was told so.
+    /// Its address (its PROXY header's) was over a per-address limit; told so.
     Refused(PerIpRefusal),
 }
 
@@ -281,8 +280,8 @@ pub(crate) enum RegistryMsg {
         awaits_header: bool,
         respond_to: oneshot::Sender<Admission>,
     },
-    /// The PROXY header named the client behind the balancer (`peer`);
-    /// the answer says whether its address is within the per-address limits.
+    /// The PROXY header named the client behind the balancer (`peer`): is
+    /// its address within the per-address limits?
     Identify {
         id: ClientId,
         client: SocketAddr,
