@@ -423,4 +423,11 @@ mod tests {
         assert_eq!(table.counts().addresses, 0);
         assert!(table.table.capacity() < grown / 10);
     }
+
+    /// `RESTING_MAX`'s cost, in docs/operations.md, is stated from this.
+    #[test]
+    fn an_entry_is_64_bytes() {
+        let size = std::mem::size_of::<(AddressKey, Slot)>();
+        assert!(size <= 64, "an entry is {size} bytes");
+    }
 }
