@@ -41,6 +41,9 @@ pub const RESTING_MAX: usize = 65_536;
 /// gives back the table's room once it is mostly empty.
 pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
+/// The longest time between connects a rate can ask for: a year.
+const INTERVAL_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// A table with room for more than this many entries times its length is
 /// shrunk at the next prune (never below room for [`SHRINK_FLOOR`]).
 const SHRINK_RATIO: usize = 4;
@@ -57,11 +60,13 @@ pub struct ConnectRate {
 }
 
 impl ConnectRate {
-    /// `per_second` connects a second (more than 0), `burst` at once.
+    /// `per_second` connects a second (more than 0), `burst` at once. A
+    /// rate under one a year is one a year, so that no instant the table
+    /// computes can overflow.
     pub fn per_second(per_second: f64, burst: u32) -> ConnectRate {
         let interval = Duration::try_from_secs_f64(1.0 / per_second).unwrap_or(Duration::MAX);
         ConnectRate {
-            interval: interval.max(Duration::from_nanos(1)),
+            interval: interval.clamp(Duration::from_nanos(1), INTERVAL_MAX),
             burst: burst.max(1),
         }
     }
@@ -429,5 +434,18 @@ mod tests {
     fn an_entry_is_64_bytes() {
         let size = std::mem::size_of::<(AddressKey, Slot)>();
         assert!(size <= 64, "an entry is {size} bytes");
+    }
+
+    #[test]
+    fn absurd_rates_neither_overflow_nor_divide_by_zero() {
+        let start = Instant::now();
+        for (rate, burst) in [(1e-300, u32::MAX), (1e300, 1), (f64::MIN_POSITIVE, 7)] {
+            let mut table = limits(None, Some(ConnectRate::per_second(rate, burst)));
+            for _ in 0..3 {
+                let _ = table.admit(ID, peer("192.0.2.1"), start);
+            }
+            table.release(peer("192.0.2.1"), start);
+            table.prune(start);
+        }
     }
 }
