@@ -162,7 +162,12 @@ fn behind_haproxy_clients_keep_their_addresses_survive_a_killed_server_and_a_rol
             TestClient::start(config)
         })
         .collect();
+    // Waits for `rounds` replies from each client printed from now on:
+    // the lines already printed (the channel keeps them) came from before.
     let all_reply = |rounds: usize| {
+        for client in &clients {
+            while client.lines.try_recv().is_ok() {}
+        }
         async_std::task::block_on(async {
             for client in &clients {
                 for _ in 0..rounds {
