@@ -101,7 +101,7 @@ fn the_periodic_snapshot_logs_the_totals_and_only_sigusr1_lists_every_client() {
 }
 
 #[test]
-fn the_listening_line_and_version_flag_name_the_version() {
+fn the_listening_line_names_the_version_and_the_threads() {
     let version = env!("CARGO_PKG_VERSION");
     let output = duplex().arg("--version").output().expect("run --version");
     assert!(output.status.success());
@@ -109,7 +109,7 @@ fn the_listening_line_and_version_flag_name_the_version() {
         String::from_utf8_lossy(&output.stdout),
         format!("duplex {version}\n")
     );
-    let mut command = server_command(&[]);
+    let mut command = server_command(&["--threads", "3"]);
     let mut server = command.spawn().expect("spawn server");
     let logs = stderr_lines(&mut server);
     let listening = wait_for(&logs, "listening");
@@ -117,6 +117,7 @@ fn the_listening_line_and_version_flag_name_the_version() {
         listening.contains(&format!(" version={version}")),
         "{listening}"
     );
+    assert!(listening.contains(" threads=3 "), "{listening}");
     signal(&server, libc::SIGTERM);
     assert!(wait_with_timeout(server).success());
 }

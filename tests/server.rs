@@ -310,6 +310,39 @@ async fn one_client_over_the_cap_is_turned_away_and_the_others_are_untouched() {
 }
 
 #[async_std::test]
+async fn on_four_cores_the_cap_and_the_client_list_cover_every_core() {
+    let mut config = quick_config();
+    config.threads = 4;
+    config.registry.max_clients = 30;
+    let server = TestServer::start(config).await;
+    let mut admitted = Vec::new();
+    for _ in 0..30 {
+        admitted.push(Peer::greeted(server.addr).await);
+    }
+    // Whichever core accepts them, the registry's one cap turns these away.
+    for _ in 0..5 {
+        let mut over = Peer::connect(server.addr).await;
+        assert_eq!(over.line().await, b"error: server full (max 30 clients)\n");
+    }
+    for (i, peer) in admitted.iter_mut().enumerate() {
+        let message = format!("m{i}\n");
+        peer.send(message.as_bytes()).await;
+        assert_eq!(peer.reply().await, message.trim_end().as_bytes());
+    }
+    let snapshot = server.registry.snapshot().await;
+    assert_eq!(
+        snapshot.clients.len(),
+        30,
+        "one list of every core's clients"
+    );
+    assert_eq!((snapshot.admitted, snapshot.rejected), (30, 5));
+    assert_eq!(snapshot.totals.messages_in, 30);
+    drop(admitted);
+    server.wait_for_clients(0).await;
+    server.stop().await;
+}
+
+#[async_std::test]
 async fn an_idle_client_is_told_and_closed() {
     let mut config = quick_config();
     config.registry.idle_timeout = Some(Duration::from_millis(100));
