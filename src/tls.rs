@@ -228,6 +228,12 @@ impl TlsReloader {
         Ok(outcome)
     }
 
+    /// The certificate in use's notBefore and notAfter (`/metrics`, `/readyz`).
+    pub(crate) fn dates(&self) -> (DateTime<Utc>, DateTime<Utc>) {
+        let leaf = self.0.leaf();
+        (leaf.not_before, leaf.not_after)
+    }
+
     /// Checks the certificate in use every `every`, and just after it
     /// expires, until `shutdown`: warns of a near expiry (so, with
     /// [`CERTIFICATE_CHECK_INTERVAL`], once a day), and logs an error once

@@ -20,6 +20,9 @@ pub const SHUTDOWN_NOTICE: &[u8] = b"notice: server shutting down\n";
 /// Sent before closing a client that said nothing for the idle timeout.
 pub const IDLE_TIMEOUT_ERROR: &[u8] = b"error: idle timeout\n";
 
+/// Sent before closing a client an operator closed (`DELETE /clients/{id}`).
+pub const OPERATOR_CLOSE_ERROR: &[u8] = b"error: closed by operator\n";
+
 /// Sent in plain text to a client that speaks plain text to a TLS server.
 pub const TLS_REQUIRED_ERROR: &[u8] = b"error: this server speaks TLS\n";
 

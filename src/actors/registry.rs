@@ -37,7 +37,8 @@ use log::kv::Value;
 
 use crate::logging::Throttle;
 use crate::messages::{
-    Admission, ClientId, ClientInfo, Counts, LeaveReason, RegistryMsg, SessionLink, Snapshot,
+    Admission, ClientId, ClientInfo, Counts, Cuts, LeaveReason, RegistryMsg, SessionLink,
+    Snapshot,
 };
 use crate::rt::{JoinHandle, Receiver, bounded, sleep_until, spawn};
 use log_lines::{Summary, Who};
@@ -61,7 +62,7 @@ struct Entry {
     connected_at: Instant,
     /// The session's inbox and counters.
     link: Arc<SessionLink>,
-    /// The session has been told to close for idleness.
+    /// The session has been told to close, for idleness or by an operator.
     closing_idle: bool,
 }
 
@@ -92,6 +93,8 @@ pub(crate) struct Registry {
     tls_on_plain: u64,
     /// Connections that were a proxy's health check (a `LOCAL` header).
     proxy_local: u64,
+    /// Clients the server closed, by why (`/metrics`).
+    cuts: Cuts,
     waiters: Vec<(usize, oneshot::Sender<()>)>,
     /// Shutdown has begun: inboxes are closed, new ones too.
     draining: bool,
@@ -197,6 +200,7 @@ impl Registry {
                 self.waiters.push((clients, respond_to));
                 self.wake_waiters();
             }
+            RegistryMsg::Admin(request) => self.answer(request),
             RegistryMsg::Stop { respond_to } => {
                 let snapshot = self.snapshot();
                 log_lines::final_snapshot(&snapshot);
@@ -302,6 +306,7 @@ impl Registry {
         self.departed += counts;
         self.announced -= usize::from(entry.announced);
         self.count_failure(id, entry.peer, reason);
+        self.cuts.count(reason);
         // A connection never announced (no PROXY header yet) leaves quietly.
         let level = if entry.announced {
             log::Level::Info
@@ -369,6 +374,7 @@ impl Registry {
     }
 }
 
+mod admin;
 mod config;
 mod failures;
 mod handle;

@@ -21,7 +21,8 @@
 //!
 //! Stops when the client closes or fails, when it opens with TLS on a plain
 //! server, when a line is too long, when the registry finds the client idle
-//! (`SessionCommand::CloseIdle`), or at server shutdown: when the registry closes the inbox it answers what it has read,
+//! (`SessionCommand::CloseIdle`) or an operator closes it
+//! (`SessionCommand::CloseByOperator`), or at server shutdown: when the registry closes the inbox it answers what it has read,
 //! sends the notice and closes; `cut` stops it writing at once. However it
 //! ends, [`run`](Session::run) returns the [`LeaveReason`], and the task that
 //! runs it (the acceptor's `session_task`) tells the registry, then drops
@@ -197,6 +198,9 @@ impl Session {
                 }
                 Event::Read(Err(e)) => break LeaveReason::Io(e),
                 Event::Command(Some(SessionCommand::CloseIdle)) => break LeaveReason::IdleTimeout,
+                Event::Command(Some(SessionCommand::CloseByOperator)) => {
+                    break LeaveReason::Operator { told: true };
+                }
                 // The registry closed our inbox: the server is shutting down.
                 Event::Command(None) => break LeaveReason::ServerShutdown,
                 Event::Deadline => {
@@ -249,6 +253,7 @@ impl Session {
                 shutdown.then_some(wire::SHUTDOWN_NOTICE)
             }
             LeaveReason::IdleTimeout => Some(wire::IDLE_TIMEOUT_ERROR),
+            LeaveReason::Operator { told: true } => Some(wire::OPERATOR_CLOSE_ERROR),
             LeaveReason::LineTooLong { max } => return self.refuse(max).await,
             // Nothing more can be said.
             _ => return end,

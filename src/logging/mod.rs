@@ -160,6 +160,15 @@ pub(super) fn wait_for_room() {
     }
 }
 
+/// Lines dropped since start, for `/metrics` (only a line that finds the
+/// queue full counts it).
+static LINES_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Log lines dropped since start because stderr could not keep up.
+pub(crate) fn lines_dropped() -> u64 {
+    LINES_DROPPED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The queue the installed logger writes into, for [`wait_for_room`].
 static QUEUE: OnceLock<Arc<LogQueue>> = OnceLock::new();
 
@@ -227,6 +236,7 @@ impl LogQueue {
             state.bytes.extend_from_slice(line);
         } else {
             state.dropped += 1;
+            LINES_DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let became_half_full = !was_half_full && state.bytes.len() > QUEUE_BYTES / 2;
         drop(state);

@@ -27,6 +27,10 @@ use super::SessionCommand;
 const CLOSE_IDLE: u8 = 1;
 /// Closed: nothing more can be posted.
 const CLOSED: u8 = 2;
+/// The slot holds a `CloseByOperator`.
+const CLOSE_BY_OPERATOR: u8 = 4;
+/// Either command: what the slot holds.
+const SLOT: u8 = CLOSE_IDLE | CLOSE_BY_OPERATOR;
 
 /// The mailbox; see the module docs.
 #[derive(Debug, Default)]
@@ -39,11 +43,14 @@ impl Mailbox {
     /// Posts `command` unless the slot is taken or the mailbox is closed;
     /// whether it was posted. Never waits.
     pub(crate) fn post(&self, command: SessionCommand) -> bool {
-        let SessionCommand::CloseIdle = command;
+        let held = match command {
+            SessionCommand::CloseIdle => CLOSE_IDLE,
+            SessionCommand::CloseByOperator => CLOSE_BY_OPERATOR,
+        };
         let posted = self
             .state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
-                (state == 0).then_some(CLOSE_IDLE)
+                (state == 0).then_some(held)
             })
             .is_ok();
         if posted {
@@ -86,9 +93,11 @@ impl Mailbox {
     /// `Some(Some(command))` when one was posted, `Some(None)` when closed
     /// and empty, `None` when there is nothing yet.
     pub(crate) fn try_recv(&self) -> Option<Option<SessionCommand>> {
-        let before = self.state.fetch_and(!CLOSE_IDLE, Ordering::AcqRel);
+        let before = self.state.fetch_and(!SLOT, Ordering::AcqRel);
         if before & CLOSE_IDLE != 0 {
             Some(Some(SessionCommand::CloseIdle))
+        } else if before & CLOSE_BY_OPERATOR != 0 {
+            Some(Some(SessionCommand::CloseByOperator))
         } else if before & CLOSED != 0 {
             Some(None)
         } else {
@@ -133,6 +142,18 @@ mod tests {
         for _ in 0..2 {
             assert!(matches!(mailbox.recv().now_or_never(), Some(None)));
         }
+    }
+
+    #[test]
+    fn an_operator_close_takes_the_slot_as_an_idle_close_does() {
+        let mailbox = Mailbox::default();
+        assert!(mailbox.post(SessionCommand::CloseByOperator));
+        assert!(!mailbox.post(SessionCommand::CloseIdle), "the slot is full");
+        assert!(matches!(
+            mailbox.try_recv(),
+            Some(Some(SessionCommand::CloseByOperator))
+        ));
+        assert!(mailbox.try_recv().is_none(), "read once");
     }
 
     #[async_std::test]

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use futures::channel::oneshot;
 
-use crate::messages::{Admission, ClientId, LeaveReason, RegistryMsg, SessionLink, Snapshot};
+use crate::messages::{
+    AdminRequest, Admission, ClientId, LeaveReason, RegistryMsg, SessionLink, Snapshot,
+};
 use crate::rt::Sender;
 
 /// The way into a server's registry, for the acceptor, the sessions, the
@@ -96,6 +98,18 @@ impl RegistryHandle {
             respond_to,
         })
         .await
+    }
+
+    /// Asks an admin question; `None` once the registry has stopped (an
+    /// admin request can outlive the server's shutdown order).
+    pub(crate) async fn admin<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> AdminRequest,
+    ) -> Option<T> {
+        let (respond_to, response) = oneshot::channel();
+        let request = RegistryMsg::Admin(make(respond_to));
+        self.inbox.send(request).await.ok()?;
+        response.await.ok()
     }
 
     /// Logs a final snapshot, returns it, and stops the actor.

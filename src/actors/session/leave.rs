@@ -27,6 +27,9 @@ impl Session {
                     reason: log::kv::Value::from_display(&end),
                 });
             }
+            // Closed by an operator while a write to it waited: reset, as
+            // above; nothing more would reach it.
+            LeaveReason::Operator { told: false } => self.socket.reset_on_close(),
             LeaveReason::Io(e) if self.context.cut.is_triggered() => {
                 debug!("session cut", { client_id: self.id, error: log::kv::Value::from_display(e) });
                 return LeaveReason::Cut;

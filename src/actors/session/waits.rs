@@ -49,6 +49,7 @@ async fn write_waiting(
             _ = cut.wait().fuse() => LeaveReason::Cut,
             command = idle_command(inbox).fuse() => match command {
                 SessionCommand::CloseIdle => LeaveReason::NotReading { idle: true },
+                SessionCommand::CloseByOperator => LeaveReason::Operator { told: false },
             },
         }
     };
@@ -123,6 +124,7 @@ async fn opening_step<T>(
         _ = context.cut.wait().fuse() => Err(LeaveReason::Cut),
         command = idle_command(inbox).fuse() => Err(match command {
             SessionCommand::CloseIdle => LeaveReason::IdleTimeout,
+            SessionCommand::CloseByOperator => LeaveReason::Operator { told: false },
         }),
         done = within(limit, step).fuse() => Ok(done),
     }
