@@ -15,6 +15,7 @@
 #![warn(unreachable_pub)]
 
 mod actors;
+mod admin;
 mod buffers;
 mod messages;
 mod net;

@@ -33,6 +33,13 @@ pub(crate) use cores::Cores;
 pub use cores::MAX_THREADS;
 pub(crate) use socket::{Listener, Socket};
 
+/// The admin server's listener (`--admin-addr`), off the cores: on async-io's
+/// reactor, which async-std's executor and timers run on, so that hyper's
+/// connections (through smol-hyper) never share a core with a client.
+pub(crate) type AdminListener = async_io::Async<std::net::TcpListener>;
+/// An admin connection, accepted from an [`AdminListener`].
+pub(crate) type AdminSocket = async_io::Async<std::net::TcpStream>;
+
 /// Runs `future` as a detached task: on the calling thread's core if it is
 /// one (a session stays on the core that accepted it), else on async-std's
 /// executor, without the task-local storage async-std's [`spawn`] wraps

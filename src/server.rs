@@ -19,13 +19,15 @@ use kv_log_macro::{info, warn};
 use crate::actors::acceptor;
 use crate::actors::registry::Registry;
 use crate::actors::session::SessionContext;
-use crate::rt::{Cores, JoinHandle, spawn, within};
+use crate::admin::{AdminServer, Draining};
+use crate::rt::{Cores, JoinHandle, sleep, spawn, within};
 use crate::shutdown::{self, Shutdown};
 use crate::tls::{CERTIFICATE_CHECK_INTERVAL, ServerTls};
 
 pub use crate::actors::registry::{
     ConnectRate, PerIpCounts, PerIpLimits, RESTING_MAX, RegistryConfig, RegistryHandle,
 };
+pub use crate::admin::{AdminConfig, AdminError};
 
 /// Connections the server may hold open beyond its admitted clients: those
 /// it is telling, at once, that it is full (more are closed unanswered).
@@ -65,6 +67,12 @@ pub struct ServerConfig {
     /// Threads that accept and serve connections, one per core
     /// (`--threads`; at least 1, at most [`MAX_THREADS`]).
     pub threads: usize,
+    /// Set: serve the admin HTTP interface (`--admin-addr`,
+    /// `--admin-token-file`).
+    pub admin: Option<AdminConfig>,
+    /// On shutdown, how long to keep accepting after `/readyz` turns 503,
+    /// before the drain begins (`--drain-delay`).
+    pub drain_delay: Duration,
 }
 
 pub use crate::rt::MAX_THREADS;
@@ -85,6 +93,8 @@ impl Default for ServerConfig {
             proxy_protocol: None,
             reuse_port: false,
             threads: available_cores(),
+            admin: None,
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -112,6 +122,8 @@ pub enum StartError {
     Listen(io::Error),
     /// The threads that serve connections did not start.
     Threads(io::Error),
+    /// The admin server could not start.
+    Admin(AdminError),
 }
 
 impl fmt::Display for StartError {
@@ -120,6 +132,7 @@ impl fmt::Display for StartError {
             StartError::Tls(e) => write!(f, "cannot load the TLS certificate: {e}"),
             StartError::Listen(e) => write!(f, "cannot listen: {e}"),
             StartError::Threads(e) => write!(f, "cannot start the server's threads: {e}"),
+            StartError::Admin(e) => e.fmt(f),
         }
     }
 }
@@ -135,6 +148,7 @@ pub struct Server {
     tls: Option<ServerTls>,
     registry: RegistryHandle,
     registry_task: JoinHandle<()>,
+    admin: Option<AdminServer>,
 }
 
 impl Server {
@@ -146,6 +160,10 @@ impl Server {
             .map(ServerTls::load)
             .transpose()
             .map_err(StartError::Tls)?;
+        let admin = (config.admin.as_ref())
+            .map(AdminServer::bind)
+            .transpose()
+            .map_err(StartError::Admin)?;
         let threads = config.threads.clamp(1, MAX_THREADS);
         let listeners =
             crate::net::bind(addr, config.reuse_port, threads).map_err(StartError::Listen)?;
@@ -158,6 +176,7 @@ impl Server {
             tls,
             registry,
             registry_task,
+            admin,
         })
     }
 
@@ -171,13 +190,20 @@ impl Server {
         self.listeners[0].local_addr()
     }
 
+    /// The address the admin server listens on, with `--admin-addr`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|admin| admin.local_addr().ok())
+    }
+
     /// A handle to this server's registry (snapshots, waiting on counts).
     pub fn registry(&self) -> RegistryHandle {
         self.registry.clone()
     }
 
     /// Serves until `shutdown` fires, then shuts down in order.
-    pub async fn run(self, shutdown: Shutdown) -> ServerSummary {
+    pub async fn run(mut self, shutdown: Shutdown) -> ServerSummary {
         match self.local_addr() {
             Ok(addr) => info!("listening", {
                 addr: log::kv::Value::from_display(&addr),
@@ -197,6 +223,20 @@ impl Server {
                 trusted_proxies: log::kv::Value::from_display(trusted),
             });
         }
+        let draining = Arc::new(Draining::default());
+        let (admin_stop, admin_shutdown) = shutdown::channel();
+        let admin = self.admin.take().map(|admin| {
+            let addr = admin
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            info!("admin listening", { addr: addr, token: admin.has_token() });
+            let (registry, tls) = (
+                self.registry.clone(),
+                self.tls.as_ref().map(ServerTls::reloader),
+            );
+            spawn(admin.run(registry, tls, draining.clone(), admin_shutdown))
+        });
         // The certificate's dates, checked while it serves; ends with `shutdown`.
         let certificate_watch = self.tls_reloader().map(|certificate| {
             spawn(certificate.watch(CERTIFICATE_CHECK_INTERVAL, shutdown.clone()))
@@ -209,8 +249,23 @@ impl Server {
             tls: self.tls,
             proxy: self.config.proxy_protocol.clone(),
         });
-        let accepted =
-            acceptor::accept_on_cores(&self.listeners, &self.cores, sessions, shutdown).await;
+        // Shutdown: not ready at once, and still accepting for the drain delay.
+        let (stop_accepting, accepting_stops) = shutdown::channel();
+        let drain_delay = self.config.drain_delay;
+        let delay = async {
+            shutdown.wait().await;
+            draining.start();
+            if !drain_delay.is_zero() {
+                info!("draining: not ready, still accepting", {
+                    drain_delay_ms: drain_delay.as_millis() as u64,
+                });
+                sleep(drain_delay).await;
+            }
+            stop_accepting.trigger();
+        };
+        let accept =
+            acceptor::accept_on_cores(&self.listeners, &self.cores, sessions, accepting_stops);
+        let (accepted, ()) = futures::join!(accept, delay);
         if let Some(watch) = certificate_watch {
             // The acceptor returns once `shutdown` fired; so does the watch.
             watch.await;
@@ -230,6 +285,11 @@ impl Server {
             cut_trigger.trigger();
             // Best effort: a cut session reports at once unless its task is starved.
             let _ = within(CUT_GRACE, self.registry.wait_for_clients(0)).await;
+        }
+        // Admin requests ask the registry: they end first.
+        admin_stop.trigger();
+        if let Some(admin) = admin {
+            admin.await;
         }
         let last = self.registry.stop().await;
         // The registry task ends right after answering `stop`.

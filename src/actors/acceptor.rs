@@ -44,7 +44,8 @@ pub(crate) const TURN_AWAYS_MAX: usize = 64;
 
 /// Accepts on every core until `shutdown` fires: on a clone of one listening
 /// socket each, or, with one listener per core (SO_REUSEPORT), on its own.
-/// Returns how many connections were accepted.
+/// Returns how many connections were accepted. The server fires `shutdown`
+/// once the `--drain-delay` after its own shutdown signal is over.
 pub(crate) async fn accept_on_cores(
     listeners: &[TcpListener],
     cores: &Cores,

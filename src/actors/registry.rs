@@ -37,8 +37,7 @@ use log::kv::Value;
 
 use crate::logging::Throttle;
 use crate::messages::{
-    Admission, ClientId, ClientInfo, Counts, Cuts, LeaveReason, RegistryMsg, SessionLink,
-    Snapshot,
+    Admission, ClientId, ClientInfo, Counts, Cuts, LeaveReason, RegistryMsg, SessionLink, Snapshot,
 };
 use crate::rt::{JoinHandle, Receiver, bounded, sleep_until, spawn};
 use log_lines::{Summary, Who};

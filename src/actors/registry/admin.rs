@@ -131,6 +131,7 @@ mod tests {
                 max_clients: 20_000,
                 snapshot_interval: None,
                 idle_timeout: None,
+                ..RegistryConfig::default()
             },
             ..Registry::default()
         }
