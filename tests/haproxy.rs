@@ -3,20 +3,26 @@
 //! registries list clients under their own addresses, and count HAProxy's
 //! health checks apart from them, clients of a killed server reconnect
 //! through HAProxy to the other and lose nothing, and a rolling restart with
-//! `--reuse-port` refuses no connection.
+//! `--reuse-port` refuses no connection. With `option httpchk GET /readyz`
+//! against the admin port, a server told to stop is marked down while its
+//! `--drain-delay` still has it accepting, so a rolling restart fails no
+//! connect through HAProxy even with no retry, and loses no message.
 
 mod common;
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
 
-use common::certs::{TempDir, have};
+use common::certs::have;
+use common::haproxy::Haproxy;
 use common::process::{
-    PATIENCE, duplex, server_command, signal, start_server_from, wait_for, wait_with_timeout,
+    PATIENCE, duplex, listening_addr, server_command, signal, start_server_from, wait_for,
+    wait_with_timeout,
 };
 use common::{Peer, TestClient, within};
 use duplex::client::ClientConfig;
@@ -27,69 +33,6 @@ const SERVER_FLAGS: &[&str] = &[
     "--registry-interval",
     "0",
 ];
-
-/// HAProxy in front of `backends`, on a free loopback port; killed on drop.
-struct Haproxy {
-    child: Child,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
-
-impl Haproxy {
-    fn start(backends: &[&str]) -> Haproxy {
-        let dir = TempDir::new("haproxy");
-        let addr = free_port();
-        let mut config = format!(
-            "global\n  maxconn 2000\n\
-             defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  retries 3\n  option redispatch\n\
-             frontend clients\n  bind {addr}\n  default_backend duplex\n\
-             backend duplex\n  balance roundrobin\n"
-        );
-        for (i, backend) in backends.iter().enumerate() {
-            config += &format!(
-                "  server s{i} {backend} send-proxy-v2 check check-send-proxy inter 100ms fall 1 rise 1\n"
-            );
-        }
-        let file = dir.path().join("haproxy.cfg");
-        std::fs::write(&file, config).expect("write config");
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start haproxy");
-        // HAProxy says nothing when it listens (its output would be the
-        // only sign), so connecting is retried, backing off from 1 ms to
-        // 50 ms, with bounded patience.
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(1);
-        while TcpStream::connect(addr).is_err() {
-            assert!(started.elapsed() < PATIENCE, "haproxy did not listen");
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(50));
-        }
-        Haproxy {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A loopback address that was free a moment ago.
-fn free_port() -> SocketAddr {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    probe.local_addr().expect("bound")
-}
 
 /// The `peer=` and `via=` of every `registry client` line of one snapshot.
 fn listed(logs: &std::sync::mpsc::Receiver<String>, clients: usize) -> Vec<(String, String)> {
@@ -296,4 +239,140 @@ fn behind_haproxy_clients_keep_their_addresses_survive_a_killed_server_and_a_rol
     signal(&replacement, libc::SIGTERM);
     assert!(wait_with_timeout(replacement).success());
     drop(first_logs);
+}
+
+/// Flags of a server behind HAProxy's `/readyz` checks, which keeps accepting for 3 s
+/// after it turns unready: HAProxy checks it every 0.1 s.
+const READYZ_FLAGS: &[&str] = &[
+    "--proxy-protocol",
+    "--registry-interval",
+    "0",
+    "--drain-delay",
+    "3s",
+];
+
+/// A server with READYZ_FLAGS on `addr` and its admin interface on `admin`
+/// (`127.0.0.1:0` for any); returns it, both addresses and its log.
+fn start_checked(addr: &str, admin: &str) -> (Child, String, String, Receiver<String>) {
+    let mut command = duplex();
+    (command.args(["--role", "server", "--addr", addr, "--admin-addr", admin]))
+        .args(READYZ_FLAGS)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let (server, addr, logs) = start_server_from(command);
+    let admin = listening_addr(&wait_for(&logs, "admin listening"));
+    (server, addr, admin, logs)
+}
+
+/// Whether the server at `addr` (behind a PROXY header) greets a new client.
+fn greets(addr: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let header = b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 8000\r\n";
+    let _ = stream.set_read_timeout(Some(PATIENCE));
+    let mut hello = [0; 6];
+    std::io::Write::write_all(&mut stream, header).is_ok()
+        && std::io::Read::read_exact(&mut stream, &mut hello).is_ok()
+        && &hello == b"Hello\n"
+}
+
+#[test]
+fn haproxy_polling_readyz_takes_a_draining_server_out_before_it_stops_accepting() {
+    if !have("haproxy") {
+        return;
+    }
+    let mut servers: Vec<_> = (0..2)
+        .map(|_| start_checked("127.0.0.1:0", "127.0.0.1:0"))
+        .collect();
+    let backends: Vec<(&str, &str)> = (servers.iter())
+        .map(|(_, addr, admin, _)| (addr.as_str(), admin.as_str()))
+        .collect();
+    let haproxy = Haproxy::checking_readyz(&backends);
+
+    // Clients through HAProxy, and a prober that opens a connection after
+    // another and wants each greeted: with no retry, one connect refused
+    // by a backend would fail a probe.
+    let clients: Vec<TestClient> = (0..10)
+        .map(|_| {
+            let mut config = ClientConfig::new(haproxy.addr.to_string());
+            config.supervisor.interval = Duration::from_millis(50);
+            config.supervisor.backoff = Duration::from_millis(100);
+            config.connection.timeout = Duration::from_secs(2);
+            TestClient::start(config)
+        })
+        .collect();
+    let all_reply = |rounds: usize| {
+        async_std::task::block_on(async {
+            for client in &clients {
+                for _ in 0..rounds {
+                    client.reply().await;
+                }
+            }
+        })
+    };
+    all_reply(2);
+    let probing = Arc::new(AtomicBool::new(true));
+    let (failed, probes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let prober = {
+        let (probing, failed, probes) = (probing.clone(), failed.clone(), probes.clone());
+        let through = haproxy.addr;
+        std::thread::spawn(move || {
+            while probing.load(Ordering::Relaxed) {
+                probes.fetch_add(1, Ordering::Relaxed);
+                let mut hello = [0; 6];
+                let greeted = TcpStream::connect(through).is_ok_and(|mut stream| {
+                    let _ = stream.set_read_timeout(Some(PATIENCE));
+                    std::io::Read::read_exact(&mut stream, &mut hello).is_ok()
+                });
+                if !greeted || &hello != b"Hello\n" {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+
+    // A rolling restart: each server in turn is told to stop, marked down
+    // by HAProxy while it still accepts, drains, and comes back.
+    for i in 0..servers.len() {
+        let (server, addr, admin, logs) = servers.remove(i);
+        signal(&server, libc::SIGTERM);
+        wait_for(&logs, "draining: not ready, still accepting");
+        wait_for(&haproxy.log, &format!("Server duplex/s{i} is DOWN"));
+        assert!(greets(&addr), "still accepting once marked down");
+        wait_for(&logs, "acceptor stopped");
+        wait_for(&logs, "server stopped");
+        assert!(wait_with_timeout(server).success());
+        all_reply(3);
+        servers.insert(i, start_checked(&addr, &admin));
+        wait_for(&haproxy.log, &format!("Server duplex/s{i} is UP"));
+        all_reply(3);
+    }
+    probing.store(false, Ordering::Relaxed);
+    prober.join().expect("prober");
+    let probes = probes.load(Ordering::Relaxed);
+    assert!(probes > 0);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed, of {probes} probes"
+    );
+    async_std::task::block_on(async {
+        for client in clients {
+            let summary = within(common::PATIENCE, client.stop())
+                .await
+                .expect("stops");
+            assert_eq!(summary.dropped, 0, "{summary:?}");
+            assert!(
+                summary.replied + summary.pending as u64 >= summary.sent,
+                "every message answered or still pending: {summary:?}"
+            );
+        }
+    });
+    for (server, _, _, logs) in servers {
+        signal(&server, libc::SIGTERM);
+        assert!(wait_with_timeout(server).success());
+        drop(logs);
+    }
 }

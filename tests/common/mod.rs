@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod certs;
+pub mod haproxy;
 pub mod process;
 
 use std::net::SocketAddr;
