@@ -13,6 +13,7 @@
 #   THROUGHPUT_REPEAT=21 ONLY=throughput scripts/bench.sh  # (and LATENCY_REPEAT, SCALING_REPEAT)
 #   ONLY=throughput scripts/bench.sh  # one section: memory|throughput|latency|scaling|snapshot|cost|tls|hold|hostile|syscalls|instructions|peers
 #   (cost: CPU per reply at a fixed rate, then throughput unpaced, with all servers at once;
+#   in the cost runs, "scraped" is duplex with /metrics scraped every second beside it;
 #   syscalls: system calls per reply of each server and each bench, with perf;
 #   hold: HOLD_CLIENTS (19 500) connections held idle, then one message each;
 #   hostile: clients that send lines and never read, HOSTILE_ROUNDS (3) rounds;
@@ -335,10 +336,26 @@ if want cost; then
     # running at once on CPU 0, each loaded by its own bench on CPU 1 at the
     # same fixed rate: whatever the machine does during a round (this VM's
     # speed drifts), it does to all of them. Each round's ratio pairs them.
+    # `scraped` is duplex again, with its admin interface scraped every
+    # second (curl, on the load's CPU), as Prometheus would, beside the
+    # unscraped one: what scraping costs the message path.
     start_compared 8130
+    start scraped 8133 duplex --registry-interval 0 --admin-addr 127.0.0.1:0
+    admin=""
+    for _ in $(seq 100); do
+        admin=$(sed -nE 's/.*admin listening addr=([^ ]+).*/\1/p' "$OUT/scraped.log" | head -n 1)
+        [ -z "$admin" ] || break
+        sleep 0.05
+    done
+    [ -n "$admin" ] || { echo "the scraped server logged no admin address" >&2; exit 1; }
+    (while kill -0 "${PID[scraped]}" 2>/dev/null; do
+        taskset -c "$LOAD_CPU" curl -s -o /dev/null "http://$admin/metrics" || true
+        sleep 1
+    done) &
+    scraper=$!
     for clients in 50 500; do
         for ROUND in $(seq "$REPEAT"); do
-            together cost "$names" --clients "$clients" --depth 1 --size 16 --rate "$COST_RATE" \
+            together cost "$names scraped" --clients "$clients" --depth 1 --size 16 --rate "$COST_RATE" \
                 --connect-rate 5000 --duration "$DURATION"
         done
         # The same, unpaced: every server saturated at once, so each gets
@@ -350,6 +367,7 @@ if want cost; then
         done
     done
     unset ROUND
+    kill "$scraper" 2>/dev/null || true
     stop_all
 fi
 
@@ -586,7 +604,7 @@ def side_table(clients):
 def cost_table(clients):
     """Per round, every server's CPU per reply; ratios against duplex."""
     rounds = paired_rounds("cost", clients)
-    names = [n for n in ("duplex", "reference", "baseline") if any(n in by for by in rounds.values())]
+    names = [n for n in ("duplex", "scraped", "reference", "baseline") if any(n in by for by in rounds.values())]
     lines = []
     for name in names:
         found = [by[name] for by in rounds.values() if name in by]

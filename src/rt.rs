@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 use futures::future::{FusedFuture, poll_fn};
 
 pub(crate) use async_std::channel::{Receiver, Sender, bounded};
+/// CPU work that would hold an executor thread for milliseconds (an admin
+/// answer over 10 000 clients) runs on async-std's blocking pool instead.
+pub(crate) use async_std::task::spawn_blocking;
 pub(crate) use async_std::task::{JoinHandle, sleep, spawn};
 pub(crate) use async_task::Task;
 pub(crate) use cores::Cores;

@@ -31,7 +31,8 @@ use kv_log_macro::{debug, warn};
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 
 use crate::actors::registry::RegistryHandle;
-use crate::rt::{AdminListener, AdminSocket, sleep, spawn};
+use crate::logging::Throttle;
+use crate::rt::{AdminListener, AdminSocket, sleep, spawn, within};
 use crate::shutdown::Shutdown;
 use crate::tls::TlsReloader;
 
@@ -58,8 +59,10 @@ const HEADERS_MAX: usize = 32;
 /// connection stays): a client that trickles its request is closed.
 pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long one admin connection may stay open, whatever it does: one that
-/// stops reading its answer is closed by then. A scraper simply reconnects.
+/// How long one admin connection may stay open, whatever it does: then it
+/// is closed gracefully (an answer under way ends with `Connection: close`),
+/// and one that still has not read its answer [`READ_TIMEOUT`] later is
+/// dropped. A scraper simply reconnects.
 pub(crate) const CONNECTION_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// After a failed accept (out of descriptors), how long to wait before the
@@ -199,6 +202,7 @@ impl AdminServer {
             token: self.token,
         });
         let open = Arc::new(AtomicUsize::new(0));
+        let mut accept_warnings = Throttle::default();
         loop {
             let accepted = select_biased! {
                 () = shutdown.wait().fuse() => return,
@@ -207,10 +211,13 @@ impl AdminServer {
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    warn!("admin accept failed: pausing", {
-                        error: log::kv::Value::from_display(&e),
-                        pause_ms: ACCEPT_PAUSE.as_millis() as u64,
-                    });
+                    if let Some(suppressed) = accept_warnings.allow() {
+                        warn!("admin accept failed: pausing", {
+                            error: log::kv::Value::from_display(&e),
+                            pause_ms: ACCEPT_PAUSE.as_millis() as u64,
+                            suppressed: suppressed,
+                        });
+                    }
                     sleep(ACCEPT_PAUSE).await;
                     continue;
                 }
@@ -252,10 +259,13 @@ async fn serve(stream: AdminSocket, state: Arc<AdminState>, shutdown: Shutdown, 
         async move { Ok::<_, std::convert::Infallible>(routes::respond(&state, request).await) }
     });
     let connection = builder.serve_connection(FuturesIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    // A malformed request has had its 400 from hyper: nothing to log.
     select_biased! {
-        () = shutdown.wait().fuse() => {}
+        () = shutdown.wait().fuse() => return,
+        _ = connection.as_mut().fuse() => return,
         () = sleep(CONNECTION_MAX_AGE).fuse() => {}
-        // A malformed request has had its 400 from hyper; nothing to log.
-        _ = connection.fuse() => {}
     }
+    connection.as_mut().graceful_shutdown();
+    let _ = within(READ_TIMEOUT, connection).await;
 }
