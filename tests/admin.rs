@@ -5,64 +5,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 
 use common::Peer;
+use common::admin::{curl, raw, recorded, start};
 use common::certs::{Leaf, TempDir, TestCa, have};
 use common::process::{
-    PATIENCE, duplex, listening_addr, server_command, signal, start_server_from, wait_for,
-    wait_with_timeout,
+    duplex, listening_addr, server_command, signal, start_server_from, wait_for, wait_with_timeout,
 };
-
-/// A server with the admin interface on a free port; returns it, its client
-/// address, its admin address and its log lines.
-fn start(extra: &[&str]) -> (Child, SocketAddr, String, Receiver<String>) {
-    let mut command = server_command(&["--admin-addr", "127.0.0.1:0"]);
-    command.args(extra);
-    let (server, addr, logs) = start_server_from(command);
-    let admin = listening_addr(&wait_for(&logs, "admin listening"));
-    (server, addr.parse().expect("address"), admin, logs)
-}
-
-/// What curl got: the status, the headers (lower-cased names) and the body.
-struct Reply {
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-/// `curl -i` with `args`, then the URL of `path` on `admin`.
-fn curl(admin: &str, path: &str, args: &[&str]) -> Reply {
-    let output = Command::new("curl")
-        .args(["-s", "-i", "--max-time", "10"])
-        .args(args)
-        .arg(format!("http://{admin}{path}"))
-        .output()
-        .expect("run curl");
-    assert!(output.status.success(), "curl {args:?} {path}: {output:?}");
-    let text = String::from_utf8(output.stdout).expect("UTF-8");
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    let status = head.split_whitespace().nth(1).expect("a status");
-    Reply {
-        status: status.parse().expect("a number"),
-        headers: head.to_lowercase(),
-        body: body.to_owned(),
-    }
-}
-
-/// What a raw `request` gets back, up to the server's close.
-fn raw(admin: &str, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(admin).expect("connect to the admin port");
-    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    stream.write_all(request).expect("write");
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer).into_owned()
-}
 
 /// The value of an unlabelled sample in classic text.
 fn sample(metrics: &str, name: &str) -> f64 {
@@ -70,21 +22,6 @@ fn sample(metrics: &str, name: &str) -> f64 {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.parse().ok())
         .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
-}
-
-/// Forwards `logs` and keeps a copy of every line, for a look at them all.
-fn recorded(logs: Receiver<String>) -> (Receiver<String>, Arc<Mutex<Vec<String>>>) {
-    let kept = Arc::new(Mutex::new(Vec::new()));
-    let (sender, forwarded) = std::sync::mpsc::channel();
-    let copy = kept.clone();
-    std::thread::spawn(move || {
-        for line in logs {
-            copy.lock().expect("not poisoned").push(line.clone());
-            // The test may have stopped reading.
-            let _ = sender.send(line);
-        }
-    });
-    (forwarded, kept)
 }
 
 fn peers_available() -> bool {
@@ -378,6 +315,39 @@ fn readiness_fails_once_the_certificate_has_expired() {
     let expired = curl(&admin, "/readyz", &[]);
     assert_eq!(expired.status, 503, "{}", expired.body);
     assert!(expired.body.contains("certificate"), "{}", expired.body);
+    signal(&server, libc::SIGTERM);
+    assert!(wait_with_timeout(server).success());
+}
+
+#[test]
+fn admin_connections_past_the_cap_are_closed_and_clients_never_notice() {
+    if !peers_available() {
+        return;
+    }
+    let (server, addr, admin, _logs) = start(&[]);
+    // Sixteen admin connections that say nothing hold every admin slot.
+    let held: Vec<TcpStream> = (0..16)
+        .map(|_| TcpStream::connect(&admin).expect("connect"))
+        .collect();
+    // Each is accepted in turn; the next is closed unanswered, at once.
+    let refused = raw(&admin, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(refused, "", "closed without an answer");
+    async_std::task::block_on(async {
+        let mut peer = Peer::greeted(addr).await;
+        peer.send(b"still served\n").await;
+        assert_eq!(peer.reply().await, b"still served");
+    });
+    drop(held);
+    // Their slots come back as the server sees them close: an answer
+    // comes within a few tries, each waiting on the server's own reply.
+    let answered = (0..1000).any(|_| {
+        raw(
+            &admin,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .starts_with("HTTP/1.1 200")
+    });
+    assert!(answered, "admin slots are given back");
     signal(&server, libc::SIGTERM);
     assert!(wait_with_timeout(server).success());
 }

@@ -55,6 +55,13 @@ impl Route {
         })
     }
 
+    /// Whether it answers `method`.
+    fn takes(self, method: &Method) -> bool {
+        *method == Method::GET
+            || *method == Method::HEAD
+            || (*method == Method::DELETE && matches!(self, Route::Client(_)))
+    }
+
     /// The methods it answers, as an `Allow` header lists them.
     fn allowed(self) -> &'static str {
         match self {
@@ -74,33 +81,22 @@ pub(super) async fn respond(state: &AdminState, request: Request<Incoming>) -> A
     let Some(route) = Route::parse(request.uri().path()) else {
         return text(StatusCode::NOT_FOUND, "error: no such endpoint\n");
     };
-    let method = request.method().clone();
-    let deleting = method == Method::DELETE;
-    if !(method == Method::GET
-        || method == Method::HEAD
-        || deleting && route.allowed().contains("DELETE"))
-    {
-        let mut answer = text(
+    let deleting = request.method() == Method::DELETE;
+    if !route.takes(request.method()) {
+        let refused = text(
             StatusCode::METHOD_NOT_ALLOWED,
             "error: method not allowed\n",
         );
-        let allow = HeaderValue::from_static(route.allowed());
-        answer.headers_mut().insert(header::ALLOW, allow);
-        return answer;
+        return with(refused, header::ALLOW, route.allowed());
     }
     if !request.body().is_end_stream() {
-        let mut answer = text(
+        let refused = text(
             StatusCode::PAYLOAD_TOO_LARGE,
             "error: no request takes a body\n",
         );
-        let close = HeaderValue::from_static("close");
-        answer.headers_mut().insert(header::CONNECTION, close);
-        return answer;
+        return with(refused, header::CONNECTION, "close");
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes);
+    let presented = request.headers().get(header::AUTHORIZATION);
     match &state.token {
         None if deleting => {
             return text(
@@ -108,16 +104,12 @@ pub(super) async fn respond(state: &AdminState, request: Request<Incoming>) -> A
                 "error: DELETE needs --admin-token-file\n",
             );
         }
-        Some(token) if route.guarded() && !token.admits(presented) => {
-            let mut answer = text(
+        Some(token) if route.guarded() && !token.admits(presented.map(HeaderValue::as_bytes)) => {
+            let refused = text(
                 StatusCode::UNAUTHORIZED,
                 "error: a bearer token is needed\n",
             );
-            let challenge = HeaderValue::from_static("Bearer");
-            answer
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, challenge);
-            return answer;
+            return with(refused, header::WWW_AUTHENTICATE, "Bearer");
         }
         _ => {}
     }
@@ -129,6 +121,12 @@ pub(super) async fn respond(state: &AdminState, request: Request<Incoming>) -> A
         Route::Client(id) if deleting => close(state, id).await,
         Route::Client(id) => client(state, id).await,
     }
+}
+
+/// `answer` with one more header.
+fn with(mut answer: Answer, name: header::HeaderName, value: &'static str) -> Answer {
+    (answer.headers_mut()).insert(name, HeaderValue::from_static(value));
+    answer
 }
 
 fn text(status: StatusCode, body: &'static str) -> Answer {

@@ -2,6 +2,7 @@
 //! `127.0.0.1:0`, and a line-oriented test client whose every await is bounded.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod admin;
 pub mod certs;
 pub mod haproxy;
 pub mod process;
