@@ -1,12 +1,13 @@
 //! The server: wires the acceptor, the registry and the sessions together and
 //! runs the shutdown sequence.
 //!
-//! Shutdown order: the shutdown signal stops the acceptor (no new clients) →
-//! the registry closes every session's inbox, which tells the session to
-//! answer what it read, send the notice and close → the server waits for the
-//! registry to count zero clients, for at most the shutdown timeout → `cut`
-//! stops any session still writing → the registry logs its final snapshot
-//! and stops.
+//! Shutdown order: the shutdown signal turns `/readyz` unready at once, and
+//! after `--drain-delay` stops the acceptor (no new clients) → the registry
+//! closes every session's inbox, which tells the session to answer what it
+//! read, send the notice and close → the server waits for the registry to
+//! count zero clients, for at most the shutdown timeout → `cut` stops any
+//! session still writing → the admin server, if any, stops → the registry
+//! logs its final snapshot and stops.
 
 use std::fmt;
 use std::io;
