@@ -197,10 +197,7 @@ impl Session {
                     }
                 }
                 Event::Read(Err(e)) => break LeaveReason::Io(e),
-                Event::Command(Some(SessionCommand::CloseIdle)) => break LeaveReason::IdleTimeout,
-                Event::Command(Some(SessionCommand::CloseByOperator)) => {
-                    break LeaveReason::Operator { told: true };
-                }
+                Event::Command(Some(command)) => break command.into(),
                 // The registry closed our inbox: the server is shutting down.
                 Event::Command(None) => break LeaveReason::ServerShutdown,
                 Event::Deadline => {
