@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 
@@ -13,7 +13,8 @@ use common::Peer;
 use common::admin::{curl, raw, recorded, start};
 use common::certs::{Leaf, TempDir, TestCa, have};
 use common::process::{
-    duplex, listening_addr, server_command, signal, start_server_from, wait_for, wait_with_timeout,
+    PATIENCE, duplex, listening_addr, server_command, signal, start_server_from, wait_for,
+    wait_with_timeout,
 };
 
 /// The value of an unlabelled sample in classic text.
@@ -33,12 +34,17 @@ fn metrics_pass_promtool_and_count_what_clients_did() {
     if !peers_available() {
         return;
     }
-    let (server, addr, admin, _logs) = start(&[]);
+    let (server, addr, admin, _logs) = start(&["--max-clients-per-ip", "1"]);
     async_std::task::block_on(async {
         let mut peer = Peer::greeted(addr).await;
         peer.send(b"one\ntwo\n").await;
         assert_eq!(peer.reply().await, b"one");
         assert_eq!(peer.reply().await, b"two");
+        // A second client from the same address is refused, and counted
+        // before the server closes it.
+        let mut refused = TcpStream::connect(addr).expect("connect");
+        refused.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let _ = refused.read_to_end(&mut Vec::new());
         let metrics = curl(&admin, "/metrics", &[]);
         assert_eq!(metrics.status, 200);
         assert!(
@@ -52,6 +58,9 @@ fn metrics_pass_promtool_and_count_what_clients_did() {
         assert_eq!(sample(text, "duplex_messages_sent_total"), 2.0);
         assert_eq!(sample(text, "duplex_received_bytes_total"), 8.0);
         assert!(text.contains("duplex_connections_total{result=\"admitted\"} 1\n"));
+        assert!(text.contains("duplex_connections_total{result=\"too_many_per_ip\"} 1\n"));
+        assert!(text.contains("duplex_connections_total{result=\"too_fast_per_ip\"} 0\n"));
+        assert_eq!(sample(text, "duplex_per_ip_addresses"), 1.0);
         assert!(text.contains("duplex_build_info{version=\""));
         assert!(sample(text, "process_open_fds") > 0.0);
         assert!(sample(text, "process_resident_memory_bytes") > 0.0);

@@ -165,7 +165,7 @@ impl Collector for Scrape {
         counters(
             e,
             "duplex_connections",
-            "Connections by what became of them: admitted as clients, turned away full, TLS handshake failed (after admission), PROXY header refused, balancer health check, TLS on the plain port.",
+            "Connections by what became of them: admitted as clients, turned away full, TLS handshake failed (after admission), PROXY header refused, balancer health check, TLS on the plain port, refused for their address's --max-clients-per-ip or --connect-rate-per-ip.",
             "result",
             &[
                 ("admitted", stats.admitted),
@@ -174,7 +174,16 @@ impl Collector for Scrape {
                 ("proxy_refused", stats.proxy_failed),
                 ("proxy_health_check", stats.proxy_local),
                 ("tls_on_plain", stats.tls_on_plain),
+                ("too_many_per_ip", stats.per_ip.too_many),
+                ("too_fast_per_ip", stats.per_ip.too_fast),
             ],
+        )?;
+        gauge(
+            e,
+            "duplex_per_ip_addresses",
+            "Addresses (IPv6: /64 blocks) in the per-address table: those holding clients, or connecting lately under --connect-rate-per-ip.",
+            None,
+            stats.per_ip.addresses as i64,
         )?;
         let totals = stats.totals;
         counter(
@@ -290,6 +299,7 @@ fn encode_process(e: &mut DescriptorEncoder, process: &Process) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actors::registry::PerIpCounts;
     use crate::messages::{Counts, Cuts};
 
     fn scrape() -> Scrape {
@@ -309,6 +319,11 @@ mod tests {
                 cuts: Cuts {
                     operator: 1,
                     ..Cuts::default()
+                },
+                per_ip: PerIpCounts {
+                    too_many: 2,
+                    too_fast: 3,
+                    addresses: 4,
                 },
                 ..RegistryStats::default()
             },
@@ -332,6 +347,9 @@ mod tests {
             "duplex_clients 2",
             "duplex_tls_certificate_expiry_timestamp_seconds 2000000000",
             "duplex_log_lines_dropped_total 4",
+            "duplex_connections_total{result=\"too_many_per_ip\"} 2",
+            "duplex_connections_total{result=\"too_fast_per_ip\"} 3",
+            "duplex_per_ip_addresses 4",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

@@ -5,6 +5,7 @@
 use futures::channel::oneshot;
 
 use super::{ClientId, ClientInfo, Counts, LeaveReason};
+use crate::actors::registry::PerIpCounts;
 
 /// What the admin server asks the registry: each answers on `respond_to`,
 /// and none builds more than it was asked for.
@@ -52,6 +53,8 @@ pub(crate) struct RegistryStats {
     pub(crate) totals: Counts,
     /// Clients the server closed, by why.
     pub(crate) cuts: Cuts,
+    /// Refusals for the per-address limits, and the addresses tracked.
+    pub(crate) per_ip: PerIpCounts,
 }
 
 /// Clients the server closed (not the client, not a failure), by reason.

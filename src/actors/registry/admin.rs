@@ -52,6 +52,7 @@ impl Registry {
             tls_on_plain: summary.tls_on_plain,
             totals: summary.totals,
             cuts: self.cuts,
+            per_ip: summary.per_ip,
         }
     }
 
