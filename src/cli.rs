@@ -11,14 +11,16 @@ use duplex::bench::{BenchConfig, SourceAddrs};
 use duplex::client::{ClientConfig, ClientTls, ConnectionConfig, SupervisorConfig, TlsError};
 use duplex::logging::LogFormat;
 use duplex::server::{
-    AdminConfig, MAX_THREADS, RegistryConfig, ServerConfig, SessionConfig, TlsFiles,
-    TrustedProxies, available_cores,
+    MAX_THREADS, RegistryConfig, ServerConfig, SessionConfig, TlsFiles, TrustedProxies,
+    available_cores,
 };
 
+mod admin;
 mod parse;
 mod per_ip;
 mod values;
 
+use admin::AdminArgs;
 use per_ip::PerIpArgs;
 use values::{
     duration, host_port, log_format, max_line, nonzero, positive_duration, positive_rate,
@@ -159,28 +161,8 @@ pub(crate) struct Cli {
     #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
     handshake_timeout: Duration,
 
-    /// Serve the admin HTTP interface on this address: /metrics
-    /// (Prometheus), /healthz, /readyz, /clients [default: off]. An address
-    /// other hosts can reach needs --admin-token-file.
-    #[arg(long, value_name = "HOST:PORT", value_parser = host_port, help_heading = "Server options")]
-    admin_addr: Option<String>,
-
-    /// A file holding the bearer token the admin interface then asks for
-    /// (every endpoint but /healthz and /readyz); DELETE /clients/ID needs
-    /// one in any case.
-    #[arg(
-        long,
-        value_name = "PATH",
-        requires = "admin_addr",
-        help_heading = "Server options"
-    )]
-    admin_token_file: Option<PathBuf>,
-
-    /// On Ctrl-C/SIGTERM, how long /readyz answers 503 while the server
-    /// still accepts, before the drain begins: a balancer polling /readyz
-    /// stops sending new clients first.
-    #[arg(long, default_value = "0", value_parser = duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Server options")]
-    drain_delay: Duration,
+    #[command(flatten)]
+    admin: AdminArgs,
 
     /// Time between messages.
     #[arg(long, default_value = "2s", value_parser = positive_duration, value_name = "DURATION", allow_hyphen_values = true, help_heading = "Client options")]
@@ -348,11 +330,8 @@ impl Cli {
                 .then(|| self.trusted_proxies.clone().unwrap_or_default()),
             reuse_port: self.reuse_port,
             threads: self.threads(),
-            admin: self.admin_addr.clone().map(|addr| AdminConfig {
-                addr,
-                token_file: self.admin_token_file.clone(),
-            }),
-            drain_delay: self.drain_delay,
+            admin: self.admin.config(),
+            drain_delay: self.admin.drain_delay,
         }
     }
 

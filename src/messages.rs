@@ -23,11 +23,13 @@ use crate::wire::FrameError;
 
 mod admin;
 mod mailbox;
+mod per_ip;
 mod stats;
 
 // The admin server's conversation with the registry: `RegistryMsg::Admin`.
 pub(crate) use admin::{AdminRequest, ClientPage, Cuts, OperatorClose, RegistryStats};
 pub(crate) use mailbox::Mailbox;
+pub(crate) use per_ip::PerIpRefusal;
 pub(crate) use stats::SessionStats;
 
 // ---------------------------------------------------------------- server side
@@ -201,34 +203,6 @@ pub(crate) enum Admission {
     Full { max: usize },
     /// Turned away: its address is over a per-address limit.
     Refused(PerIpRefusal),
-}
-
-/// Which per-address limit turned a connection away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PerIpRefusal {
-    /// Its address holds `--max-clients-per-ip` clients already.
-    TooMany,
-    /// Its address connects faster than `--connect-rate-per-ip`.
-    TooFast,
-}
-
-impl PerIpRefusal {
-    /// The line the client is told.
-    pub(crate) fn error_line(self) -> &'static [u8] {
-        match self {
-            PerIpRefusal::TooMany => crate::wire::TOO_MANY_FROM_ADDRESS_ERROR,
-            PerIpRefusal::TooFast => crate::wire::CONNECTING_TOO_FAST_ERROR,
-        }
-    }
-}
-
-impl fmt::Display for PerIpRefusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PerIpRefusal::TooMany => "too many connections from its address",
-            PerIpRefusal::TooFast => "connecting too fast",
-        })
-    }
 }
 
 /// One client as the registry sees it.
