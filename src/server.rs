@@ -264,8 +264,12 @@ impl Server {
             }
             stop_accepting.trigger();
         };
-        let accept =
-            acceptor::accept_on_cores(&self.listeners, &self.cores, sessions, accepting_stops);
+        let accept = acceptor::accept_on_cores(
+            std::mem::take(&mut self.listeners),
+            &self.cores,
+            sessions,
+            accepting_stops,
+        );
         let (accepted, ()) = futures::join!(accept, delay);
         if let Some(watch) = certificate_watch {
             // The acceptor returns once `shutdown` fired; so does the watch.

@@ -46,8 +46,12 @@ pub(crate) const TURN_AWAYS_MAX: usize = 64;
 /// socket each, or, with one listener per core (SO_REUSEPORT), on its own.
 /// Returns how many connections were accepted. The server fires `shutdown`
 /// once the `--drain-delay` after its own shutdown signal is over.
+///
+/// Takes the listeners: once each core has its clone they are closed here,
+/// so a listening socket closes when the last core stops accepting on it
+/// (with `--reuse-port`, the kernel then stops sending it connections).
 pub(crate) async fn accept_on_cores(
-    listeners: &[TcpListener],
+    listeners: Vec<TcpListener>,
     cores: &Cores,
     sessions: Arc<SessionContext>,
     shutdown: Shutdown,
@@ -57,26 +61,33 @@ pub(crate) async fn accept_on_cores(
     for core in 0..cores.len() {
         let listener = listeners[core % listeners.len()].try_clone();
         let (sessions, shared, shutdown) = (sessions.clone(), shared.clone(), shutdown.clone());
-        acceptors.push(cores.spawn_on(core, async move {
-            // Registered here, on the core it accepts for.
-            let listener = Listener::new(listener?)?;
-            let acceptor = Acceptor {
-                listener,
-                sessions,
-                shared,
-                pause: None,
-                exhausted_warnings: Throttle::default(),
-            };
-            Ok::<_, io::Error>(acceptor.run(shutdown).await)
-        }));
+        acceptors.push(
+            cores
+                .spawn_on(core, async move {
+                    // Registered here, on the core it accepts for.
+                    let listener = Listener::new(listener?)?;
+                    let acceptor = Acceptor {
+                        listener,
+                        sessions,
+                        shared,
+                        pause: None,
+                        exhausted_warnings: Throttle::default(),
+                    };
+                    Ok::<_, io::Error>(acceptor.run(shutdown).await)
+                })
+                .fallible(),
+        );
     }
+    drop(listeners);
     let mut accepted = 0;
     for (core, acceptor) in acceptors.into_iter().enumerate() {
         match acceptor.await {
-            Ok(n) => accepted += n,
+            Some(Ok(n)) => accepted += n,
+            // A bug: the core's acceptor panicked (the core went on).
+            None => error!("a core's acceptor panicked", { core: core }),
             // Out of descriptors at start, say: the other cores accept, and
             // the clients they took are served and drained as usual.
-            Err(e) => error!("a core could not listen", {
+            Some(Err(e)) => error!("a core could not listen", {
                 core: core,
                 error: log::kv::Value::from_display(&e),
             }),

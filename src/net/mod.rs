@@ -222,7 +222,12 @@ impl LineSocket {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            self.reads.record(n, room, seen);
+            // With TLS, how much plaintext came says nothing of the socket:
+            // rustls takes a bounded amount of it per read, so more records
+            // may wait there, with no edge to come. Only a read that would
+            // block has emptied it.
+            let taken = if self.is_plain() { n } else { room };
+            self.reads.record(taken, room, seen);
             self.framer.filled(n);
             return Ok(n);
         }

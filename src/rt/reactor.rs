@@ -32,8 +32,19 @@ pub(crate) struct Reactor {
     epoll: OwnedFd,
     /// An eventfd, edge-triggered: each write to it ends a wait.
     notifier: OwnedFd,
-    /// The registered sockets by key (their epoll data).
-    sources: Mutex<Slab<Arc<Source>>>,
+    /// The registered sockets by key, and the registrations made so far.
+    sources: Mutex<Sources>,
+}
+
+/// The registered sockets. A socket's epoll data is its slab key and its
+/// registration's number: a key is reused once its socket is gone, and an
+/// event the kernel reported for the old socket (taken by a wait on one
+/// thread while another dropped it and registered a new one) must not count
+/// for the new one.
+#[derive(Default)]
+struct Sources {
+    slab: Slab<Arc<Source>>,
+    registrations: u32,
 }
 
 /// A registered socket's readiness: the edges seen in each direction, and
@@ -41,6 +52,8 @@ pub(crate) struct Reactor {
 pub(crate) struct Source {
     reactor: Arc<Reactor>,
     key: usize,
+    /// Which registration under `key` this is.
+    registration: u32,
     input: Direction,
     output: Direction,
 }
@@ -100,7 +113,7 @@ impl Reactor {
         }))
     }
 
-    fn sources(&self) -> MutexGuard<'_, Slab<Arc<Source>>> {
+    fn sources(&self) -> MutexGuard<'_, Sources> {
         // The table is consistent after every operation: a panic elsewhere
         // while it was locked leaves nothing half done.
         self.sources.lock().unwrap_or_else(PoisonError::into_inner)
@@ -109,17 +122,20 @@ impl Reactor {
     /// Registers `fd` (non-blocking) for input and output, edge-triggered.
     pub(crate) fn register(self: &Arc<Self>, fd: BorrowedFd<'_>) -> io::Result<Arc<Source>> {
         let mut sources = self.sources();
-        let entry = sources.vacant_entry();
+        sources.registrations = sources.registrations.wrapping_add(1);
+        let registration = sources.registrations;
+        let entry = sources.slab.vacant_entry();
         let source = Arc::new(Source {
             reactor: self.clone(),
             key: entry.key(),
+            registration,
             input: Direction::default(),
             output: Direction::default(),
         });
         epoll::add(
             &self.epoll,
             fd,
-            EventData::new_u64(entry.key() as u64),
+            EventData::new_u64(data(entry.key(), registration)),
             EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET,
         )?;
         entry.insert(source.clone());
@@ -163,7 +179,10 @@ impl Reactor {
                 let (flags, key) = (event.flags, event.data.u64());
                 // The notifier's counter is never read: each write is an
                 // edge of its own, and a turn is all that was asked for.
-                let Some(source) = sources.get(key as usize).filter(|_| key != NOTIFY_KEY) else {
+                let registration = (key >> 32) as u32;
+                let Some(source) = (sources.slab.get((key & u64::from(u32::MAX)) as usize))
+                    .filter(|source| key != NOTIFY_KEY && source.registration == registration)
+                else {
                     continue;
                 };
                 let failed = EventFlags::HUP | EventFlags::ERR;
@@ -189,12 +208,18 @@ impl Reactor {
     /// then dropped, and with it its sockets. For a reactor whose thread
     /// stops.
     pub(crate) fn forget_waiters(&self) {
-        let wakers: Vec<Waker> = (self.sources().iter())
+        let wakers: Vec<Waker> = (self.sources().slab.iter())
             .flat_map(|(_, source)| [source.input.waker.take(), source.output.waker.take()])
             .flatten()
             .collect();
         drop(wakers);
     }
+}
+
+/// A socket's epoll data: its slab key (below 2^32: a key is at most the
+/// number of sockets open at once) and its registration's number.
+fn data(key: usize, registration: u32) -> u64 {
+    (key as u64 & u64::from(u32::MAX)) | (u64::from(registration) << 32)
 }
 
 impl Direction {
@@ -247,6 +272,6 @@ impl Source {
         // It cannot fail for a registered, open descriptor; were it to, the
         // close that follows removes it from the epoll set anyway.
         let _ = epoll::delete(&self.reactor.epoll, fd);
-        sources.try_remove(self.key);
+        sources.slab.try_remove(self.key);
     }
 }
