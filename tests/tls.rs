@@ -703,38 +703,19 @@ async fn a_burst_of_small_records_in_one_flush_is_all_answered() {
     // than rustls takes from the socket in one read. Each socket edge
     // announces its bytes once, so the server must read on until the
     // socket would block, not stop at the first short plaintext read.
-    use futures::AsyncBufReadExt;
     let ca = TestCa::new("burst CA");
-    let config = ServerConfig {
-        tls: Some(ca.leaf("server", Leaf::Good)),
-        ..quick_config()
-    };
-    let server = TestServer::start(config).await;
-    let connector = futures_rustls::TlsConnector::from(common::certs::client_config(&ca.ca_pem()));
-    let tcp = TcpStream::connect(server.addr).await.expect("connect");
-    let name = futures_rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let tls = connector.connect(name, tcp).await.expect("handshake");
-    let mut stream = futures::io::BufReader::new(tls);
-    let mut line = Vec::new();
-    stream.read_until(b'\n', &mut line).await.expect("greeting");
-    assert_eq!(line, b"Hello\n");
+    let server = TestServer::start(tls_config(&ca.leaf("server", Leaf::Good))).await;
+    let mut peer = TlsPeer::connect(server.addr, &ca.ca_pem())
+        .await
+        .expect("handshake");
+    assert_eq!(peer.line().await, b"Hello");
     const LINES: usize = 300;
-    let tls = stream.get_mut();
-    for i in 0..LINES {
-        // Written into rustls one at a time: one record per line.
-        let message = format!("m{i:05}\n");
-        std::io::Write::write_all(&mut tls.get_mut().1.writer(), message.as_bytes())
-            .expect("buffer");
-    }
-    futures::AsyncWriteExt::flush(tls).await.expect("send");
-    for i in 0..LINES {
-        line.clear();
-        let read = within(PATIENCE, stream.read_until(b'\n', &mut line)).await;
-        assert!(
-            matches!(read, Some(Ok(n)) if n > 0),
-            "reply {i} of {LINES}: {read:?}"
-        );
-        assert!(line.ends_with(format!("m{i:05}\n").as_bytes()));
+    let messages: Vec<String> = (0..LINES).map(|i| format!("m{i:05}\n")).collect();
+    peer.send_records(messages.iter().map(|m| m.as_bytes()))
+        .await;
+    for message in &messages {
+        let reply = peer.line().await;
+        assert!(reply.ends_with(message.trim_end().as_bytes()), "{reply:?}");
     }
     server.stop().await;
 }

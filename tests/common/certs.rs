@@ -180,6 +180,15 @@ impl TlsPeer {
         stream.flush().await.expect("flush");
     }
 
+    /// Sends each of `records` as a TLS record of its own, all in one flush.
+    pub async fn send_records<'a>(&mut self, records: impl IntoIterator<Item = &'a [u8]>) {
+        let stream = self.stream.get_mut();
+        for record in records {
+            std::io::Write::write_all(&mut stream.get_mut().1.writer(), record).expect("buffer");
+        }
+        futures::AsyncWriteExt::flush(stream).await.expect("flush");
+    }
+
     /// The next line, without its newline; empty at the end of the stream.
     pub async fn line(&mut self) -> Vec<u8> {
         use futures::AsyncBufReadExt;
