@@ -49,6 +49,51 @@ fn listed(logs: &std::sync::mpsc::Receiver<String>, clients: usize) -> Vec<(Stri
         .collect()
 }
 
+/// `count` duplex clients through `addr`, quick to send and to reconnect.
+fn clients_through(addr: SocketAddr, count: usize) -> Vec<TestClient> {
+    (0..count)
+        .map(|_| {
+            let mut config = ClientConfig::new(addr.to_string());
+            config.supervisor.interval = Duration::from_millis(50);
+            config.supervisor.backoff = Duration::from_millis(100);
+            config.connection.timeout = Duration::from_secs(2);
+            TestClient::start(config)
+        })
+        .collect()
+}
+
+/// Waits for `rounds` replies from each client printed from now on: the
+/// lines already printed (the channel keeps them) came from before.
+fn all_reply(clients: &[TestClient], rounds: usize) {
+    for client in clients {
+        while client.lines.try_recv().is_ok() {}
+    }
+    async_std::task::block_on(async {
+        for client in clients {
+            for _ in 0..rounds {
+                client.reply().await;
+            }
+        }
+    })
+}
+
+/// Stops the clients; none dropped a message, and every one sent was
+/// answered or is still pending.
+fn stop_having_lost_nothing(clients: Vec<TestClient>) {
+    async_std::task::block_on(async {
+        for client in clients {
+            let summary = within(common::PATIENCE, client.stop())
+                .await
+                .expect("stops");
+            assert_eq!(summary.dropped, 0, "{summary:?}");
+            assert!(
+                summary.replied + summary.pending as u64 >= summary.sent,
+                "every message answered or still pending: {summary:?}"
+            );
+        }
+    });
+}
+
 fn count_of(snapshot_line: &str) -> usize {
     snapshot_line
         .split_whitespace()
@@ -96,29 +141,8 @@ fn behind_haproxy_clients_keep_their_addresses_survive_a_killed_server_and_a_rol
     drop(peers);
 
     // Twenty duplex clients; then one server dies without a word.
-    let clients: Vec<TestClient> = (0..20)
-        .map(|_| {
-            let mut config = ClientConfig::new(haproxy.addr.to_string());
-            config.supervisor.interval = Duration::from_millis(50);
-            config.supervisor.backoff = Duration::from_millis(100);
-            config.connection.timeout = Duration::from_secs(2);
-            TestClient::start(config)
-        })
-        .collect();
-    // Waits for `rounds` replies from each client printed from now on:
-    // the lines already printed (the channel keeps them) came from before.
-    let all_reply = |rounds: usize| {
-        for client in &clients {
-            while client.lines.try_recv().is_ok() {}
-        }
-        async_std::task::block_on(async {
-            for client in &clients {
-                for _ in 0..rounds {
-                    client.reply().await;
-                }
-            }
-        })
-    };
+    let clients = clients_through(haproxy.addr, 20);
+    let all_reply = |rounds: usize| all_reply(&clients, rounds);
     all_reply(2);
     let mut first = first;
     first.kill().expect("kill -9");
@@ -203,18 +227,7 @@ fn behind_haproxy_clients_keep_their_addresses_survive_a_killed_server_and_a_rol
         "reset, of {probes} probes"
     );
 
-    async_std::task::block_on(async {
-        for client in clients {
-            let summary = within(common::PATIENCE, client.stop())
-                .await
-                .expect("stops");
-            assert_eq!(summary.dropped, 0, "{summary:?}");
-            assert!(
-                summary.replied + summary.pending as u64 >= summary.sent,
-                "every message answered or still pending: {summary:?}"
-            );
-        }
-    });
+    stop_having_lost_nothing(clients);
     // The replacement has had HAProxy's health checks and the prober's
     // LOCAL headers: counted apart, so `admitted` is its joins, no more.
     signal(&replacement, libc::SIGUSR1);
@@ -293,24 +306,8 @@ fn haproxy_polling_readyz_takes_a_draining_server_out_before_it_stops_accepting(
     // Clients through HAProxy, and a prober that opens a connection after
     // another and wants each greeted: with no retry, one connect refused
     // by a backend would fail a probe.
-    let clients: Vec<TestClient> = (0..10)
-        .map(|_| {
-            let mut config = ClientConfig::new(haproxy.addr.to_string());
-            config.supervisor.interval = Duration::from_millis(50);
-            config.supervisor.backoff = Duration::from_millis(100);
-            config.connection.timeout = Duration::from_secs(2);
-            TestClient::start(config)
-        })
-        .collect();
-    let all_reply = |rounds: usize| {
-        async_std::task::block_on(async {
-            for client in &clients {
-                for _ in 0..rounds {
-                    client.reply().await;
-                }
-            }
-        })
-    };
+    let clients = clients_through(haproxy.addr, 10);
+    let all_reply = |rounds: usize| all_reply(&clients, rounds);
     all_reply(2);
     let probing = Arc::new(AtomicBool::new(true));
     let (failed, probes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -358,18 +355,7 @@ fn haproxy_polling_readyz_takes_a_draining_server_out_before_it_stops_accepting(
         0,
         "failed, of {probes} probes"
     );
-    async_std::task::block_on(async {
-        for client in clients {
-            let summary = within(common::PATIENCE, client.stop())
-                .await
-                .expect("stops");
-            assert_eq!(summary.dropped, 0, "{summary:?}");
-            assert!(
-                summary.replied + summary.pending as u64 >= summary.sent,
-                "every message answered or still pending: {summary:?}"
-            );
-        }
-    });
+    stop_having_lost_nothing(clients);
     for (server, _, _, logs) in servers {
         signal(&server, libc::SIGTERM);
         assert!(wait_with_timeout(server).success());
