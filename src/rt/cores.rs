@@ -93,9 +93,15 @@ impl Core {
                     error!("a task panicked; its core goes on");
                 }
             }
-            self.waiting.store(true, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            let idle = self.queue.is_empty() && !self.stopping.load(Ordering::SeqCst);
+            // Waiting is announced only before a wait that may block: a task
+            // scheduled from elsewhere while the core just polls needs no
+            // notification. The queue is checked again after the
+            // announcement, so a task pushed in between is not slept on.
+            let idle = self.queue.is_empty() && {
+                self.waiting.store(true, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+                self.queue.is_empty() && !self.stopping.load(Ordering::SeqCst)
+            };
             let timeout = if idle { None } else { Some(Duration::ZERO) };
             // Awake before the wakers run: a task woken here is queued
             // without a notification.

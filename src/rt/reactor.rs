@@ -58,6 +58,12 @@ pub(crate) struct Source {
     output: Direction,
 }
 
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source").field("key", &self.key).finish()
+    }
+}
+
 /// Which way a task waits on a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Way {

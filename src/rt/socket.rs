@@ -88,12 +88,6 @@ impl<T: AsFd> Drop for Registered<T> {
     }
 }
 
-impl std::fmt::Debug for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Source")
-    }
-}
-
 /// A TCP connection registered with a reactor.
 #[derive(Debug)]
 pub(crate) struct Socket(Registered<TcpStream>);
